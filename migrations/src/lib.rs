@@ -1,0 +1,16 @@
+//! wapipe's schema as one ordered list of sea-orm migrations, applied the
+//! same way on PostgreSQL and SQLite (`wapipe migrate`, or `wapipe serve` in
+//! embedded mode).
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261121_000001_init;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261121_000001_init::Migration)]
+    }
+}

@@ -1,0 +1,82 @@
+//! seed 002 Agent: the people (and admins) who answer chats. `config_id` is
+//! optional because an admin may work across every number of the company.
+
+use sea_orm::entity::prelude::*;
+use serde::Serialize;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, Serialize)]
+#[sea_orm(table_name = "agents")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+    pub config_id: Option<Uuid>,
+    pub name: String,
+    pub email: String,
+    /// Default `agent`; `api_keys.role` uses the same names.
+    pub role: String,
+    /// Presence, default `offline`.
+    pub status: String,
+    pub phone: Option<String>,
+    pub avatar: Option<String>,
+    pub department: Option<String>,
+    pub skills: Option<Json>,
+    pub max_chats: i32,
+    pub active_chats: i32,
+    pub is_active: bool,
+    pub last_active_at: Option<DateTimeUtc>,
+    pub is_deleted: bool,
+    pub deleted_at: Option<DateTimeUtc>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(
+        belongs_to = "super::whatsapp_configs::Entity",
+        from = "Column::ConfigId",
+        to = "super::whatsapp_configs::Column::Id"
+    )]
+    Config,
+    /// Chats currently assigned to this agent (`chats.assigned_agent_id`).
+    #[sea_orm(has_many = "super::chats::Entity")]
+    Chats,
+    #[sea_orm(has_many = "super::chat_assignments::Entity")]
+    ChatAssignments,
+    #[sea_orm(has_many = "super::agent_performance::Entity")]
+    AgentPerformance,
+    #[sea_orm(has_many = "super::api_keys::Entity")]
+    ApiKeys,
+}
+
+impl Related<super::whatsapp_configs::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Config.def()
+    }
+}
+
+impl Related<super::chats::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Chats.def()
+    }
+}
+
+impl Related<super::chat_assignments::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::ChatAssignments.def()
+    }
+}
+
+impl Related<super::agent_performance::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::AgentPerformance.def()
+    }
+}
+
+impl Related<super::api_keys::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::ApiKeys.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,41 @@
+//! seed 002 WhatsAppConfig + seed 000 credentials: one row per WhatsApp number
+//! of a company, the tenant key of every other table. Secrets are ciphertext
+//! (see `crate::crypto`); use `crate::tenants` to read them.
+
+use sea_orm::entity::prelude::*;
+use serde::Serialize;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, Serialize)]
+#[sea_orm(table_name = "whatsapp_configs")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+    pub company: String,
+    pub name: Option<String>,
+    pub phone_number_id: String,
+    pub waba_id: String,
+    pub display_phone_number: Option<String>,
+    #[serde(skip)]
+    pub access_token_enc: String,
+    #[serde(skip)]
+    pub app_secret_enc: String,
+    #[serde(skip)]
+    pub verify_token_enc: String,
+    #[serde(skip)]
+    pub webhook_secret_enc: Option<String>,
+    pub max_mps: i32,
+    pub graph_api_version: Option<String>,
+    pub is_active: bool,
+    pub flagged_reason: Option<String>,
+    pub flagged_code: Option<String>,
+    pub flagged_at: Option<DateTimeUtc>,
+    pub is_deleted: bool,
+    pub deleted_at: Option<DateTimeUtc>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
