@@ -1,0 +1,37 @@
+# wapipe: the README's commands. `make run` needs nothing but Rust;
+# `make test` needs PostgreSQL and RabbitMQ on localhost (.ci/run starts them).
+
+CARGO ?= cargo
+PG_ADMIN ?= postgres://postgres@127.0.0.1:5432/postgres
+export WAPIPE_TEST_PG ?= $(PG_ADMIN)
+export WAPIPE_TEST_AMQP ?= amqp://guest:guest@127.0.0.1:5672/%2f
+
+.PHONY: run test lint fmt migrate build bench clean-test-dbs
+
+## Embedded default: SQLite in ./data, in-process queue, every role in one process.
+run:
+	$(CARGO) run --release --bin wapipe -- serve
+
+build:
+	$(CARGO) build --release --workspace
+
+## Lint, then every test against PostgreSQL, RabbitMQ and SQLite.
+test: lint
+	$(CARGO) test --workspace --all-targets --no-fail-fast
+	@$(MAKE) --no-print-directory clean-test-dbs
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+migrate:
+	$(CARGO) run --release --bin wapipe -- migrate
+
+## Tests name their databases wapipe_t_<uuid>; drop what they leave behind.
+clean-test-dbs:
+	@command -v psql >/dev/null 2>&1 && psql "$(PG_ADMIN)" -Atc \
+	  "SELECT 'DROP DATABASE IF EXISTS \"' || datname || '\";' FROM pg_database WHERE datname LIKE 'wapipe\_t\_%'" \
+	  | psql "$(PG_ADMIN)" -q >/dev/null 2>&1 || true

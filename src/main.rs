@@ -1,0 +1,110 @@
+//! The `wapipe` binary: one CLI over the libraries, with a subcommand per
+//! role (serve, ingest, workers) and per operator task (migrate, config,
+//! replay, dlq). Errors print as one clear line on stderr with a non-zero exit.
+
+mod app;
+mod config_cmd;
+mod ops_cmd;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wapipe_shared::config::Settings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wapipe",
+    version,
+    about = "Queue-driven WhatsApp Cloud API webhook pipeline",
+    long_about = "Queue-driven WhatsApp Cloud API webhook pipeline.\n\nEvery option is also an environment variable (shown as [env: ...]). With no DATABASE_URL and no AMQP_URL, wapipe runs embedded: SQLite in ./data and an in-process queue."
+)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every role in one process (embedded default: migrates by itself).
+    Serve,
+    /// Run the webhook receiver and the relay (production: scale out).
+    Ingest,
+    /// Run worker roles (production: scale out).
+    Workers {
+        /// Comma-separated roles, e.g. `parse` (default: all).
+        #[arg(long)]
+        roles: Option<String>,
+    },
+    /// Apply the database migrations (idempotent).
+    Migrate,
+    /// Re-publish stored webhook events to the parse worker.
+    Replay(ops_cmd::ReplayArgs),
+    /// List, redrive or purge a worker's dead-letter queue.
+    #[command(subcommand)]
+    Dlq(ops_cmd::DlqCommand),
+    /// Manage WhatsApp numbers (tenants): add, list, update, remove.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    app::init_logging(cli.settings.log_json);
+    // One TLS crypto backend for every client (sqlx, lapin, reqwest): ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Serve => serve::serve(cli.settings).await,
+            Command::Ingest => {
+                let roles = serve::Roles {
+                    ingest: true,
+                    workers: Vec::new(),
+                };
+                serve::run_roles(cli.settings, roles).await
+            }
+            Command::Workers { roles } => {
+                let workers = match roles {
+                    Some(r) => serve::Roles::parse_workers(&r),
+                    None => Ok(serve::Roles::all().workers),
+                };
+                match workers {
+                    Ok(workers) => {
+                        serve::run_roles(
+                            cli.settings,
+                            serve::Roles {
+                                ingest: false,
+                                workers,
+                            },
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Command::Migrate => app::migrate(&cli.settings).await,
+            Command::Replay(args) => ops_cmd::replay(&cli.settings, args).await,
+            Command::Dlq(cmd) => ops_cmd::dlq(&cli.settings, cmd).await,
+            Command::Config(cmd) => config_cmd::run(&cli.settings, cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The worker runtime: consumes a worker's lanes, hands each job to the
+//! worker, and settles it from the worker's answer: ack on success, a
+//! delayed retry with backoff on a retryable error, the dead-letter queue
+//! after the last attempt or on a permanent error (DESIGN §2, invariants 5
+//! and 6). Workers never touch acks or retries themselves.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use wapipe_shared::broker::{Broker, BrokerError, Delivery, LaneConsumer};
+use wapipe_shared::retry::RetryPolicy;
+
+pub const METRIC_JOBS_TOTAL: &str = "wapipe_worker_jobs_total";
+pub const METRIC_JOB_DURATION_SECONDS: &str = "wapipe_worker_job_duration_seconds";
+pub const METRIC_JOB_ATTEMPTS: &str = "wapipe_worker_job_attempts";
+/// Settling (ack, retry, dead-letter) failed; the broker delivers the job again.
+pub const METRIC_SETTLE_FAILURES_TOTAL: &str = "wapipe_worker_settle_failures_total";
+
+/// What a worker answers when a job fails.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// Try again later (database busy, Meta throttling, timeouts).
+    #[error("retryable: {0}")]
+    Retryable(String),
+    /// Retrying cannot help (malformed job, refused for good).
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl JobError {
+    pub fn retryable(e: impl std::fmt::Display) -> Self {
+        JobError::Retryable(e.to_string())
+    }
+
+    pub fn permanent(e: impl std::fmt::Display) -> Self {
+        JobError::Permanent(e.to_string())
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            JobError::Retryable(m) | JobError::Permanent(m) => m,
+        }
+    }
+}
+
+/// One worker: a name (its queue, see `wapipe_shared::broker::WORKERS`) and
+/// a handler. `handle` must be idempotent: delivery is at-least-once.
+#[async_trait]
+pub trait Worker: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    async fn handle(&self, job: &Delivery) -> Result<(), JobError>;
+}
+
+/// How a job was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done and acknowledged.
+    Ok,
+    /// Scheduled again after a delay.
+    Retry,
+    /// Moved to the dead-letter queue.
+    Dead,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Retry => "retry",
+            Outcome::Dead => "dead",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("worker {worker}: {source}")]
+    Broker {
+        worker: &'static str,
+        source: BrokerError,
+    },
+    #[error("worker {worker}: a lane task panicked: {message}")]
+    LanePanicked {
+        worker: &'static str,
+        message: String,
+    },
+}
+
+/// Runs `worker` on every lane until `shutdown` is cancelled: one task per
+/// lane, each lane's jobs one at a time, in order. On shutdown no new job
+/// is taken; jobs in progress finish and are settled, then it returns.
+pub async fn run(
+    broker: Arc<dyn Broker>,
+    worker: Arc<dyn Worker>,
+    policy: RetryPolicy,
+    shutdown: CancellationToken,
+) -> Result<(), RuntimeError> {
+    let name = worker.name();
+    let consumers = broker
+        .consume(name)
+        .await
+        .map_err(|source| RuntimeError::Broker {
+            worker: name,
+            source,
+        })?;
+    tracing::info!(worker = name, lanes = consumers.len(), "worker started");
+    let mut lanes = JoinSet::new();
+    for consumer in consumers {
+        lanes.spawn(run_lane(consumer, worker.clone(), policy, shutdown.clone()));
+    }
+    let mut panicked = None;
+    while let Some(res) = lanes.join_next().await {
+        if let Err(e) = res {
+            tracing::error!(worker = name, error = %e, "lane task failed");
+            panicked = Some(e.to_string());
+        }
+    }
+    tracing::info!(worker = name, "worker stopped");
+    match panicked {
+        None => Ok(()),
+        Some(message) => Err(RuntimeError::LanePanicked {
+            worker: name,
+            message,
+        }),
+    }
+}
+
+async fn run_lane(
+    mut consumer: LaneConsumer,
+    worker: Arc<dyn Worker>,
+    policy: RetryPolicy,
+    shutdown: CancellationToken,
+) {
+    let name = worker.name();
+    let lane = consumer.lane();
+    let mut settle_failures = 0u32;
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            next = consumer.next() => next,
+        };
+        match next {
+            None => break,
+            Some(Err(e)) => {
+                // `next` backs off before its next attempt.
+                tracing::warn!(worker = name, lane, error = %e, "cannot consume");
+            }
+            Some(Ok(delivery)) => match run_one(worker.as_ref(), &policy, delivery).await {
+                Ok(_) => settle_failures = 0,
+                Err(e) => {
+                    // The job comes back (requeued or redelivered); pause so
+                    // a broker that cannot take the retry is not hammered
+                    // with the same job in a tight loop.
+                    settle_failures = settle_failures.saturating_add(1);
+                    let pause = Duration::from_millis(200 * u64::from(settle_failures.min(25)));
+                    tracing::warn!(worker = name, lane, error = %e, ?pause, "cannot settle job");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+            },
+        }
+    }
+    tracing::debug!(worker = name, lane, "lane stopped");
+}
+
+/// Processes one delivery: runs the worker, then settles the job from its
+/// answer. A panic in the worker counts as a retryable error. Returns the
+/// outcome, or the broker error if settling failed (the broker then
+/// delivers the job again). Tests use it to run one job at a time.
+pub async fn run_one(
+    worker: &dyn Worker,
+    policy: &RetryPolicy,
+    delivery: Delivery,
+) -> Result<Outcome, BrokerError> {
+    let name = worker.name();
+    let attempt = delivery.attempt;
+    let started = Instant::now();
+    let result = AssertUnwindSafe(worker.handle(&delivery))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            Err(JobError::Retryable(format!(
+                "worker panicked: {}",
+                panic_message(panic.as_ref())
+            )))
+        });
+    metrics::histogram!(METRIC_JOB_DURATION_SECONDS, "worker" => name)
+        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!(METRIC_JOB_ATTEMPTS, "worker" => name).record(f64::from(attempt));
+
+    let (outcome, settled) = match result {
+        Ok(()) => (Outcome::Ok, delivery.ack().await),
+        Err(JobError::Retryable(error)) if attempt < policy.max_attempts => {
+            let delay = policy.delay_for(attempt);
+            tracing::debug!(worker = name, message_id = %delivery.message_id, attempt, ?delay,
+                error = %error, "job failed; retrying");
+            (Outcome::Retry, delivery.retry(delay, &error).await)
+        }
+        Err(e) => {
+            tracing::warn!(worker = name, message_id = %delivery.message_id, attempt,
+                error = %e, "job dead-lettered");
+            (Outcome::Dead, delivery.dead_letter(e.message()).await)
+        }
+    };
+    metrics::counter!(METRIC_JOBS_TOTAL, "worker" => name, "outcome" => outcome.as_str())
+        .increment(1);
+    if let Err(e) = settled {
+        metrics::counter!(METRIC_SETTLE_FAILURES_TOTAL, "worker" => name).increment(1);
+        return Err(e);
+    }
+    Ok(outcome)
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}
