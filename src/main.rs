@@ -2,10 +2,7 @@
 //! role (serve, ingest, workers) and per operator task (migrate, config,
 //! replay, dlq). Errors print as one clear line on stderr with a non-zero exit.
 
-mod app;
-mod config_cmd;
-mod ops_cmd;
-mod serve;
+use wapipe::{app, config_cmd, ops_cmd, serve};
 
 use std::process::ExitCode;
 

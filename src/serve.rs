@@ -56,7 +56,7 @@ impl Roles {
 }
 
 /// Flips to true on SIGTERM or Ctrl-C.
-fn shutdown_signal() -> watch::Receiver<bool> {
+pub fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         let ctrl_c = tokio::signal::ctrl_c();
@@ -109,16 +109,66 @@ pub async fn serve(settings: Settings) -> Result<()> {
     run_roles(settings, Roles::all()).await
 }
 
+/// Runs roles until SIGTERM / Ctrl-C, then shuts down gracefully.
 pub async fn run_roles(settings: Settings, roles: Roles) -> Result<()> {
+    let running = start(settings, roles, None, shutdown_signal()).await?;
+    running.join.await.context("the service task failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Pre-bound listeners (tests bind port 0).
+pub struct Listeners {
+    pub http: TcpListener,
+    pub metrics: TcpListener,
+}
+
+/// A started service: where it listens, and a task that ends after a
+/// graceful shutdown once `shutdown` flips.
+pub struct Running {
+    pub addr: Option<std::net::SocketAddr>,
+    pub metrics_addr: std::net::SocketAddr,
+    pub db: sea_orm::DatabaseConnection,
+    pub broker: Arc<dyn Broker>,
+    pub join: tokio::task::JoinHandle<()>,
+}
+
+pub async fn start(
+    settings: Settings,
+    roles: Roles,
+    listeners: Option<Listeners>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Running> {
     let handle = metrics_server::install_recorder();
     let key = Arc::new(app::secret_key(&settings)?);
     let db = app::connect_ready(&settings).await?;
     let broker = connect_broker(&settings, db.clone()).await?;
-    let shutdown = shutdown_signal();
 
-    let metrics_listener = TcpListener::bind(settings.metrics_listen)
-        .await
-        .with_context(|| format!("cannot listen for metrics on {}", settings.metrics_listen))?;
+    let (http_listener, metrics_listener) = match listeners {
+        Some(l) => (Some(l.http), l.metrics),
+        None => {
+            let metrics = TcpListener::bind(settings.metrics_listen)
+                .await
+                .with_context(|| {
+                    format!("cannot listen for metrics on {}", settings.metrics_listen)
+                })?;
+            let http = if roles.ingest {
+                Some(
+                    TcpListener::bind(settings.listen)
+                        .await
+                        .with_context(|| format!("cannot listen on {}", settings.listen))?,
+                )
+            } else {
+                None
+            };
+            (http, metrics)
+        }
+    };
+    let metrics_addr = metrics_listener.local_addr()?;
+    let addr = match &http_listener {
+        Some(l) if roles.ingest => Some(l.local_addr()?),
+        _ => None,
+    };
     tokio::spawn(metrics_server::serve(
         metrics_listener,
         handle,
@@ -147,57 +197,68 @@ pub async fn run_roles(settings: Settings, roles: Roles) -> Result<()> {
         });
     }
 
-    if roles.ingest {
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        let (publisher, stamp_task) = Publisher::start(db.clone(), broker.clone());
-        let (store, store_task) = wapipe_ingest::start_store(
-            db.clone(),
-            publisher.clone(),
-            BatchSettings {
-                window: Duration::from_millis(settings.batch_window_ms),
-                max: settings.batch_max,
-                in_flight: 4,
-            },
-        );
-        let configs = ConfigCache::load(db.clone(), key.clone()).await?;
-        tokio::spawn(configs.clone().run_refresher(shutdown.clone()));
-        tokio::spawn(relay::run(
-            db.clone(),
-            broker.clone(),
-            RelaySettings::from_grace(Duration::from_secs(settings.relay_grace_secs)),
-            shutdown.clone(),
-        ));
-        let receiver = Arc::new(wapipe_ingest::Receiver {
-            db: db.clone(),
-            broker: broker.clone(),
-            configs,
-            store,
-            settings: ReceiverSettings {
-                max_body_bytes: settings.max_body_bytes,
-                ..ReceiverSettings::default()
-            },
-        });
-        tracing::info!(
-            listen = %settings.listen,
-            metrics = %settings.metrics_listen,
-            broker = broker.mode(),
-            database = if settings.is_postgres() { "postgres" } else { "sqlite" },
-            "wapipe ingest listening"
-        );
-        wapipe_ingest::serve(listener, receiver, shutdown.clone()).await;
-        // The receiver is gone: its store handle is dropped, so the batcher
-        // commits what it holds and ends; then publishes get a moment to confirm.
-        let _ = tokio::time::timeout(Duration::from_secs(10), store_task).await;
-        publisher.drain(Duration::from_secs(5)).await;
-        drop(publisher);
-        let _ = tokio::time::timeout(Duration::from_secs(2), stamp_task).await;
-    } else {
-        let mut rx = shutdown.clone();
-        let _ = rx.wait_for(|s| *s).await;
-    }
-    while tasks.join_next().await.is_some() {}
-    tracing::info!("stopped");
-    Ok(())
+    let ingest = match (roles.ingest, http_listener) {
+        (true, Some(listener)) => {
+            let (publisher, stamp_task) = Publisher::start(db.clone(), broker.clone());
+            let (store, store_task) = wapipe_ingest::start_store(
+                db.clone(),
+                publisher.clone(),
+                BatchSettings {
+                    window: Duration::from_millis(settings.batch_window_ms),
+                    max: settings.batch_max,
+                    in_flight: 4,
+                },
+            );
+            let configs = ConfigCache::load(db.clone(), key.clone()).await?;
+            tokio::spawn(configs.clone().run_refresher(shutdown.clone()));
+            tokio::spawn(relay::run(
+                db.clone(),
+                broker.clone(),
+                RelaySettings::from_grace(Duration::from_secs(settings.relay_grace_secs)),
+                shutdown.clone(),
+            ));
+            let receiver = Arc::new(wapipe_ingest::Receiver {
+                db: db.clone(),
+                broker: broker.clone(),
+                configs,
+                store,
+                settings: ReceiverSettings {
+                    max_body_bytes: settings.max_body_bytes,
+                    ..ReceiverSettings::default()
+                },
+            });
+            tracing::info!(
+                listen = %listener.local_addr()?,
+                metrics = %metrics_addr,
+                broker = broker.mode(),
+                database = if settings.is_postgres() { "postgres" } else { "sqlite" },
+                "wapipe ingest listening"
+            );
+            Some((listener, receiver, publisher, stamp_task, store_task))
+        }
+        _ => None,
+    };
+
+    let join = tokio::spawn(async move {
+        if let Some((listener, receiver, publisher, stamp_task, store_task)) = ingest {
+            wapipe_ingest::serve(listener, receiver, shutdown.clone()).await;
+            // The receiver is gone, so its store handle is dropped: the batcher
+            // commits what it holds and ends; then publishes get a moment to confirm.
+            let _ = tokio::time::timeout(Duration::from_secs(10), store_task).await;
+            publisher.drain(Duration::from_secs(5)).await;
+            drop(publisher);
+            let _ = tokio::time::timeout(Duration::from_secs(2), stamp_task).await;
+        } else {
+            let mut rx = shutdown.clone();
+            let _ = rx.wait_for(|s| *s).await;
+        }
+        while tasks.join_next().await.is_some() {}
+    });
+    Ok(Running {
+        addr,
+        metrics_addr,
+        db,
+        broker,
+        join,
+    })
 }

@@ -152,7 +152,19 @@ pub struct Settings {
     pub log_json: bool,
 }
 
+#[derive(clap::Parser)]
+struct DefaultsOnly {
+    #[command(flatten)]
+    settings: Settings,
+}
+
 impl Settings {
+    /// Every setting at its default (environment variables still apply).
+    pub fn from_defaults() -> Result<Self, clap::Error> {
+        use clap::Parser;
+        DefaultsOnly::try_parse_from(["wapipe"]).map(|d| d.settings)
+    }
+
     pub fn is_postgres(&self) -> bool {
         crate::db::is_postgres(&self.database_url)
     }

@@ -479,6 +479,10 @@ async fn publish_until_ok(b: &AmqpBroker, j: OutboundJob, within: Duration) -> D
 /// unreachable, and work again once it is back; a lane consumer started
 /// before the outage gets the jobs published after it.
 async fn outage(down_for: Duration) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let proxy = Proxy::start(rabbit_addr()).await;
     let s = settings(proxy.url());
     let _cleanup = Cleanup(s.clone());
@@ -558,4 +562,85 @@ async fn short_outage_recovers() {
 async fn long_outage_recovers() {
     // Longer than lapin's own reconnect attempts and `max_recovery`.
     outage(Duration::from_secs(6)).await;
+}
+
+/// Runs rabbitmqctl, or None when it is not installed here.
+fn rabbitmqctl(args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// RabbitMQ closes our connections (CONNECTION_FORCED, as on a node
+/// restart or `rabbitmqctl close_connection`): lapin's auto-recovery or our
+/// reconnect brings publishing and the lane consumer back.
+#[tokio::test]
+async fn connections_closed_by_rabbitmq_recover() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    if rabbitmqctl(&["version"]).is_none() {
+        eprintln!("rabbitmqctl not installed; skipped");
+        return;
+    }
+    let (b, _cleanup) = broker().await;
+    let prefix = {
+        let depths = b.queue_depths().await.expect("depths");
+        depths[0].0.split('.').next().expect("prefix").to_owned()
+    };
+    let mut c = lane_of(&b, "parse", "cfg:gina").await;
+    b.publish(job("webhook.received", "cfg:gina", "before"))
+        .await
+        .expect("publish");
+    let d = recv(&mut c, Duration::from_secs(10)).await.expect("before");
+    d.ack().await.expect("ack");
+
+    // Only this test's connections: their names carry its prefix.
+    let listing = tokio::task::spawn_blocking(|| {
+        rabbitmqctl(&[
+            "list_connections",
+            "pid",
+            "client_properties",
+            "-q",
+            "--no-table-headers",
+        ])
+    })
+    .await
+    .expect("join")
+    .expect("rabbitmqctl");
+    let pids: Vec<String> = listing
+        .lines()
+        .filter(|l| l.contains(&prefix))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    assert_eq!(pids.len(), 2, "publish and consume connections: {listing}");
+    for pid in pids {
+        tokio::task::spawn_blocking(move || rabbitmqctl(&["close_connection", &pid, "test"]))
+            .await
+            .expect("join");
+    }
+
+    publish_until_ok(
+        &b,
+        job("webhook.received", "cfg:gina", "after"),
+        Duration::from_secs(30),
+    )
+    .await;
+    loop {
+        let d = recv(&mut c, Duration::from_secs(30))
+            .await
+            .expect("delivery after the forced close");
+        let id = d.message_id.clone();
+        d.ack().await.expect("ack");
+        match id.as_str() {
+            "after" => break,
+            "before" => eprintln!("redelivered: {id}"),
+            other => panic!("unexpected delivery {other}"),
+        }
+    }
+    drop(c);
+    b.close().await;
 }

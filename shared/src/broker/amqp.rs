@@ -749,7 +749,8 @@ impl Slot {
             )));
         }
         let opened = tokio::time::timeout(core.timeouts.connect, async {
-            let conn = Connection::connect(&core.url, properties(self.role)).await?;
+            let props = properties(&core.settings.prefix, self.role);
+            let conn = Connection::connect(&core.url, props).await?;
             let channel = open_channel(&conn, self.with_channel).await?;
             Ok::<_, lapin::Error>(Live {
                 conn: Arc::new(conn),
@@ -784,7 +785,7 @@ impl Slot {
     }
 }
 
-fn properties(role: &str) -> ConnectionProperties {
+fn properties(prefix: &str, role: &str) -> ConnectionProperties {
     // lapin uses this backoff both for TCP connects (first connection
     // included) and between recovery attempts. Kept short: a longer outage
     // is handled by replacing the connection, and a first connect to a
@@ -795,7 +796,8 @@ fn properties(role: &str) -> ConnectionProperties {
         .with_max_times(2)
         .with_jitter();
     ConnectionProperties::default()
-        .with_connection_name(format!("wapipe {role} pid {}", std::process::id()).into())
+        // Shown by `rabbitmqctl list_connections` and the management UI.
+        .with_connection_name(format!("{prefix} {role} pid {}", std::process::id()).into())
         .with_backoff(backoff)
         .enable_auto_recover()
 }

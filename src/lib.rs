@@ -1,0 +1,8 @@
+//! The `wapipe` service as a library: the subcommands' implementations, so
+//! the binary stays a thin CLI and tests start the real service in-process
+//! (`serve::start` on port 0).
+
+pub mod app;
+pub mod config_cmd;
+pub mod ops_cmd;
+pub mod serve;

@@ -1,0 +1,260 @@
+//! Test harness: `TestApp::spawn(mode)` starts the real service in-process on
+//! port 0 with its own database (a fresh Postgres database or SQLite file)
+//! and its own queue prefix, with one config ready to receive webhooks.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm_migration::MigratorTrait;
+use tokio::sync::watch;
+use uuid::Uuid;
+use wapipe::serve::{self, Listeners, Roles, Running};
+use wapipe_shared::config::Settings;
+use wapipe_shared::crypto::{SecretKey, sign_body};
+use wapipe_shared::db::testing::{TempDir, fresh_postgres_url};
+use wapipe_shared::entities::webhook_events::{self, EventStatus};
+use wapipe_shared::tenants::{self, NewConfig};
+
+pub const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+pub const APP_SECRET: &str = "test-app-secret";
+pub const VERIFY_TOKEN: &str = "test-verify-token";
+pub const PHONE_NUMBER_ID: &str = "106540352242922";
+pub const WABA_ID: &str = "102290129340398";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// SQLite + the in-process queue (the default mode).
+    Embedded,
+    /// PostgreSQL + RabbitMQ.
+    Production,
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("WAPIPE_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub struct TestApp {
+    pub mode: Mode,
+    pub settings: Settings,
+    pub addr: std::net::SocketAddr,
+    pub metrics_addr: std::net::SocketAddr,
+    pub db: DatabaseConnection,
+    pub config_id: Uuid,
+    pub http: reqwest::Client,
+    shutdown: watch::Sender<bool>,
+    running: Option<Running>,
+    pub dir: TempDir,
+}
+
+pub async fn settings_for(mode: Mode) -> (Settings, TempDir) {
+    let dir = TempDir::new().unwrap();
+    let mut s = Settings::from_defaults().unwrap();
+    match mode {
+        Mode::Embedded => {
+            s.database_url = format!("sqlite://{}/wapipe.sqlite?mode=rwc", dir.path().display());
+            s.amqp_url = None;
+        }
+        Mode::Production => {
+            s.database_url = fresh_postgres_url().await.unwrap();
+            s.amqp_url = Some(amqp_url());
+        }
+    }
+    s.secret_key = Some(KEY.into());
+    s.secret_key_file = dir.path().join("secret.key");
+    s.queue_prefix = format!("t{}", Uuid::now_v7().simple());
+    s.lanes = 4;
+    s.relay_grace_secs = 1;
+    s.retry_min_delay_ms = 50;
+    s.retry_max_delay_ms = 200;
+    s.retry_max_attempts = 3;
+    s.db_pool = 8;
+    (s, dir)
+}
+
+/// Migrates and adds the test config; returns its id.
+pub async fn prepare_db(settings: &Settings) -> (DatabaseConnection, Uuid) {
+    let db = wapipe_shared::db::connect(&settings.database_url, 4)
+        .await
+        .unwrap();
+    wapipe_migrations::Migrator::up(&db, None).await.unwrap();
+    let key = SecretKey::from_base64(KEY).unwrap();
+    let cfg = tenants::add(
+        &db,
+        &key,
+        NewConfig {
+            company: "Test Co".into(),
+            name: None,
+            phone_number_id: PHONE_NUMBER_ID.into(),
+            waba_id: WABA_ID.into(),
+            display_phone_number: Some("15550001111".into()),
+            app_secret: APP_SECRET.into(),
+            verify_token: VERIFY_TOKEN.into(),
+            access_token: "EAAG-test".into(),
+            webhook_secret: None,
+            max_mps: 80,
+        },
+    )
+    .await
+    .unwrap();
+    (db, cfg.id)
+}
+
+impl TestApp {
+    pub async fn spawn(mode: Mode) -> TestApp {
+        let (settings, dir) = settings_for(mode).await;
+        Self::spawn_with(mode, settings, dir, Roles::all()).await
+    }
+
+    pub async fn spawn_with(mode: Mode, settings: Settings, dir: TempDir, roles: Roles) -> TestApp {
+        let (db, config_id) = prepare_db(&settings).await;
+        Self::start(mode, settings, dir, roles, db, config_id).await
+    }
+
+    pub async fn start(
+        mode: Mode,
+        settings: Settings,
+        dir: TempDir,
+        roles: Roles,
+        db: DatabaseConnection,
+        config_id: Uuid,
+    ) -> TestApp {
+        let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tx, rx) = watch::channel(false);
+        let running = serve::start(
+            settings.clone(),
+            roles,
+            Some(Listeners {
+                http: http_l,
+                metrics: metrics_l,
+            }),
+            rx,
+        )
+        .await
+        .unwrap();
+        TestApp {
+            mode,
+            addr: running.addr.unwrap(),
+            metrics_addr: running.metrics_addr,
+            settings,
+            db,
+            config_id,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            shutdown: tx,
+            running: Some(running),
+            dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn post_with(&self, path: &str, body: Vec<u8>, sig: Option<String>) -> (u16, String) {
+        let mut req = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(s) = sig {
+            req = req.header("x-hub-signature-256", s);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    }
+
+    /// POST signed with the test config's app secret, like Meta does.
+    pub async fn post(&self, body: &[u8]) -> (u16, String) {
+        let sig = sign_body(APP_SECRET.as_bytes(), body);
+        self.post_with("/api/whatsapp/webhooks", body.to_vec(), Some(sig))
+            .await
+    }
+
+    pub async fn count_events(&self, status: Option<EventStatus>) -> u64 {
+        let mut q = webhook_events::Entity::find();
+        if let Some(s) = status {
+            q = q.filter(webhook_events::Column::Status.eq(s));
+        }
+        q.count(&self.db).await.unwrap()
+    }
+
+    /// Waits until `n` events are processed (or ignored); panics after `timeout`.
+    pub async fn wait_settled(&self, n: u64, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let done = self.count_events(Some(EventStatus::Processed)).await
+                + self.count_events(Some(EventStatus::Ignored)).await;
+            if done >= n {
+                return;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "only {done} of {n} events settled after {timeout:?} (received: {})",
+                    self.count_events(Some(EventStatus::Received)).await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.metrics_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Graceful shutdown; returns once every role has stopped.
+    pub async fn stop(mut self) -> (DatabaseConnection, Settings, TempDir) {
+        let _ = self.shutdown.send(true);
+        if let Some(r) = self.running.take() {
+            tokio::time::timeout(Duration::from_secs(30), r.join)
+                .await
+                .expect("graceful shutdown finished in time")
+                .unwrap();
+        }
+        (self.db.clone(), self.settings.clone(), self.dir)
+    }
+}
+
+/// A webhook body with `n` inbound text messages from one customer; `tag`
+/// makes it unique.
+pub fn text_webhook(tag: &str, customer: &str, text: &str) -> Vec<u8> {
+    serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{
+            "id": WABA_ID,
+            "changes": [{
+                "field": "messages",
+                "value": {
+                    "messaging_product": "whatsapp",
+                    "metadata": {"display_phone_number": "15550001111", "phone_number_id": PHONE_NUMBER_ID},
+                    "contacts": [{"profile": {"name": "Test User"}, "wa_id": customer}],
+                    "messages": [{
+                        "from": customer,
+                        "id": format!("wamid.{tag}"),
+                        "timestamp": "1730231903",
+                        "type": "text",
+                        "text": {"body": text}
+                    }]
+                }
+            }]
+        }]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+pub fn corpus_dir() -> Option<std::path::PathBuf> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/meta-corpus");
+    p.is_dir().then_some(p)
+}

@@ -1,0 +1,460 @@
+//! The worker runtime on both brokers: the embedded one (SQLite dead
+//! letters) and RabbitMQ (127.0.0.1:5672, or `WAPIPE_TEST_AMQP_URL`, with a
+//! random prefix per test). Every scenario runs on each.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use sea_orm::Database;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wapipe_migrations::{Migrator, MigratorTrait};
+use wapipe_shared::broker::amqp::AmqpTimeouts;
+use wapipe_shared::broker::{
+    AmqpBroker, Broker, BrokerSettings, Delivery, EmbeddedBroker, LaneConsumer, OutboundJob,
+    lane_for,
+};
+use wapipe_shared::retry::RetryPolicy;
+use wapipe_workers::runtime::{JobError, Outcome, Worker, run, run_one};
+
+const LANES: u16 = 2;
+
+// ---------------------------------------------------------------------------
+// Brokers
+
+/// A broker for one test, and what it takes to clean up after it.
+struct TestBroker {
+    broker: Arc<dyn Broker>,
+    /// The SQLite directory, or the AMQP cleanup guard.
+    _keep: Box<dyn std::any::Any + Send>,
+}
+
+fn amqp_url() -> String {
+    std::env::var("WAPIPE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+fn timeouts() -> AmqpTimeouts {
+    AmqpTimeouts {
+        connect: Duration::from_secs(2),
+        confirm: Duration::from_secs(2),
+        operation: Duration::from_secs(5),
+        max_recovery: Duration::from_secs(3),
+    }
+}
+
+async fn embedded() -> TestBroker {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/t.sqlite?mode=rwc", dir.path().display());
+    let db = Database::connect(&url).await.expect("sqlite");
+    Migrator::up(&db, None).await.expect("migrate");
+    let settings = BrokerSettings {
+        amqp_url: None,
+        prefix: "t".to_owned(),
+        lanes: LANES,
+        prefetch: 8,
+    };
+    TestBroker {
+        broker: Arc::new(EmbeddedBroker::new(&settings, db)),
+        _keep: Box::new(dir),
+    }
+}
+
+/// Deletes the test's queues when dropped, even after a panic.
+struct AmqpCleanup(BrokerSettings);
+
+impl Drop for AmqpCleanup {
+    fn drop(&mut self) {
+        let settings = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(b) = AmqpBroker::with_timeouts(&settings, timeouts()) {
+                    if let Err(e) = b.delete_topology().await {
+                        eprintln!("cleanup of {}: {e}", settings.prefix);
+                    }
+                    b.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn amqp() -> TestBroker {
+    let settings = BrokerSettings {
+        amqp_url: Some(amqp_url()),
+        prefix: format!("t{}", uuid::Uuid::now_v7().simple()),
+        lanes: LANES,
+        prefetch: 8,
+    };
+    let cleanup = AmqpCleanup(settings.clone());
+    let b = AmqpBroker::with_timeouts(&settings, timeouts()).expect("broker");
+    b.declare().await.expect("declare");
+    TestBroker {
+        broker: Arc::new(b),
+        _keep: Box::new(cleanup),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A worker whose behaviour is chosen by the job's message id
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Start(String, u32),
+    Done(String, u32),
+}
+
+/// `ok-*` succeeds, `poison-*` always fails retryably, `perm-*` fails
+/// permanently, `slow-*` takes 500 ms, `panic-*` panics on its first
+/// attempt. Reports every start and end.
+struct TestWorker {
+    seen: mpsc::UnboundedSender<Seen>,
+}
+
+#[async_trait]
+impl Worker for TestWorker {
+    fn name(&self) -> &'static str {
+        "parse"
+    }
+
+    async fn handle(&self, job: &Delivery) -> Result<(), JobError> {
+        let id = job.message_id.clone();
+        let _ = self.seen.send(Seen::Start(id.clone(), job.attempt));
+        let res = match id.split('-').next().unwrap_or_default() {
+            "poison" => Err(JobError::retryable(format!(
+                "fail at attempt {}",
+                job.attempt
+            ))),
+            "perm" => Err(JobError::permanent("bad payload")),
+            "slow" => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Ok(())
+            }
+            "panic" if job.attempt == 1 => panic!("worker bug"),
+            _ => Ok(()),
+        };
+        let _ = self.seen.send(Seen::Done(id, job.attempt));
+        res
+    }
+}
+
+fn worker() -> (Arc<TestWorker>, mpsc::UnboundedReceiver<Seen>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Arc::new(TestWorker { seen: tx }), rx)
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        min_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(200),
+        max_attempts: 4,
+    }
+}
+
+fn job(lane_key: &str, id: &str) -> OutboundJob {
+    OutboundJob {
+        event: "webhook.received".to_owned(),
+        lane_key: lane_key.to_owned(),
+        message_id: id.to_owned(),
+        body: b"{}".to_vec(),
+    }
+}
+
+struct Running {
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), wapipe_workers::runtime::RuntimeError>>,
+}
+
+fn start(b: &Arc<dyn Broker>, w: &Arc<TestWorker>) -> Running {
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(run(b.clone(), w.clone(), policy(), token.clone()));
+    Running { token, handle }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .expect("runtime stops")
+            .expect("join")
+            .expect("run");
+    }
+}
+
+async fn next_seen(rx: &mut mpsc::UnboundedReceiver<Seen>, within: Duration) -> Option<Seen> {
+    tokio::time::timeout(within, rx.recv()).await.ok().flatten()
+}
+
+/// Polls the DLQ until it holds `n` jobs.
+async fn dlq_until(b: &Arc<dyn Broker>, n: usize) -> Vec<wapipe_shared::broker::DeadLetter> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let dead = b.dlq_list("parse", 10).await.expect("dlq list");
+        if dead.len() >= n || Instant::now() > deadline {
+            return dead;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+
+async fn ok_jobs_are_acked_in_lane_order(t: TestBroker) {
+    let b = t.broker.clone();
+    let (w, mut rx) = worker();
+    let running = start(&b, &w);
+    for i in 0..50 {
+        b.publish(job("cfg:alice", &format!("ok-{i}")))
+            .await
+            .expect("publish");
+    }
+    for i in 0..50 {
+        let id = format!("ok-{i}");
+        assert_eq!(
+            next_seen(&mut rx, Duration::from_secs(10)).await,
+            Some(Seen::Start(id.clone(), 1))
+        );
+        assert_eq!(
+            next_seen(&mut rx, Duration::from_secs(10)).await,
+            Some(Seen::Done(id, 1))
+        );
+    }
+    running.stop().await;
+    // All acked: nothing comes back on a restart.
+    let running = start(&b, &w);
+    assert_eq!(next_seen(&mut rx, Duration::from_millis(700)).await, None);
+    running.stop().await;
+    assert!(b.dlq_list("parse", 10).await.expect("dlq").is_empty());
+}
+
+async fn poison_job_is_dead_lettered_after_max_attempts(t: TestBroker) {
+    let b = t.broker.clone();
+    let (w, mut rx) = worker();
+    let running = start(&b, &w);
+    b.publish(job("cfg:bob", "poison-1"))
+        .await
+        .expect("publish");
+    let mut starts = Vec::new();
+    let mut last = Instant::now();
+    for attempt in 1..=policy().max_attempts {
+        match next_seen(&mut rx, Duration::from_secs(10)).await {
+            Some(Seen::Start(id, a)) => {
+                assert_eq!((id.as_str(), a), ("poison-1", attempt));
+                if attempt > 1 {
+                    // Retried after the backoff, not at once.
+                    assert!(
+                        last.elapsed() >= Duration::from_millis(40),
+                        "{:?}",
+                        last.elapsed()
+                    );
+                }
+                starts.push(a);
+            }
+            other => panic!("expected attempt {attempt}, got {other:?}"),
+        }
+        assert!(matches!(
+            next_seen(&mut rx, Duration::from_secs(10)).await,
+            Some(Seen::Done(..))
+        ));
+        last = Instant::now();
+    }
+    let dead = dlq_until(&b, 1).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].message_id, "poison-1");
+    assert_eq!(dead[0].attempts, policy().max_attempts);
+    assert_eq!(dead[0].last_error.as_deref(), Some("fail at attempt 4"));
+    assert_eq!(dead[0].lane_key, "cfg:bob");
+    // Exactly max_attempts: no fifth attempt.
+    assert_eq!(next_seen(&mut rx, Duration::from_millis(700)).await, None);
+    assert_eq!(starts, vec![1, 2, 3, 4]);
+
+    // Redrive: back to the work queue with attempt 1, and the whole cycle again.
+    assert_eq!(b.dlq_redrive("parse").await.expect("redrive"), 1);
+    assert_eq!(
+        next_seen(&mut rx, Duration::from_secs(10)).await,
+        Some(Seen::Start("poison-1".into(), 1))
+    );
+    running.stop().await;
+    let dead = dlq_until(&b, 1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(b.dlq_purge("parse").await.expect("purge"), 1);
+    assert!(b.dlq_list("parse", 10).await.expect("dlq").is_empty());
+}
+
+async fn permanent_error_goes_straight_to_the_dlq(t: TestBroker) {
+    let b = t.broker.clone();
+    let (w, mut rx) = worker();
+    let running = start(&b, &w);
+    b.publish(job("cfg:carol", "perm-1"))
+        .await
+        .expect("publish");
+    assert_eq!(
+        next_seen(&mut rx, Duration::from_secs(10)).await,
+        Some(Seen::Start("perm-1".into(), 1))
+    );
+    let dead = dlq_until(&b, 1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 1);
+    assert_eq!(dead[0].last_error.as_deref(), Some("bad payload"));
+    assert_eq!(
+        next_seen(&mut rx, Duration::from_millis(100)).await,
+        Some(Seen::Done("perm-1".into(), 1))
+    );
+    assert_eq!(next_seen(&mut rx, Duration::from_millis(500)).await, None);
+    running.stop().await;
+}
+
+async fn a_panicking_job_is_retried(t: TestBroker) {
+    let b = t.broker.clone();
+    let (w, mut rx) = worker();
+    let running = start(&b, &w);
+    b.publish(job("cfg:dan", "panic-1")).await.expect("publish");
+    assert_eq!(
+        next_seen(&mut rx, Duration::from_secs(10)).await,
+        Some(Seen::Start("panic-1".into(), 1))
+    );
+    assert_eq!(
+        next_seen(&mut rx, Duration::from_secs(10)).await,
+        Some(Seen::Start("panic-1".into(), 2))
+    );
+    assert_eq!(
+        next_seen(&mut rx, Duration::from_secs(10)).await,
+        Some(Seen::Done("panic-1".into(), 2))
+    );
+    running.stop().await;
+    assert!(b.dlq_list("parse", 10).await.expect("dlq").is_empty());
+}
+
+async fn shutdown_lets_the_job_in_progress_finish(t: TestBroker) {
+    let b = t.broker.clone();
+    let (w, mut rx) = worker();
+    let running = start(&b, &w);
+    b.publish(job("cfg:erin", "slow-1")).await.expect("publish");
+    assert_eq!(
+        next_seen(&mut rx, Duration::from_secs(10)).await,
+        Some(Seen::Start("slow-1".into(), 1))
+    );
+    let asked = Instant::now();
+    running.token.cancel();
+    tokio::time::timeout(Duration::from_secs(10), running.handle)
+        .await
+        .expect("runtime stops")
+        .expect("join")
+        .expect("run");
+    // run returned only after the job finished.
+    assert!(
+        asked.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(rx.try_recv().ok(), Some(Seen::Done("slow-1".into(), 1)));
+
+    // No new job is taken after shutdown.
+    b.publish(job("cfg:erin", "ok-after"))
+        .await
+        .expect("publish");
+    assert_eq!(next_seen(&mut rx, Duration::from_millis(500)).await, None);
+
+    // The slow job was acked: a new runtime sees only the later one.
+    let running = start(&b, &w);
+    assert_eq!(
+        next_seen(&mut rx, Duration::from_secs(10)).await,
+        Some(Seen::Start("ok-after".into(), 1))
+    );
+    assert_eq!(
+        next_seen(&mut rx, Duration::from_secs(10)).await,
+        Some(Seen::Done("ok-after".into(), 1))
+    );
+    assert_eq!(next_seen(&mut rx, Duration::from_millis(500)).await, None);
+    running.stop().await;
+}
+
+async fn next_delivery(c: &mut LaneConsumer) -> Delivery {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), c.next())
+            .await
+            .expect("delivery in time")
+            .expect("lane open")
+        {
+            Ok(d) => return d,
+            Err(e) => eprintln!("consume error (retried): {e}"),
+        }
+    }
+}
+
+async fn run_one_settles_a_single_job(t: TestBroker) {
+    let b = t.broker.clone();
+    let (w, _rx) = worker();
+    b.publish(job("cfg:fay", "poison-1"))
+        .await
+        .expect("publish");
+    let lane = lane_for("cfg:fay", LANES);
+    let mut consumer = b
+        .consume("parse")
+        .await
+        .expect("consume")
+        .into_iter()
+        .find(|c| c.lane() == lane)
+        .expect("lane");
+    let policy = RetryPolicy {
+        max_attempts: 2,
+        ..policy()
+    };
+    let d = next_delivery(&mut consumer).await;
+    assert_eq!(
+        run_one(w.as_ref(), &policy, d).await.expect("settle"),
+        Outcome::Retry
+    );
+    let d = next_delivery(&mut consumer).await;
+    assert_eq!(d.attempt, 2);
+    assert_eq!(
+        run_one(w.as_ref(), &policy, d).await.expect("settle"),
+        Outcome::Dead
+    );
+    assert_eq!(dlq_until(&b, 1).await.len(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Each scenario on each broker
+
+macro_rules! on_both {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded_broker {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario(embedded().await).await;
+                }
+            )*
+        }
+        mod amqp_broker {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario(amqp().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    ok_jobs_are_acked_in_lane_order,
+    poison_job_is_dead_lettered_after_max_attempts,
+    permanent_error_goes_straight_to_the_dlq,
+    a_panicking_job_is_retried,
+    shutdown_lets_the_job_in_progress_finish,
+    run_one_settles_a_single_job,
+);
