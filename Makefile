@@ -35,3 +35,7 @@ clean-test-dbs:
 	@command -v psql >/dev/null 2>&1 && psql "$(PG_ADMIN)" -Atc \
 	  "SELECT 'DROP DATABASE IF EXISTS \"' || datname || '\";' FROM pg_database WHERE datname LIKE 'wapipe\_t\_%'" \
 	  | psql "$(PG_ADMIN)" -q >/dev/null 2>&1 || true
+
+## Throughput and latency against a same-run no-work baseline (needs PostgreSQL + RabbitMQ).
+bench:
+	scripts/bench.sh

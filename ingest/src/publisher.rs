@@ -36,6 +36,10 @@ impl Publisher {
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = tokio::spawn(stamp_loop(db, rx));
+        // Export the series from the start, so alerts see 0 rather than nothing.
+        for reason in ["broker", "backpressure"] {
+            metrics::counter!(wapipe_shared::metrics::PUBLISH_FAILURES, "reason" => reason).increment(0);
+        }
         (
             Self {
                 broker,

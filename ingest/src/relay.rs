@@ -158,6 +158,7 @@ pub async fn run(
     settings: RelaySettings,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    metrics::counter!(m::RELAY_REPUBLISHED).increment(0);
     // Startup: whatever is still `received` may sit in no queue at all.
     let mut startup_done = false;
     let tick = (settings.grace / 3).clamp(Duration::from_millis(200), Duration::from_secs(10));

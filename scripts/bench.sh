@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# `make bench`: signed webhooks from `wapipe-sim load` against
+#   1. a no-work hyper server (the same-run baseline),
+#   2. wapipe in production mode (PostgreSQL + RabbitMQ),
+#   3. wapipe in embedded mode (SQLite + in-process queue),
+# each BENCH_RUNS times for BENCH_SECS seconds at BENCH_CONC connections.
+# Prints the median of each figure and the ratio to the baseline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECS=${BENCH_SECS:-10}
+RUNS=${BENCH_RUNS:-3}
+CONC=${BENCH_CONC:-64}
+PG_ADMIN=${WAPIPE_TEST_PG:-postgres://postgres@127.0.0.1:5432/postgres}
+AMQP=${WAPIPE_TEST_AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}
+SECRET=bench-app-secret
+KEY=$(head -c 32 /dev/urandom | base64)
+PHONE=106540352242922
+WABA=102290129340398
+
+cargo build --release -q --bin wapipe -p wapipe-sim --bin wapipe-sim
+BIN=target/release
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "${BENCH_DB:-}" ] && psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS \"$BENCH_DB\" WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_http() {
+  for _ in $(seq 1 100); do curl -fs "http://$1/healthz" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  echo "bench: $1 did not come up" >&2; return 1
+}
+
+# load TARGET_URL LABEL -> appends JSON lines to $WORK/LABEL.jsonl
+load() {
+  for i in $(seq 1 "$RUNS"); do
+    "$BIN/wapipe-sim" load --webhook "$1" --app-secret "$SECRET" --rate 0 --duration "${SECS}s" \
+      --concurrency "$CONC" --phone-number-id "$PHONE" --waba-id "$WABA" --json >>"$WORK/$2.jsonl"
+  done
+}
+
+# 1. baseline
+"$BIN/wapipe-sim" nowork --listen 127.0.0.1:18090 >/dev/null 2>&1 &
+PIDS+=($!)
+wait_http 127.0.0.1:18090 || sleep 1
+load http://127.0.0.1:18090/api/whatsapp/webhooks nowork
+
+start_wapipe() { # mode-label, extra env...
+  local label=$1; shift
+  env "$@" WAPIPE_SECRET_KEY="$KEY" WAPIPE_LISTEN=127.0.0.1:18080 WAPIPE_METRICS_LISTEN=127.0.0.1:19464 \
+    RUST_LOG=warn "$BIN/wapipe" migrate >/dev/null
+  env "$@" WAPIPE_SECRET_KEY="$KEY" RUST_LOG=warn "$BIN/wapipe" config add --company Bench \
+    --phone-number-id "$PHONE" --waba-id "$WABA" --app-secret "$SECRET" --verify-token v --access-token t >/dev/null
+  env "$@" WAPIPE_SECRET_KEY="$KEY" WAPIPE_LISTEN=127.0.0.1:18080 WAPIPE_METRICS_LISTEN=127.0.0.1:19464 \
+    RUST_LOG=warn "$BIN/wapipe" serve >"$WORK/$label.log" 2>&1 &
+  PIDS+=($!)
+  wait_http 127.0.0.1:18080
+}
+stop_wapipe() { kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'; }
+
+# 2. production
+BENCH_DB="wapipe_bench_$$"
+psql "$PG_ADMIN" -qc "CREATE DATABASE \"$BENCH_DB\"" >/dev/null
+PG_URL="${PG_ADMIN%/*}/$BENCH_DB"
+start_wapipe production DATABASE_URL="$PG_URL" AMQP_URL="$AMQP" WAPIPE_QUEUE_PREFIX="bench$$"
+load http://127.0.0.1:18080/api/whatsapp/webhooks production
+PROD_ROWS=$(psql "$PG_URL" -Atc "select count(*) from webhook_events")
+stop_wapipe
+
+# 3. embedded
+start_wapipe embedded DATABASE_URL="sqlite://$WORK/bench.sqlite?mode=rwc" WAPIPE_SECRET_KEY_FILE="$WORK/secret.key"
+load http://127.0.0.1:18080/api/whatsapp/webhooks embedded
+stop_wapipe
+
+python3 - "$WORK" "$RUNS" "$SECS" "$CONC" "$PROD_ROWS" <<'PY'
+import json, statistics, sys, os
+work, runs, secs, conc, prod_rows = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+def load(label):
+    with open(os.path.join(work, label + ".jsonl")) as f:
+        return [json.loads(l) for l in f if l.strip()]
+med = lambda rows, k: statistics.median(r[k] for r in rows)
+base = load("nowork")
+b = med(base, "accepted_per_sec")
+print(f"\nwebhook ingest: {runs} runs x {secs}s, {conc} connections, medians")
+print(f"{'target':<12} {'accepted/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>7} {'non-2xx':>8}")
+total = {}
+for label in ["nowork", "production", "embedded"]:
+    rows = load(label)
+    a = med(rows, "accepted_per_sec")
+    total[label] = sum(r["accepted"] for r in rows)
+    print(f"{label:<12} {a:>11.0f} {med(rows,'p50_ms'):>8.2f} {med(rows,'p99_ms'):>8.2f} {a/b:>7.3f} {sum(r['rejected']+r['errors'] for r in rows):>8}")
+print(f"\nproduction: {total['production']} accepted, {prod_rows} rows committed in webhook_events")
+PY
