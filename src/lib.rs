@@ -5,4 +5,5 @@
 pub mod app;
 pub mod config_cmd;
 pub mod ops_cmd;
+pub mod send_cmd;
 pub mod serve;

@@ -2,7 +2,7 @@
 //! role (serve, ingest, workers) and per operator task (migrate, config,
 //! replay, dlq). Errors print as one clear line on stderr with a non-zero exit.
 
-use wapipe::{app, config_cmd, ops_cmd, serve};
+use wapipe::{app, config_cmd, ops_cmd, send_cmd, serve};
 
 use std::process::ExitCode;
 
@@ -45,6 +45,8 @@ enum Command {
     /// Manage WhatsApp numbers (tenants): add, list, update, remove.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Queue a message to a customer; prints the message id as the last line.
+    Send(send_cmd::SendArgs),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
             Command::Replay(args) => ops_cmd::replay(&cli.settings, args).await,
             Command::Dlq(cmd) => ops_cmd::dlq(&cli.settings, cmd).await,
             Command::Config(cmd) => config_cmd::run(&cli.settings, cmd).await,
+            Command::Send(args) => send_cmd::run(&cli.settings, args).await,
         }
     });
     match result {

@@ -95,6 +95,9 @@ fn cancel_on(mut shutdown: watch::Receiver<bool>) -> tokio_util::sync::Cancellat
     token
 }
 
+/// Connects and declares the topology. RabbitMQ being down is not fatal:
+/// ingest must keep accepting (the database is the source of truth), so
+/// the declaration is retried in the background until it succeeds.
 pub async fn connect_broker(
     settings: &Settings,
     db: sea_orm::DatabaseConnection,
@@ -102,6 +105,24 @@ pub async fn connect_broker(
     let broker = broker::connect(&settings.broker_settings(), db)
         .await
         .context("cannot set up the broker")?;
+    if let Err(e) = broker.declare().await {
+        tracing::warn!(error = %e, "cannot declare the broker topology yet; retrying in the background");
+        let b = broker.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(500);
+            loop {
+                tokio::time::sleep(delay).await;
+                match b.declare().await {
+                    Ok(()) => {
+                        tracing::info!("broker topology declared");
+                        return;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "topology declaration failed; retrying"),
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        });
+    }
     Ok(broker)
 }
 

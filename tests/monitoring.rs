@@ -15,7 +15,8 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     let mut i = 0;
     while let Some(pos) = text[i..].find("wapipe_") {
         let start = i + pos;
-        let boundary = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let boundary =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         let mut end = start;
         while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
             end += 1;
@@ -50,7 +51,12 @@ async fn dashboards_and_rules_name_only_exported_metrics() {
     assert_eq!(app.post(&body).await.0, 200);
     assert_eq!(app.post(&body).await.0, 200);
     assert_eq!(app.post(b"[]").await.0, 400);
-    assert_eq!(app.post_with("/api/whatsapp/webhooks", body.clone(), None).await.0, 401);
+    assert_eq!(
+        app.post_with("/api/whatsapp/webhooks", body.clone(), None)
+            .await
+            .0,
+        401
+    );
     app.wait_settled(1, Duration::from_secs(20)).await;
     // Gauges are set by periodic loops; give them one round.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -73,18 +79,34 @@ async fn dashboards_and_rules_name_only_exported_metrics() {
         }
     }
     assert!(referenced >= 10, "the monitoring files reference metrics");
-    assert!(missing.is_empty(), "not exported: {missing:#?}\nexported: {exported:#?}");
+    assert!(
+        missing.is_empty(),
+        "not exported: {missing:#?}\nexported: {exported:#?}"
+    );
 
     // Dashboards are valid JSON with panels.
-    for f in monitoring_files().into_iter().filter(|f| f.extension().is_some_and(|e| e == "json")) {
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
-        assert!(v["panels"].as_array().is_some_and(|p| !p.is_empty()), "{}", f.display());
+    for f in monitoring_files()
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "json"))
+    {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        assert!(
+            v["panels"].as_array().is_some_and(|p| !p.is_empty()),
+            "{}",
+            f.display()
+        );
     }
     app.stop().await;
 }
 
 #[test]
 fn metric_name_extraction() {
-    let n = metric_names("rate(wapipe_ingest_ack_seconds_bucket{x=\"1\"}[5m]) + my_wapipe_x + wapipe_a_count");
-    assert_eq!(n.into_iter().collect::<Vec<_>>(), vec!["wapipe_a", "wapipe_ingest_ack_seconds"]);
+    let n = metric_names(
+        "rate(wapipe_ingest_ack_seconds_bucket{x=\"1\"}[5m]) + my_wapipe_x + wapipe_a_count",
+    );
+    assert_eq!(
+        n.into_iter().collect::<Vec<_>>(),
+        vec!["wapipe_a", "wapipe_ingest_ack_seconds"]
+    );
 }

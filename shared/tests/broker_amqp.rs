@@ -262,14 +262,18 @@ async fn retry_is_redelivered_after_the_delay_with_attempt_plus_one() {
     let delay = Duration::from_millis(300);
     let retried_at = Instant::now();
     d.retry(delay, "db busy").await.expect("retry");
-    // The delay waits in the broker: the delay queue holds the job.
+    // The delay waits in the broker: one delay queue, the one of the
+    // delay's bucket, holds exactly one copy.
     let depths = b.queue_depths().await.expect("depths");
     let bucket = format!(".scenario.delay.{}", delay_bucket(delay));
+    let delayed: Vec<_> = depths
+        .iter()
+        .filter(|(q, n, _)| q.contains(".delay.") && *n > 0)
+        .collect();
+    assert_eq!(delayed.len(), 1, "{delayed:?}");
     assert!(
-        depths
-            .iter()
-            .any(|(q, n, _)| q.ends_with(&bucket) && *n == 1),
-        "{depths:?}"
+        delayed[0].0.ends_with(&bucket) && delayed[0].1 == 1,
+        "{delayed:?}"
     );
     let d = recv(&mut c, Duration::from_secs(10))
         .await
@@ -285,6 +289,10 @@ async fn retry_is_redelivered_after_the_delay_with_attempt_plus_one() {
     assert_eq!(d.lane_key, "cfg:carol");
     assert_eq!(d.body, br#"{"id":"m1"}"#);
     d.ack().await.expect("ack");
+    assert!(
+        recv(&mut c, Duration::from_millis(700)).await.is_none(),
+        "a retry must come back once"
+    );
     drop(c);
     b.close().await;
 }
@@ -376,28 +384,48 @@ async fn realtime_publish_needs_no_subscriber() {
 // ---------------------------------------------------------------------------
 // Connection loss
 
+/// How the proxy cuts RabbitMQ off.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    /// Port closed, connections refused: RabbitMQ stopped.
+    Refuse,
+    /// Connections accepted then closed at once: a broken load balancer
+    /// or a node still starting.
+    Hangup,
+}
+
 /// A TCP proxy to RabbitMQ that can be cut: `down` kills every proxied
-/// connection and closes new ones at once, as a stopped broker would.
+/// connection and then refuses or hangs up new ones.
 struct Proxy {
     addr: SocketAddr,
-    up: Arc<AtomicBool>,
+    target: SocketAddr,
+    accepting: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<AbortHandle>>>,
-    accept: AbortHandle,
+    listener: Mutex<Option<AbortHandle>>,
 }
 
 impl Proxy {
     async fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let up = Arc::new(AtomicBool::new(true));
-        let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (up2, conns2) = (up.clone(), conns.clone());
-        let accept = tokio::spawn(async move {
+        let proxy = Self {
+            addr: listener.local_addr().expect("addr"),
+            target,
+            accepting: Arc::new(AtomicBool::new(true)),
+            conns: Arc::default(),
+            listener: Mutex::new(None),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let (accepting, conns, target) = (self.accepting.clone(), self.conns.clone(), self.target);
+        let task = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     continue;
                 };
-                if !up2.load(Ordering::SeqCst) {
+                if !accepting.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
@@ -406,38 +434,51 @@ impl Proxy {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
-                conns2.lock().expect("lock").push(task.abort_handle());
+                conns.lock().expect("lock").push(task.abort_handle());
             }
-        })
-        .abort_handle();
-        Self {
-            addr,
-            up,
-            conns,
-            accept,
-        }
+        });
+        *self.listener.lock().expect("lock") = Some(task.abort_handle());
     }
 
     fn url(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.addr)
     }
 
-    fn down(&self) {
-        self.up.store(false, Ordering::SeqCst);
+    fn down(&self, cut: Cut) {
+        self.accepting.store(false, Ordering::SeqCst);
+        if let Cut::Refuse = cut
+            && let Some(listener) = self.listener.lock().expect("lock").take()
+        {
+            listener.abort();
+        }
         for c in self.conns.lock().expect("lock").drain(..) {
             c.abort();
         }
     }
 
-    fn up(&self) {
-        self.up.store(true, Ordering::SeqCst);
+    async fn up(&self) {
+        if self.listener.lock().expect("lock").is_none() {
+            // The aborted accept task drops its listener soon after.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let listener = loop {
+                match TcpListener::bind(self.addr).await {
+                    Ok(l) => break l,
+                    Err(e) if Instant::now() < deadline => {
+                        eprintln!("rebind: {e}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => panic!("cannot rebind the proxy: {e}"),
+                }
+            };
+            self.serve(listener);
+        }
+        self.accepting.store(true, Ordering::SeqCst);
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.accept.abort();
-        self.down();
+        self.down(Cut::Refuse);
     }
 }
 
@@ -478,7 +519,7 @@ async fn publish_until_ok(b: &AmqpBroker, j: OutboundJob, within: Duration) -> D
 /// Publishes fail fast with a transient error while RabbitMQ is
 /// unreachable, and work again once it is back; a lane consumer started
 /// before the outage gets the jobs published after it.
-async fn outage(down_for: Duration) {
+async fn outage(cut: Cut, down_for: Duration) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -496,10 +537,10 @@ async fn outage(down_for: Duration) {
     assert_eq!(d.message_id, "before");
     d.ack().await.expect("ack");
 
-    proxy.down();
-    let cut = Instant::now();
+    proxy.down(cut);
+    let cut_at = Instant::now();
     let mut failures = 0;
-    while cut.elapsed() < down_for {
+    while cut_at.elapsed() < down_for {
         let started = Instant::now();
         match b
             .publish(job("webhook.received", "cfg:frank", "lost"))
@@ -525,7 +566,7 @@ async fn outage(down_for: Duration) {
     }
     assert!(failures > 0);
 
-    proxy.up();
+    proxy.up().await;
     let took = publish_until_ok(
         &b,
         job("webhook.received", "cfg:frank", "after"),
@@ -555,13 +596,23 @@ async fn outage(down_for: Duration) {
 
 #[tokio::test]
 async fn short_outage_recovers() {
-    outage(Duration::from_millis(500)).await;
+    outage(Cut::Hangup, Duration::from_millis(500)).await;
 }
 
 #[tokio::test]
 async fn long_outage_recovers() {
     // Longer than lapin's own reconnect attempts and `max_recovery`.
-    outage(Duration::from_secs(6)).await;
+    outage(Cut::Hangup, Duration::from_secs(6)).await;
+}
+
+#[tokio::test]
+async fn short_stop_recovers() {
+    outage(Cut::Refuse, Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn long_stop_recovers() {
+    outage(Cut::Refuse, Duration::from_secs(6)).await;
 }
 
 /// Runs rabbitmqctl, or None when it is not installed here.

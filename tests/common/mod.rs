@@ -30,6 +30,19 @@ pub enum Mode {
     Production,
 }
 
+/// `RUST_LOG=wapipe=debug cargo test …` shows the service's logs.
+pub fn init_logs() {
+    // reqwest is built with rustls and no default provider (the binary picks
+    // ring); tests must pick it too before building a client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 pub fn amqp_url() -> String {
     std::env::var("WAPIPE_TEST_AMQP")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -42,6 +55,8 @@ pub struct TestApp {
     pub metrics_addr: std::net::SocketAddr,
     pub db: DatabaseConnection,
     pub config_id: Uuid,
+    /// The service's own broker (in embedded mode, the only one that reaches its workers).
+    pub broker: std::sync::Arc<dyn wapipe_shared::broker::Broker>,
     pub http: reqwest::Client,
     shutdown: watch::Sender<bool>,
     running: Option<Running>,
@@ -49,6 +64,7 @@ pub struct TestApp {
 }
 
 pub async fn settings_for(mode: Mode) -> (Settings, TempDir) {
+    init_logs();
     let dir = TempDir::new().unwrap();
     let mut s = Settings::from_defaults().unwrap();
     match mode {
@@ -108,6 +124,7 @@ impl TestApp {
     }
 
     pub async fn spawn_with(mode: Mode, settings: Settings, dir: TempDir, roles: Roles) -> TestApp {
+        init_logs();
         let (db, config_id) = prepare_db(&settings).await;
         Self::start(mode, settings, dir, roles, db, config_id).await
     }
@@ -120,6 +137,7 @@ impl TestApp {
         db: DatabaseConnection,
         config_id: Uuid,
     ) -> TestApp {
+        init_logs();
         let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (tx, rx) = watch::channel(false);
@@ -138,6 +156,7 @@ impl TestApp {
             mode,
             addr: running.addr.unwrap(),
             metrics_addr: running.metrics_addr,
+            broker: running.broker.clone(),
             settings,
             db,
             config_id,
@@ -221,6 +240,14 @@ impl TestApp {
                 .await
                 .expect("graceful shutdown finished in time")
                 .unwrap();
+        }
+        // Each prefix declares ~85 queues; leave none behind on the shared broker.
+        if self.settings.amqp_url.is_some() {
+            if let Ok(b) = wapipe_shared::broker::AmqpBroker::new(&self.settings.broker_settings())
+            {
+                let _ = b.delete_topology().await;
+                let _ = b.close().await;
+            }
         }
         (self.db.clone(), self.settings.clone(), self.dir)
     }

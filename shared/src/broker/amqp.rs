@@ -69,6 +69,9 @@ pub const DELAY_BUCKETS_MS: [u64; 12] = [
 /// the rest of the message properties.
 const MAX_ERROR_BYTES: usize = 2_000;
 
+/// How often an idle lane consumer checks its connection.
+const HEALTH_CHECK: Duration = Duration::from_millis(500);
+
 /// After a failed connect, calls fail at once for this long instead of
 /// each trying (and waiting) again.
 const RECONNECT_COOLDOWN: Duration = Duration::from_millis(250);
@@ -77,7 +80,11 @@ const H_EVENT: &str = "x-wapipe-event";
 const H_LANE_KEY: &str = "x-wapipe-lane-key";
 const H_ATTEMPT: &str = "x-wapipe-attempt";
 const H_WORKER: &str = "x-wapipe-worker";
-const H_DELAY_BUCKET: &str = "x-wapipe-delay-bucket";
+// Headers the `P.delay` headers exchange routes on. Not `x-` prefixed:
+// RabbitMQ's headers exchange ignores `x-` headers when matching, and would
+// then copy a retry into every delay queue.
+const H_ROUTE_WORKER: &str = "wapipe-worker";
+const H_ROUTE_BUCKET: &str = "wapipe-delay-bucket";
 const H_LAST_ERROR: &str = "x-wapipe-last-error";
 const H_ERROR: &str = "x-wapipe-error";
 const H_ATTEMPTS: &str = "x-wapipe-attempts";
@@ -102,7 +109,10 @@ impl Default for AmqpTimeouts {
             connect: Duration::from_secs(5),
             confirm: Duration::from_secs(10),
             operation: Duration::from_secs(10),
-            max_recovery: Duration::from_secs(15),
+            // lapin recovers within about 2 s when it can (see
+            // `properties`); when its reconnect is refused it stays
+            // "reconnecting" for good, so do not wait much longer.
+            max_recovery: Duration::from_secs(5),
         }
     }
 }
@@ -405,8 +415,8 @@ impl Core {
                 .await?;
             let mut bind = FieldTable::default();
             bind.insert("x-match".into(), long_str("all"));
-            bind.insert(H_WORKER.into(), long_str(worker));
-            bind.insert(H_DELAY_BUCKET.into(), long_str(&bucket.to_string()));
+            bind.insert(H_ROUTE_WORKER.into(), long_str(worker));
+            bind.insert(H_ROUTE_BUCKET.into(), long_str(&bucket.to_string()));
             self.op(ch.queue_bind(
                 queue.as_str().into(),
                 self.delay_exchange().into(),
@@ -675,10 +685,10 @@ impl Slot {
     /// opens a new one.
     fn invalidate(&self, conn: &Arc<Connection>) {
         let mut guard = self.live.write().unwrap_or_else(|e| e.into_inner());
-        if guard.as_ref().is_some_and(|l| Arc::ptr_eq(&l.conn, conn)) {
-            if let Some(old) = guard.take() {
-                retire(old.conn);
-            }
+        if guard.as_ref().is_some_and(|l| Arc::ptr_eq(&l.conn, conn))
+            && let Some(old) = guard.take()
+        {
+            retire(old.conn);
         }
     }
 
@@ -738,6 +748,11 @@ impl Slot {
                     "RabbitMQ connection still recovering after {:?}; opening a new one",
                     core.timeouts.max_recovery
                 );
+                // Given up on: lanes still waiting on it resubscribe, and
+                // should lapin revive it later, `retire` closes it.
+                if let Some(old) = self.take() {
+                    retire(old.conn);
+                }
             }
         }
         if let Some(t) = gate.last_failure
@@ -874,7 +889,21 @@ impl LaneSource for AmqpLane {
                 }
             }
             let sub = self.sub.as_mut()?;
-            match sub.consumer.next().await {
+            // lapin does not always tell a consumer that its connection is
+            // gone: when a reconnect attempt is refused, the connection
+            // stays "reconnecting" and the stream just goes quiet. So watch
+            // the connection while waiting.
+            let next = tokio::select! {
+                next = sub.consumer.next() => next,
+                () = until_unhealthy(&sub.conn, &sub.channel) => {
+                    tracing::warn!(queue = %self.queue, "lane consumer's connection lost");
+                    if !self.await_recovery().await {
+                        self.drop_sub();
+                    }
+                    continue;
+                }
+            };
+            match next {
                 Some(Ok(d)) => {
                     self.failures = 0;
                     return Some(Ok(self.delivery(d)));
@@ -893,6 +922,16 @@ impl LaneSource for AmqpLane {
                 }
             }
         }
+    }
+}
+
+/// Resolves once the connection or channel is no longer usable.
+async fn until_unhealthy(conn: &Connection, channel: &Channel) {
+    loop {
+        if !(conn.status().connected() && channel.status().connected()) {
+            return;
+        }
+        tokio::time::sleep(HEALTH_CHECK).await;
     }
 }
 
@@ -947,9 +986,12 @@ impl AmqpLane {
     fn drop_sub(&mut self) {
         if let Some(sub) = self.sub.take() {
             self.failures = self.failures.saturating_add(1);
-            if !sub.conn.status().connected() {
-                // Dead or stuck recovering: replace it, and make sure its
-                // own recovery cannot bring back this consumer later.
+            if !sub.conn.status().connected() || sub.channel.status().reconnecting() {
+                // Dead or stuck recovering: replace the connection, and make
+                // sure lapin's recovery cannot bring this consumer back
+                // later, next to its replacement (the other lanes on it
+                // resubscribe). A connected channel needs nothing: dropping
+                // it closes it.
                 self.core.consume.invalidate(&sub.conn);
             }
         }
@@ -1037,8 +1079,8 @@ impl Settle for AmqpSettle {
             &parts.lane_key,
             parts.attempt.saturating_add(1),
         );
-        headers.insert(H_WORKER.into(), long_str(parts.worker));
-        headers.insert(H_DELAY_BUCKET.into(), long_str(&bucket.to_string()));
+        headers.insert(H_ROUTE_WORKER.into(), long_str(parts.worker));
+        headers.insert(H_ROUTE_BUCKET.into(), long_str(&bucket.to_string()));
         headers.insert(
             H_LAST_ERROR.into(),
             long_str(truncate(error, MAX_ERROR_BYTES)),

@@ -186,7 +186,7 @@ impl Inner {
         // DELETE … RETURNING is the claim: a row deleted by another
         // process is not returned here, so no job is enqueued twice.
         let mut rows = delete.exec_with_returning(&self.db).await?;
-        rows.sort_by(|a, b| (a.created_at, a.id).cmp(&(b.created_at, b.id)));
+        rows.sort_by_key(|r| (r.created_at, r.id));
         let n = rows.len() as u64;
         for row in rows {
             let (_, lane) = self.lane_of(worker, &row.lane_key);
@@ -291,7 +291,8 @@ impl Broker for EmbeddedBroker {
                     queues.name,
                     n,
                     Box::new(EmbeddedLane {
-                        inner: self.inner.clone(),
+                        db: self.inner.db.clone(),
+                        delayed: queues.delayed.clone(),
                         worker: queues.name,
                         lane_no: n,
                         lane: lane.clone(),
@@ -379,7 +380,8 @@ impl Broker for EmbeddedBroker {
 }
 
 struct EmbeddedLane {
-    inner: Arc<Inner>,
+    db: DatabaseConnection,
+    delayed: Arc<AtomicU64>,
     worker: &'static str,
     lane_no: u16,
     lane: Arc<Lane>,
@@ -416,18 +418,13 @@ impl EmbeddedLane {
             attempt: msg.attempt,
         };
         let redelivered = msg.redelivered;
-        let delayed = self
-            .inner
-            .worker(self.worker)
-            .map(|w| w.delayed.clone())
-            .unwrap_or_default();
         Delivery::new(
             parts,
             redelivered,
             Box::new(EmbeddedSettle {
-                db: self.inner.db.clone(),
+                db: self.db.clone(),
                 lane: self.lane.clone(),
-                delayed,
+                delayed: self.delayed.clone(),
                 unsettled: Some(msg),
             }),
         )

@@ -1,0 +1,109 @@
+//! `wapipe send`: queues one message from the command line, as an agent's
+//! send would be queued, and prints its `messages.id` as the last line.
+//!
+//! The message row is the durable part; the `outbound.send` job only
+//! dispatches it. With RabbitMQ the job is published at once. In embedded
+//! mode the queue lives inside the running `wapipe serve`, which this
+//! process cannot reach: the row is left for that server's outbound sweep,
+//! which picks it up within a few seconds (DESIGN §3).
+
+use anyhow::{Context, Result, anyhow};
+use uuid::Uuid;
+use wapipe_shared::config::Settings;
+use wapipe_shared::entities::messages::Origin;
+use wapipe_workers::outbound::content::Template;
+use wapipe_workers::outbound::{self, NewOutbound, OutboundContent, OutboundError};
+
+use crate::{app, serve};
+
+#[derive(Debug, clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("body").required(true).args(["text", "template"])
+))]
+pub struct SendArgs {
+    /// The config (WhatsApp number) to send from: its id, as `config list` shows it.
+    #[arg(long = "config", value_name = "ID")]
+    pub config: String,
+    /// The recipient's WhatsApp number: 6 to 15 digits, optionally after a +.
+    #[arg(long, value_name = "PHONE")]
+    pub to: String,
+    /// A free-form text (only inside the customer's 24-hour window).
+    #[arg(long, value_name = "T", conflicts_with = "template")]
+    pub text: Option<String>,
+    /// Let WhatsApp show a preview of the first link in --text.
+    #[arg(long, requires = "text")]
+    pub preview_url: bool,
+    /// An approved template's name (allowed outside the 24-hour window).
+    #[arg(long, value_name = "NAME", requires = "lang")]
+    pub template: Option<String>,
+    /// The template's language code, e.g. en_US.
+    #[arg(long, value_name = "L", requires = "template")]
+    pub lang: Option<String>,
+    /// A body parameter of the template, in order; repeat for each.
+    #[arg(long = "param", value_name = "P", requires = "template")]
+    pub params: Vec<String>,
+    /// Reply to this customer message (its wamid).
+    #[arg(long, value_name = "WAMID")]
+    pub reply_to: Option<String>,
+}
+
+impl SendArgs {
+    fn content(&self) -> Result<OutboundContent> {
+        match (&self.text, &self.template, &self.lang) {
+            (Some(t), None, _) => Ok(OutboundContent::Text {
+                body: t.clone(),
+                preview_url: self.preview_url,
+            }),
+            (None, Some(name), Some(lang)) => Ok(OutboundContent::Template(
+                Template::with_body_params(name, lang, &self.params),
+            )),
+            // clap enforces these; kept as errors rather than panics.
+            (None, Some(_), None) => Err(anyhow!("--template needs --lang")),
+            (Some(_), Some(_), _) => Err(anyhow!("give either --text or --template, not both")),
+            (None, None, _) => Err(anyhow!("give --text or --template")),
+        }
+    }
+}
+
+pub async fn run(settings: &Settings, args: SendArgs) -> Result<()> {
+    // Everything that needs no database is checked first, so bad input
+    // gets its answer at once.
+    let config_id = Uuid::parse_str(args.config.trim()).with_context(|| {
+        format!(
+            "--config {:?} is not a config id (a UUID, see `wapipe config list`)",
+            args.config
+        )
+    })?;
+    let to = outbound::normalize_wa_id(&args.to)?;
+    let content = args.content()?;
+    content.validate().map_err(OutboundError::from)?;
+
+    let db = app::connect_ready(settings).await?;
+    let queued = outbound::queue_message(
+        &db,
+        NewOutbound {
+            config_id,
+            to,
+            content,
+            reply_to: args.reply_to.clone().filter(|r| !r.trim().is_empty()),
+            origin: Origin::Admin,
+            sender_type: "agent".into(),
+            sender_id: None,
+        },
+    )
+    .await?;
+
+    if settings.broker_settings().amqp_url.is_some() {
+        let broker = serve::connect_broker(settings, db.clone()).await?;
+        if let Err(e) = outbound::enqueue(&db, broker.as_ref(), &queued).await {
+            // The row is stored; the outbound sweep publishes it later.
+            eprintln!(
+                "warning: queued, but the job could not be published yet ({e}); the outbound sweep will send it"
+            );
+        }
+    } else {
+        eprintln!("queued; the running `wapipe serve` sends it within a few seconds");
+    }
+    println!("{}", queued.message_id);
+    Ok(())
+}
