@@ -18,7 +18,8 @@ KEY=$(head -c 32 /dev/urandom | base64)
 PHONE=106540352242922
 WABA=102290129340398
 
-cargo build --release -q --bin wapipe -p wapipe-sim --bin wapipe-sim
+cargo build --release -q -p wapipe --bin wapipe
+cargo build --release -q -p wapipe-sim --bin wapipe-sim
 BIN=target/release
 WORK=$(mktemp -d)
 PIDS=()

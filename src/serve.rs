@@ -205,15 +205,41 @@ pub async fn start(
         db: db.clone(),
         broker: broker.clone(),
     };
+    let outbound =
+        wapipe_workers::outbound::OutboundSettings::from_settings(&settings, key.clone());
     for role in &roles.workers {
-        let worker = wapipe_workers::make(role, worker_ctx.clone())
+        let worker = wapipe_workers::make_with(role, worker_ctx.clone(), &outbound)
             .with_context(|| format!("unknown worker role {role}"))?;
+        for task in wapipe_workers::background_tasks(
+            role,
+            &worker_ctx,
+            &outbound,
+            cancel_on(shutdown.clone()),
+        ) {
+            tokio::spawn(task);
+        }
         let broker = broker.clone();
         let policy = settings.retry_policy();
         let token = cancel_on(shutdown.clone());
         tasks.spawn(async move {
             if let Err(e) = wapipe_workers::runtime::run(broker, worker, policy, token).await {
                 tracing::error!(error = %e, "worker stopped");
+            }
+        });
+    }
+    if roles.workers.iter().any(|r| r == "parse") {
+        // Windows close by the clock, not only when the next message comes.
+        let db = db.clone();
+        let mut rx = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = wapipe_workers::parse::expire_conversations(&db).await {
+                    tracing::debug!(error = %e, "conversation expiry sweep failed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    _ = rx.changed() => return,
+                }
             }
         });
     }

@@ -38,7 +38,8 @@ impl Publisher {
         let handle = tokio::spawn(stamp_loop(db, rx));
         // Export the series from the start, so alerts see 0 rather than nothing.
         for reason in ["broker", "backpressure"] {
-            metrics::counter!(wapipe_shared::metrics::PUBLISH_FAILURES, "reason" => reason).increment(0);
+            metrics::counter!(wapipe_shared::metrics::PUBLISH_FAILURES, "reason" => reason)
+                .increment(0);
         }
         (
             Self {

@@ -12,3 +12,4 @@ pub mod jobs;
 pub mod metrics;
 pub mod retry;
 pub mod tenants;
+pub mod whatsapp;

@@ -242,12 +242,13 @@ impl TestApp {
                 .unwrap();
         }
         // Each prefix declares ~85 queues; leave none behind on the shared broker.
-        if self.settings.amqp_url.is_some() {
-            if let Ok(b) = wapipe_shared::broker::AmqpBroker::new(&self.settings.broker_settings())
-            {
-                let _ = b.delete_topology().await;
-                let _ = b.close().await;
-            }
+        let amqp = self.settings.amqp_url.is_some();
+        if let Some(b) = amqp
+            .then(|| wapipe_shared::broker::AmqpBroker::new(&self.settings.broker_settings()).ok())
+            .flatten()
+        {
+            let _ = b.delete_topology().await;
+            let _ = b.close().await;
         }
         (self.db.clone(), self.settings.clone(), self.dir)
     }

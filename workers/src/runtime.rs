@@ -55,6 +55,12 @@ impl JobError {
 pub trait Worker: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     async fn handle(&self, job: &Delivery) -> Result<(), JobError>;
+    /// Called once when the job is about to go to the dead-letter queue, so
+    /// the worker can record the failure where its domain keeps it (the
+    /// parse worker marks the event `failed`). Best effort: errors are logged.
+    async fn on_dead_letter(&self, _job: &Delivery, _error: &str) -> Result<(), JobError> {
+        Ok(())
+    }
 }
 
 /// How a job was settled.
@@ -208,6 +214,9 @@ pub async fn run_one(
         Err(e) => {
             tracing::warn!(worker = name, message_id = %delivery.message_id, attempt,
                 error = %e, "job dead-lettered");
+            if let Err(hook) = worker.on_dead_letter(&delivery, e.message()).await {
+                tracing::warn!(worker = name, error = %hook, "dead-letter hook failed");
+            }
             (Outcome::Dead, delivery.dead_letter(e.message()).await)
         }
     };

@@ -1,0 +1,323 @@
+//! Outbound end to end: `wapipe send` (the real binary, a separate process
+//! as in production) queues a message; the outbound worker and its sweep
+//! carry it to the fake Graph API; the fake Meta posts signed status
+//! webhooks back to the running service, whose parse and status workers
+//! move the message to `read`. Plus the CLI's answers to bad input.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{APP_SECRET, KEY, Mode, PHONE_NUMBER_ID, TestApp, WABA_ID};
+use sea_orm::EntityTrait;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use wapipe::serve::Roles;
+use wapipe_shared::config::Settings;
+use wapipe_shared::crypto::SecretKey;
+use wapipe_shared::entities::messages::{self, MessageStatus};
+use wapipe_shared::retry::RetryPolicy;
+use wapipe_sim::payloads::Business;
+use wapipe_sim::{GraphConfig, GraphHandle, spawn_graph};
+use wapipe_workers::Context;
+use wapipe_workers::outbound::OutboundSettings;
+use wapipe_workers::runtime;
+
+/// `wapipe send …` against the service's database and broker.
+fn cli(settings: &Settings, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wapipe"));
+    cmd.arg("send")
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &settings.database_url)
+        .env("WAPIPE_SECRET_KEY", KEY)
+        .env("WAPIPE_QUEUE_PREFIX", &settings.queue_prefix)
+        .env("WAPIPE_LANES", settings.lanes.to_string())
+        .env("RUST_LOG", "warn");
+    if let Some(amqp) = &settings.amqp_url {
+        cmd.env("AMQP_URL", amqp);
+    }
+    cmd.output().expect("run wapipe")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The message id the CLI printed last.
+fn sent_id(o: &Output) -> Uuid {
+    assert!(o.status.success(), "failed: {}\n{}", stdout(o), stderr(o));
+    let out = stdout(o);
+    let last = out.lines().last().unwrap_or_default();
+    Uuid::parse_str(last.trim()).unwrap_or_else(|_| panic!("last line {last:?} is not an id"))
+}
+
+fn fails_with(o: Output, needle: &str) {
+    assert!(!o.status.success(), "should fail: {}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(needle),
+        "stderr {err:?} should mention {needle:?}"
+    );
+    assert!(!err.contains("panicked"), "must not panic: {err}");
+}
+
+struct Outbound {
+    graph: GraphHandle,
+    token: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The outbound role beside a running service (the same database and
+/// broker), sending to a fake Meta that calls the service back.
+async fn outbound_role(app: &TestApp, grace: Duration) -> Outbound {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let graph = spawn_graph(
+        listener,
+        GraphConfig {
+            webhook: Some(app.url("/api/whatsapp/webhooks")),
+            app_secret: APP_SECRET.into(),
+            business: Business {
+                waba_id: WABA_ID.into(),
+                phone_number_id: PHONE_NUMBER_ID.into(),
+                display_phone_number: "15550001111".into(),
+            },
+            phone_number_id: Some(PHONE_NUMBER_ID.into()),
+            token: Some("EAAG-test".into()),
+            status_delay: Duration::from_millis(20),
+            ..GraphConfig::default()
+        },
+    )
+    .await
+    .expect("fake graph");
+    // What `serve` does for the outbound role (see `wapipe_workers::make_with`).
+    let key = Arc::new(SecretKey::from_base64(KEY).expect("key"));
+    let mut process = app.settings.clone();
+    process.graph_api_base = graph.base_url();
+    let mut settings = OutboundSettings::from_settings(&process, key);
+    settings.sweep.interval = Duration::from_millis(100);
+    settings.sweep.grace = grace;
+    let ctx = Context {
+        db: app.db.clone(),
+        broker: app.broker.clone(),
+    };
+    let worker = wapipe_workers::make_with("outbound", ctx.clone(), &settings).expect("worker");
+    let token = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let (broker, t) = (app.broker.clone(), token.clone());
+    let policy = RetryPolicy {
+        min_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(200),
+        max_attempts: 50,
+    };
+    tasks.push(tokio::spawn(async move {
+        let _ = runtime::run(broker, worker, policy, t).await;
+    }));
+    for task in wapipe_workers::background_tasks("outbound", &ctx, &settings, token.clone()) {
+        tasks.push(tokio::spawn(task));
+    }
+    Outbound {
+        graph,
+        token,
+        tasks,
+    }
+}
+
+impl Outbound {
+    async fn stop(self) {
+        self.token.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn wait_for_status(app: &TestApp, id: Uuid, want: MessageStatus) -> messages::Model {
+    let start = Instant::now();
+    loop {
+        let m = messages::Entity::find_by_id(id)
+            .one(&app.db)
+            .await
+            .expect("query")
+            .expect("message row");
+        if m.status == want {
+            return m;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "message still {} (error {:?})",
+            m.status,
+            m.error_code
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// reqwest is built with rustls but without a provider of its own: the
+/// binary installs ring first thing, and so must every test process before
+/// any client (the harness's, the simulator's) is built.
+fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+async fn send_round_trip(mode: Mode, grace: Duration) {
+    install_tls_provider();
+    let (settings, dir) = common::settings_for(mode).await;
+    let roles = Roles {
+        ingest: true,
+        workers: vec!["parse".into(), "status".into()],
+    };
+    let app = TestApp::spawn_with(mode, settings, dir, roles).await;
+    let out = outbound_role(&app, grace).await;
+    let config = app.config_id.to_string();
+    let url = app.settings.clone();
+
+    // A template needs no window: sent, then sent/delivered/read come back.
+    let o = cli(
+        &url,
+        &[
+            "--config",
+            &config,
+            "--to",
+            "+4915112345678",
+            "--template",
+            "order_update",
+            "--lang",
+            "en_US",
+            "--param",
+            "Ada",
+            "--param",
+            "42",
+        ],
+    );
+    let id = sent_id(&o);
+    let m = wait_for_status(&app, id, MessageStatus::Read).await;
+    let sent = out.graph.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        m.provider_message_id.as_deref(),
+        Some(sent[0].wamid.as_str())
+    );
+    assert_eq!(
+        sent[0].body,
+        json!({"messaging_product": "whatsapp", "recipient_type": "individual",
+            "to": "4915112345678", "type": "template", "template": {"name": "order_update",
+            "language": {"code": "en_US"}, "components": [{"type": "body", "parameters": [
+                {"type": "text", "text": "Ada"}, {"type": "text", "text": "42"}]}]}})
+    );
+    assert!(m.sent_at.is_some() && m.delivered_at.is_some() && m.read_at.is_some());
+
+    // Free-form text to someone who never wrote: refused locally.
+    let o = cli(
+        &url,
+        &[
+            "--config",
+            &config,
+            "--to",
+            "4915199990000",
+            "--text",
+            "hi there",
+        ],
+    );
+    let id = sent_id(&o);
+    let m = wait_for_status(&app, id, MessageStatus::Failed).await;
+    assert_eq!(m.error_code.as_deref(), Some("131047"));
+    assert_eq!(out.graph.calls(), 1, "no Graph call for the refused text");
+
+    out.stop().await;
+    app.stop().await;
+}
+
+/// Embedded mode: the CLI cannot reach the server's in-process queue, so
+/// the sweep finds the queued row.
+#[tokio::test]
+async fn send_cli_round_trip_embedded() {
+    send_round_trip(Mode::Embedded, Duration::from_millis(300)).await;
+}
+
+/// Production mode: the CLI publishes to RabbitMQ. The sweep's grace is an
+/// hour here, so only the published job can deliver the message in time.
+#[tokio::test]
+async fn send_cli_round_trip_production() {
+    send_round_trip(Mode::Production, Duration::from_secs(3600)).await;
+}
+
+#[tokio::test]
+async fn send_cli_bad_input() {
+    install_tls_provider();
+    let (settings, _dir) = common::settings_for(Mode::Embedded).await;
+    let (_db, config_id) = common::prepare_db(&settings).await;
+    let url = settings.clone();
+    let config = config_id.to_string();
+    let run = |args: &[&str]| cli(&url, args);
+
+    for bad in ["12ab", "+123", "1234567890123456", "+49 151 1234"] {
+        fails_with(
+            run(&["--config", &config, "--to", bad, "--text", "hi"]),
+            "is not a WhatsApp number",
+        );
+    }
+    fails_with(
+        run(&["--config", &config, "--to", "4915112345678"]),
+        "--text",
+    );
+    fails_with(
+        run(&[
+            "--config",
+            &config,
+            "--to",
+            "4915112345678",
+            "--text",
+            "hi",
+            "--template",
+            "t",
+            "--lang",
+            "en",
+        ]),
+        "cannot be used with",
+    );
+    fails_with(
+        run(&[
+            "--config",
+            &config,
+            "--to",
+            "4915112345678",
+            "--template",
+            "t",
+        ]),
+        "--lang",
+    );
+    fails_with(
+        run(&["--config", &config, "--to", "4915112345678", "--text", ""]),
+        "must not be empty",
+    );
+    fails_with(
+        run(&["--config", "nope", "--to", "4915112345678", "--text", "hi"]),
+        "is not a config id",
+    );
+    let unknown = Uuid::now_v7().to_string();
+    fails_with(
+        run(&[
+            "--config",
+            &unknown,
+            "--to",
+            "4915112345678",
+            "--text",
+            "hi",
+        ]),
+        "no WhatsApp config with id",
+    );
+    // And the happy path prints the id last.
+    let o = run(&["--config", &config, "--to", "4915112345678", "--text", "hi"]);
+    sent_id(&o);
+}

@@ -1,0 +1,277 @@
+//! Queueing a send: everything we send becomes a `messages` row first
+//! (`direction = outbound`, `status = queued`, Meta's request body in
+//! `payload`), created with its customer and chat when they are new, in one
+//! transaction. Then [`enqueue`] publishes the `outbound.send` job and
+//! stamps `dispatched_at`, which tells the sweep a job is on its way.
+//!
+//! Used by `wapipe send`, and meant for every producer (API, scenarios,
+//! reminders) so the sweep does not re-publish their messages needlessly.
+
+use chrono::{DateTime, Utc};
+use sea_orm::ExprTrait;
+use sea_orm::sea_query::{Alias, Expr, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    TransactionTrait,
+};
+use uuid::Uuid;
+use wapipe_shared::broker::Broker;
+use wapipe_shared::entities::messages::{self, Direction, MessageStatus, Origin};
+use wapipe_shared::entities::{chats, customers, whatsapp_configs};
+
+use super::content::OutboundContent;
+use super::limits::pair_key;
+use super::{OutboundError, send_job};
+
+/// The column the sweep reads; see the migration `m20261121_000003_outbound`.
+pub(crate) const DISPATCHED_AT: &str = "dispatched_at";
+
+pub(crate) fn dispatched_at() -> Alias {
+    Alias::new(DISPATCHED_AT)
+}
+
+/// Microsecond precision: what both backends store, so a value read back
+/// compares equal to the one written.
+pub(crate) fn now() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}
+
+/// A WhatsApp number as Meta's `wa_id`: an optional `+`, then 6 to 15
+/// digits and nothing else (E.164 allows at most 15).
+pub fn normalize_wa_id(input: &str) -> Result<String, OutboundError> {
+    let s = input.trim();
+    let digits = s.strip_prefix('+').unwrap_or(s);
+    if (6..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(digits.to_owned())
+    } else {
+        Err(OutboundError::BadPhone(input.to_owned()))
+    }
+}
+
+/// A send to queue.
+#[derive(Debug, Clone)]
+pub struct NewOutbound {
+    pub config_id: Uuid,
+    /// The recipient: a wa_id, or a phone number in the same form.
+    pub to: String,
+    pub content: OutboundContent,
+    /// Reply to this message of the customer (its wamid).
+    pub reply_to: Option<String>,
+    /// `admin`, `bot` or `system`.
+    pub origin: Origin,
+    /// `agent`, `bot` or `system` (seed 002 `senderType`).
+    pub sender_type: String,
+    pub sender_id: Option<Uuid>,
+}
+
+/// A queued message and the lane its job goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    pub message_id: Uuid,
+    pub chat_id: Uuid,
+    pub customer_id: Uuid,
+    pub config_id: Uuid,
+    /// `{phone_number_id}:{wa_id}`.
+    pub lane_key: String,
+}
+
+/// Creates the message (and its customer and chat when new) as `queued`.
+/// Does not publish: call [`enqueue`] after, or let the sweep find it.
+pub async fn queue_message(
+    db: &DatabaseConnection,
+    new: NewOutbound,
+) -> Result<QueuedMessage, OutboundError> {
+    let wa_id = normalize_wa_id(&new.to)?;
+    new.content.validate()?;
+    if new.origin == Origin::User {
+        return Err(OutboundError::Config(
+            "an outbound message has origin admin, bot or system, not user".into(),
+        ));
+    }
+    let config = whatsapp_configs::Entity::find_by_id(new.config_id)
+        .one(db)
+        .await?
+        .ok_or(OutboundError::UnknownConfig(new.config_id))?;
+    if config.is_deleted || !config.is_active {
+        return Err(OutboundError::InactiveConfig(config.id));
+    }
+    let now = now();
+    let body = new.content.graph_body(&wa_id, new.reply_to.as_deref());
+    let fields = new.content.row_fields(&body);
+
+    let txn = db.begin().await?;
+    // Uniqueness lives in the database: insert-or-nothing, then read back
+    // whichever row won (ours or a concurrent one).
+    customers::Entity::insert(customers::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        config_id: Set(config.id),
+        wa_id: Set(Some(wa_id.clone())),
+        phone_number: Set(Some(wa_id.clone())),
+        ..Default::default()
+    })
+    .on_conflict(
+        OnConflict::columns([customers::Column::ConfigId, customers::Column::WaId])
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(&txn)
+    .await?;
+    let customer = customers::Entity::find()
+        .filter(customers::Column::ConfigId.eq(config.id))
+        .filter(customers::Column::WaId.eq(&wa_id))
+        .one(&txn)
+        .await?
+        .ok_or_else(|| sea_orm::DbErr::RecordNotFound("customer after upsert".into()))?;
+    chats::Entity::insert(chats::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        config_id: Set(config.id),
+        customer_id: Set(customer.id),
+        customer_phone: Set(Some(wa_id.clone())),
+        customer_name: Set(customer.name.clone().or(customer.profile_name.clone())),
+        ..Default::default()
+    })
+    .on_conflict(
+        OnConflict::columns([chats::Column::ConfigId, chats::Column::CustomerId])
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(&txn)
+    .await?;
+    let chat = chats::Entity::find()
+        .filter(chats::Column::ConfigId.eq(config.id))
+        .filter(chats::Column::CustomerId.eq(customer.id))
+        .one(&txn)
+        .await?
+        .ok_or_else(|| sea_orm::DbErr::RecordNotFound("chat after upsert".into()))?;
+
+    let message_id = Uuid::now_v7();
+    messages::Entity::insert(messages::ActiveModel {
+        id: Set(message_id),
+        created_at: Set(now),
+        updated_at: Set(now),
+        config_id: Set(config.id),
+        chat_id: Set(chat.id),
+        customer_id: Set(customer.id),
+        conversation_id: Set(None),
+        provider_message_id: Set(None),
+        direction: Set(Direction::Outbound),
+        origin: Set(new.origin),
+        sender_type: Set(new.sender_type.clone()),
+        sender_id: Set(new.sender_id),
+        r#type: Set(new.content.graph_type().to_owned()),
+        text: Set(fields.text),
+        media: Set(fields.media),
+        location: Set(fields.location),
+        interactive: Set(fields.interactive),
+        template: Set(fields.template),
+        reaction: Set(fields.reaction),
+        context: Set(new
+            .reply_to
+            .as_ref()
+            .map(|id| serde_json::json!({ "message_id": id }))),
+        reply_to_provider_id: Set(new.reply_to.clone()),
+        payload: Set(Some(body)),
+        status: Set(MessageStatus::Queued),
+        ..Default::default()
+    })
+    .exec_without_returning(&txn)
+    .await?;
+
+    // The chat list shows the latest message and counts who wrote.
+    let mut chat_update = chats::Entity::update_many()
+        .col_expr(
+            chats::Column::LastMessage,
+            Expr::value(new.content.preview()),
+        )
+        .col_expr(chats::Column::LastMessageTime, Expr::value(now))
+        .col_expr(chats::Column::LastMessageId, Expr::value(message_id))
+        .col_expr(
+            chats::Column::TotalMessages,
+            Expr::col(chats::Column::TotalMessages).add(1),
+        )
+        .col_expr(chats::Column::UpdatedAt, Expr::value(now));
+    chat_update = match new.origin {
+        Origin::Admin => chat_update.col_expr(
+            chats::Column::AgentMessages,
+            Expr::col(chats::Column::AgentMessages).add(1),
+        ),
+        Origin::Bot => chat_update.col_expr(
+            chats::Column::BotMessages,
+            Expr::col(chats::Column::BotMessages).add(1),
+        ),
+        Origin::System | Origin::User => chat_update,
+    };
+    chat_update
+        .filter(chats::Column::Id.eq(chat.id))
+        .exec(&txn)
+        .await?;
+    txn.commit().await?;
+
+    Ok(QueuedMessage {
+        message_id,
+        chat_id: chat.id,
+        customer_id: customer.id,
+        config_id: config.id,
+        lane_key: pair_key(&config.phone_number_id, &wa_id),
+    })
+}
+
+/// Publishes the message's `outbound.send` job, then stamps
+/// `dispatched_at`. A failed publish leaves the row to the sweep.
+pub async fn enqueue(
+    db: &impl ConnectionTrait,
+    broker: &dyn Broker,
+    queued: &QueuedMessage,
+) -> Result<(), OutboundError> {
+    broker
+        .publish(send_job(queued.message_id, queued.lane_key.clone()))
+        .await?;
+    stamp_dispatched(db, &[queued.message_id], now()).await?;
+    Ok(())
+}
+
+pub(crate) async fn stamp_dispatched(
+    db: &impl ConnectionTrait,
+    ids: &[Uuid],
+    at: DateTime<Utc>,
+) -> Result<(), sea_orm::DbErr> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    messages::Entity::update_many()
+        .col_expr(dispatched_at(), Expr::value(at))
+        .filter(messages::Column::Id.is_in(ids.iter().copied()))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phones() {
+        assert_eq!(
+            normalize_wa_id("+4915112345678").expect("ok"),
+            "4915112345678"
+        );
+        assert_eq!(normalize_wa_id(" 123456 ").expect("ok"), "123456");
+        for bad in [
+            "",
+            "+",
+            "12345",
+            "1234567890123456",
+            "+49 151",
+            "49-151-1234",
+            "++491511234",
+        ] {
+            assert!(normalize_wa_id(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! Shared setup of the worker-level tests: a fresh PostgreSQL database or
+//! SQLite file per test (migrated), an embedded broker on it, a config, and
+//! helpers to store a raw event and process it the way the parse worker
+//! does. No mocks: the real schema on both backends.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+use wapipe_migrations::{Migrator, MigratorTrait};
+use wapipe_shared::broker::{Broker, BrokerSettings, Delivery, EmbeddedBroker};
+use wapipe_shared::crypto::{SecretKey, sha256_hex};
+use wapipe_shared::db::{self, testing};
+use wapipe_shared::entities::webhook_events::{self, EventStatus};
+use wapipe_shared::entities::{
+    chats, conversations, customers, message_status_events, messages, whatsapp_configs,
+};
+use wapipe_shared::tenants::{self, NewConfig};
+use wapipe_workers::parse::{self, Settled};
+
+pub const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+pub const PHONE: &str = "15550000001";
+pub const WABA: &str = "15550009999";
+pub const CUSTOMER: &str = "4915112345678";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+pub struct Env {
+    pub backend: Backend,
+    pub db: DatabaseConnection,
+    pub broker: Arc<dyn Broker>,
+    /// The same broker, for `subscribe_realtime`.
+    pub embedded: EmbeddedBroker,
+    pub config_id: Uuid,
+    _dir: Option<testing::TempDir>,
+}
+
+/// Runs the async fn `$name(Backend)` once per backend, as two tests.
+#[allow(unused_macros)]
+macro_rules! both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn postgres() {
+                super::$name($crate::support::Backend::Postgres).await;
+            }
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::support::Backend::Sqlite).await;
+            }
+        }
+    };
+}
+
+pub async fn env(backend: Backend) -> Env {
+    let (url, dir) = match backend {
+        Backend::Postgres => (
+            testing::fresh_postgres_url()
+                .await
+                .expect("create a test database (is PostgreSQL on 127.0.0.1:5432?)"),
+            None,
+        ),
+        Backend::Sqlite => {
+            let (url, dir) = testing::fresh_sqlite_url().expect("temp sqlite");
+            (url, Some(dir))
+        }
+    };
+    let db = db::connect(&url, 8).await.expect("connect");
+    Migrator::up(&db, None).await.expect("migrate");
+    let embedded = EmbeddedBroker::new(
+        &BrokerSettings {
+            amqp_url: None,
+            prefix: "t".into(),
+            lanes: 2,
+            prefetch: 8,
+        },
+        db.clone(),
+    );
+    let broker: Arc<dyn Broker> = Arc::new(embedded.clone());
+    let config_id = add_config(&db, PHONE, WABA, "Test Co").await;
+    Env {
+        backend,
+        db,
+        broker,
+        embedded,
+        config_id,
+        _dir: dir,
+    }
+}
+
+pub async fn add_config(db: &DatabaseConnection, phone: &str, waba: &str, company: &str) -> Uuid {
+    let key = SecretKey::from_base64(KEY).expect("key");
+    tenants::add(
+        db,
+        &key,
+        NewConfig {
+            company: company.into(),
+            name: None,
+            phone_number_id: phone.into(),
+            waba_id: waba.into(),
+            display_phone_number: None,
+            app_secret: "secret".into(),
+            verify_token: "verify".into(),
+            access_token: "EAAG".into(),
+            webhook_secret: None,
+            max_mps: 80,
+        },
+    )
+    .await
+    .expect("add config")
+    .id
+}
+
+/// A fixture of `workers/tests/fixtures/`.
+pub fn fixture(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// An envelope with one `messages` change for `PHONE`.
+pub fn envelope(value: Value) -> Value {
+    json!({"object": "whatsapp_business_account", "entry": [{"id": WABA, "changes": [
+        {"field": "messages", "value": value}]}]})
+}
+
+pub fn messages_value(contacts: Value, messages: Value) -> Value {
+    json!({"messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550000001", "phone_number_id": PHONE},
+        "contacts": contacts, "messages": messages})
+}
+
+/// A text message from `from`, as Meta sends it.
+pub fn text_msg(id: &str, from: &str, ts: i64, body: &str) -> Value {
+    json!({"from": from, "id": id, "timestamp": ts.to_string(), "type": "text", "text": {"body": body}})
+}
+
+pub fn text_event(id: &str, from: &str, ts: i64, body: &str) -> Value {
+    envelope(messages_value(
+        json!([{"profile": {"name": "Erika"}, "wa_id": from}]),
+        json!([text_msg(id, from, ts, body)]),
+    ))
+}
+
+pub fn status_event(wamid: &str, status: &str, ts: i64, recipient: &str) -> Value {
+    envelope(json!({"messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550000001", "phone_number_id": PHONE},
+        "statuses": [{"id": wamid, "status": status, "timestamp": ts.to_string(), "recipient_id": recipient}]}))
+}
+
+impl Env {
+    /// Stores a raw event as ingest would (status `received`, tied to the
+    /// test config) and returns its id.
+    pub async fn store_raw(&self, raw: &[u8]) -> Uuid {
+        let id = Uuid::now_v7();
+        let now = Utc::now();
+        webhook_events::ActiveModel {
+            id: Set(id),
+            created_at: Set(now),
+            updated_at: Set(now),
+            config_id: Set(Some(self.config_id)),
+            // Unique per row here: tests store the same body twice on purpose.
+            body_sha256: Set(format!("{}-{id}", sha256_hex(raw))),
+            raw_body: Set(raw.to_vec()),
+            signature: Set(None),
+            object: Set(None),
+            field: Set(None),
+            status: Set(EventStatus::Received),
+            error: Set(None),
+            attempts: Set(0),
+            received_at: Set(now),
+            published_at: Set(None),
+            processed_at: Set(None),
+            processed_data: Set(None),
+        }
+        .insert(&self.db)
+        .await
+        .expect("store event");
+        id
+    }
+
+    pub async fn store(&self, body: &Value) -> Uuid {
+        self.store_raw(body.to_string().as_bytes()).await
+    }
+
+    pub async fn process(&self, id: Uuid) -> Settled {
+        parse::process_event(&self.db, self.broker.as_ref(), id)
+            .await
+            .expect("process event")
+    }
+
+    /// Stores and processes a body; returns the event id.
+    pub async fn post(&self, body: &Value) -> Uuid {
+        let id = self.store(body).await;
+        let settled = self.process(id).await;
+        assert!(
+            matches!(settled, Settled::Processed | Settled::Ignored),
+            "{settled:?}"
+        );
+        id
+    }
+
+    /// What `wapipe replay` does to an event: back to `received`.
+    pub async fn reset(&self, id: Uuid) {
+        webhook_events::Entity::update_many()
+            .col_expr(
+                webhook_events::Column::Status,
+                sea_orm::sea_query::Expr::value(EventStatus::Received.as_str()),
+            )
+            .filter(webhook_events::Column::Id.eq(id))
+            .exec(&self.db)
+            .await
+            .expect("reset");
+    }
+
+    pub async fn event(&self, id: Uuid) -> webhook_events::Model {
+        webhook_events::Entity::find_by_id(id)
+            .one(&self.db)
+            .await
+            .expect("query")
+            .expect("event exists")
+    }
+
+    pub async fn message(&self, wamid: &str) -> messages::Model {
+        self.message_opt(wamid)
+            .await
+            .unwrap_or_else(|| panic!("no message {wamid}"))
+    }
+
+    pub async fn message_opt(&self, wamid: &str) -> Option<messages::Model> {
+        messages::Entity::find()
+            .filter(messages::Column::ProviderMessageId.eq(wamid))
+            .one(&self.db)
+            .await
+            .expect("query")
+    }
+
+    pub async fn chats(&self) -> Vec<chats::Model> {
+        chats::Entity::find()
+            .order_by_asc(chats::Column::Id)
+            .all(&self.db)
+            .await
+            .expect("query")
+    }
+
+    pub async fn customers(&self) -> Vec<customers::Model> {
+        customers::Entity::find()
+            .order_by_asc(customers::Column::Id)
+            .all(&self.db)
+            .await
+            .expect("query")
+    }
+
+    pub async fn conversations(&self) -> Vec<conversations::Model> {
+        conversations::Entity::find()
+            .order_by_asc(conversations::Column::OpenedAt)
+            .all(&self.db)
+            .await
+            .expect("query")
+    }
+
+    pub async fn status_events(&self, wamid: &str) -> Vec<message_status_events::Model> {
+        message_status_events::Entity::find()
+            .filter(message_status_events::Column::ProviderMessageId.eq(wamid))
+            .order_by_asc(message_status_events::Column::Timestamp)
+            .all(&self.db)
+            .await
+            .expect("query")
+    }
+
+    pub async fn count_messages(&self) -> u64 {
+        messages::Entity::find()
+            .count(&self.db)
+            .await
+            .expect("count")
+    }
+
+    /// Every count the parse worker keeps, for before/after comparisons.
+    pub async fn counts(&self) -> Value {
+        let chats: Vec<Value> = self
+            .chats()
+            .await
+            .into_iter()
+            .map(|c| {
+                json!([
+                    c.unread_count,
+                    c.total_messages,
+                    c.customer_messages,
+                    c.last_message,
+                    c.last_message_id,
+                    c.last_message_time
+                ])
+            })
+            .collect();
+        let convs: Vec<Value> = self
+            .conversations()
+            .await
+            .into_iter()
+            .map(|c| json!([c.id, c.status, c.message_count, c.opened_at, c.expires_at]))
+            .collect();
+        let customers: Vec<Value> = self
+            .customers()
+            .await
+            .into_iter()
+            .map(|c| json!([c.id, c.wa_id, c.user_id, c.total_chats]))
+            .collect();
+        let status_events = message_status_events::Entity::find()
+            .count(&self.db)
+            .await
+            .expect("count");
+        let configs = whatsapp_configs::Entity::find()
+            .count(&self.db)
+            .await
+            .expect("count");
+        let msgs: Vec<Value> = messages::Entity::find()
+            .order_by_asc(messages::Column::Id)
+            .all(&self.db)
+            .await
+            .expect("query")
+            .into_iter()
+            .map(|m| {
+                json!([
+                    m.id,
+                    m.provider_message_id,
+                    m.text,
+                    m.reactions,
+                    m.edit_history,
+                    m.is_deleted,
+                    m.conversation_id,
+                    m.status
+                ])
+            })
+            .collect();
+        json!({"messages": msgs, "chats": chats, "conversations": convs, "customers": customers,
+               "status_events": status_events, "configs": configs})
+    }
+
+    /// The jobs waiting for `worker` (embedded broker), acknowledged:
+    /// `(lane_key, body)` each.
+    pub async fn take_jobs(&self, worker: &str) -> Vec<(String, Value)> {
+        let mut out = Vec::new();
+        for d in self.deliveries(worker).await {
+            let body = serde_json::from_slice(&d.body).expect("json job");
+            out.push((d.lane_key.clone(), body));
+            d.ack().await.expect("ack");
+        }
+        out
+    }
+
+    /// The deliveries waiting for `worker`, unsettled (for `run_one`).
+    pub async fn deliveries(&self, worker: &str) -> Vec<Delivery> {
+        let mut lanes = self.broker.consume(worker).await.expect("consume");
+        let mut out = Vec::new();
+        for lane in lanes.iter_mut() {
+            while let Ok(Some(Ok(d))) =
+                tokio::time::timeout(Duration::from_millis(30), lane.next()).await
+            {
+                out.push(d);
+            }
+        }
+        out
+    }
+
+    /// Real-time events published so far on `rx`, decoded.
+    pub fn drain_realtime(rx: &mut tokio::sync::broadcast::Receiver<Vec<u8>>) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Ok(b) = rx.try_recv() {
+            out.push(serde_json::from_slice(&b).expect("json realtime event"));
+        }
+        out
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        self.db.execute_unprepared(sql).await.expect("sql");
+    }
+}
