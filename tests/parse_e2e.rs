@@ -231,6 +231,7 @@ async fn replay_changes_no_count(mode: Mode) {
         delivered_at: Set(None),
         read_at: Set(None),
         failed_at: Set(None),
+        dispatched_at: Set(None),
         attempt_count: Set(1),
         is_read: Set(false),
         is_edited: Set(false),

@@ -94,7 +94,10 @@ fn graph_binary_serves_sends() {
         .build()
         .unwrap();
     let statuses = rt.block_on(async {
-        let client = reqwest::Client::new();
+        let client = {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::new()
+    };
         let mut statuses = Vec::new();
         for _ in 0..2 {
             let resp = client

@@ -31,7 +31,10 @@ struct Answer {
 }
 
 async fn call(method: &str, url: String, token: Option<&str>, body: Option<Value>) -> Answer {
-    let client = reqwest::Client::new();
+    let client = {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::new()
+    };
     let mut req = client.request(method.parse().unwrap(), url);
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
@@ -352,12 +355,15 @@ async fn media_urls_and_bytes() {
     let url = a.json["url"].as_str().unwrap().to_owned();
     assert_eq!(url, format!("{}/media/987654", g.base_url()));
 
-    let resp = reqwest::Client::new()
-        .get(&url)
-        .header("authorization", "Bearer t")
-        .send()
-        .await
-        .unwrap();
+    let resp = {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::new()
+    }
+    .get(&url)
+    .header("authorization", "Bearer t")
+    .send()
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 200);
     let bytes = resp.bytes().await.unwrap();
     assert_eq!(bytes.len() as u64, a.json["file_size"].as_u64().unwrap());

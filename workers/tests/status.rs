@@ -65,6 +65,7 @@ async fn outbound(env: &Env, wamid: &str, status: MessageStatus) -> Uuid {
         delivered_at: Set(None),
         read_at: Set(None),
         failed_at: Set(None),
+        dispatched_at: Set(None),
         attempt_count: Set(1),
         is_read: Set(false),
         is_edited: Set(false),

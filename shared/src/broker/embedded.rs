@@ -251,6 +251,9 @@ impl Broker for EmbeddedBroker {
     }
 
     async fn publish(&self, job: OutboundJob) -> Result<(), BrokerError> {
+        // The embedded "confirm" is the enqueue itself; recording it keeps
+        // one set of metric names (and dashboards) for both modes.
+        let started = std::time::Instant::now();
         let Some(worker) = worker_for_event(&job.event) else {
             metrics::counter!(METRIC_PUBLISH_TOTAL, "result" => "error").increment(1);
             return Err(BrokerError::UnknownEvent(job.event));
@@ -265,6 +268,8 @@ impl Broker for EmbeddedBroker {
             attempt: 1,
             redelivered: false,
         });
+        metrics::histogram!(super::METRIC_PUBLISH_CONFIRM_SECONDS)
+            .record(started.elapsed().as_secs_f64());
         metrics::counter!(METRIC_PUBLISH_TOTAL, "result" => "ok").increment(1);
         Ok(())
     }

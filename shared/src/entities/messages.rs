@@ -254,6 +254,8 @@ pub struct Model {
     pub delivered_at: Option<DateTimeUtc>,
     pub read_at: Option<DateTimeUtc>,
     pub failed_at: Option<DateTimeUtc>,
+    /// When an `outbound.send` job was last handed to the broker (outbound sweep).
+    pub dispatched_at: Option<DateTimeUtc>,
     pub attempt_count: i32,
     pub is_read: bool,
     pub is_edited: bool,

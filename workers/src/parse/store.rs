@@ -320,6 +320,7 @@ pub async fn insert_message<C: ConnectionTrait>(
         delivered_at: Set(None),
         read_at: Set(None),
         failed_at: Set(None),
+        dispatched_at: Set(None),
         attempt_count: Set(0),
         is_read: Set(false),
         is_edited: Set(false),
