@@ -42,6 +42,9 @@ enum Command {
     /// List, redrive or purge a worker's dead-letter queue.
     #[command(subcommand)]
     Dlq(ops_cmd::DlqCommand),
+    /// Declare or delete the RabbitMQ exchanges and queues of WAPIPE_QUEUE_PREFIX.
+    #[command(subcommand)]
+    Topology(ops_cmd::TopologyCommand),
     /// Manage WhatsApp numbers (tenants): add, list, update, remove.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
             Command::Migrate => app::migrate(&cli.settings).await,
             Command::Replay(args) => ops_cmd::replay(&cli.settings, args).await,
             Command::Dlq(cmd) => ops_cmd::dlq(&cli.settings, cmd).await,
+            Command::Topology(cmd) => ops_cmd::topology(&cli.settings, cmd).await,
             Command::Config(cmd) => config_cmd::run(&cli.settings, cmd).await,
             Command::Send(args) => send_cmd::run(&cli.settings, args).await,
         }

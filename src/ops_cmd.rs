@@ -132,3 +132,31 @@ pub async fn dlq(settings: &Settings, cmd: DlqCommand) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, Subcommand)]
+pub enum TopologyCommand {
+    /// Declare the exchanges and queues (idempotent; every role does it at start).
+    Declare,
+    /// Delete this prefix's exchanges and queues from RabbitMQ (jobs in them are lost).
+    Delete,
+}
+
+pub async fn topology(settings: &Settings, cmd: TopologyCommand) -> Result<()> {
+    let broker_settings = settings.broker_settings();
+    if broker_settings.amqp_url.is_none() {
+        bail!("the embedded queue has no topology to manage: set AMQP_URL");
+    }
+    let amqp = broker::AmqpBroker::new(&broker_settings)?;
+    match cmd {
+        TopologyCommand::Declare => {
+            broker::Broker::declare(&amqp).await?;
+            println!("declared the topology of prefix {}", broker_settings.prefix);
+        }
+        TopologyCommand::Delete => {
+            amqp.delete_topology().await?;
+            println!("deleted the topology of prefix {}", broker_settings.prefix);
+        }
+    }
+    amqp.close().await;
+    Ok(())
+}
