@@ -50,6 +50,8 @@ enum Command {
     Config(config_cmd::ConfigCommand),
     /// Queue a message to a customer; prints the message id as the last line.
     Send(send_cmd::SendArgs),
+    /// Show a message's status (and wait for one with --wait).
+    Status(send_cmd::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
             Command::Topology(cmd) => ops_cmd::topology(&cli.settings, cmd).await,
             Command::Config(cmd) => config_cmd::run(&cli.settings, cmd).await,
             Command::Send(args) => send_cmd::run(&cli.settings, args).await,
+            Command::Status(args) => send_cmd::status(&cli.settings, args).await,
         }
     });
     match result {

@@ -107,3 +107,78 @@ pub async fn run(settings: &Settings, args: SendArgs) -> Result<()> {
     println!("{}", queued.message_id);
     Ok(())
 }
+
+/// `wapipe status MESSAGE_ID [--wait STATUS]`: where a message stands
+/// (status, its timestamps, Meta's error), optionally polling until it
+/// reaches a status, so a demo or a script can watch a send go through.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The message's id (`messages.id`, as `wapipe send` prints it).
+    pub message_id: String,
+    /// Poll until the message reaches this status (or fails), up to --timeout-secs.
+    #[arg(long, value_name = "STATUS")]
+    pub wait: Option<String>,
+    #[arg(long, default_value_t = 30)]
+    pub timeout_secs: u64,
+}
+
+pub async fn status(settings: &Settings, args: StatusArgs) -> Result<()> {
+    use sea_orm::EntityTrait;
+    use wapipe_shared::entities::messages::{self, MessageStatus};
+
+    let id = Uuid::parse_str(args.message_id.trim()).with_context(|| {
+        format!(
+            "{:?} is not a message id (expected a UUID)",
+            args.message_id
+        )
+    })?;
+    let target: Option<MessageStatus> = args
+        .wait
+        .as_deref()
+        .map(|s| s.parse().map_err(|_| anyhow!("unknown status {s:?}")))
+        .transpose()?;
+    let db = app::connect_ready(settings).await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout_secs);
+    let mut last: Option<MessageStatus> = None;
+    loop {
+        let m = messages::Entity::find_by_id(id)
+            .one(&db)
+            .await?
+            .ok_or_else(|| anyhow!("no message with id {id}"))?;
+        if last != Some(m.status) {
+            let at = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into())
+            };
+            println!(
+                "{}  wamid={}  sent={}  delivered={}  read={}{}",
+                m.status,
+                m.provider_message_id.as_deref().unwrap_or("-"),
+                at(m.sent_at),
+                at(m.delivered_at),
+                at(m.read_at),
+                m.error_code
+                    .as_deref()
+                    .map(|c| format!("  error={c} {}", m.error_title.as_deref().unwrap_or("")))
+                    .unwrap_or_default()
+            );
+            last = Some(m.status);
+        }
+        let Some(t) = target else { return Ok(()) };
+        if m.status == MessageStatus::Failed && t != MessageStatus::Failed {
+            return Err(anyhow!("message failed before reaching {t}"));
+        }
+        if m.status.rank() >= t.rank()
+            && (m.status != MessageStatus::Failed || t == MessageStatus::Failed)
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(anyhow!(
+                "message is {} after {} s, not {t}",
+                m.status,
+                args.timeout_secs
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -265,3 +265,70 @@ async fn replay_cli() {
     }
     app.stop().await;
 }
+
+/// `wapipe status` shows where a message stands and `--wait` gives up with a
+/// clear message; bad ids are refused.
+#[tokio::test]
+async fn status_cli() {
+    let app = TestApp::spawn(Mode::Embedded).await;
+    let run = |args: &[&str]| wapipe(&app.settings).args(args).output().unwrap();
+    let out = run(&[
+        "send",
+        "--config",
+        &app.config_id.to_string(),
+        "--to",
+        "15550001234",
+        "--template",
+        "hello",
+        "--lang",
+        "en_US",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let out = run(&["status", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        ["queued", "sending", "failed"]
+            .iter()
+            .any(|s| line.starts_with(s)),
+        "a status line: {line}"
+    );
+    // No reachable Meta here: it cannot become `read`.
+    let out = run(&["status", &id, "--wait", "read", "--timeout-secs", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not read") || err.contains("failed before reaching read"),
+        "{err}"
+    );
+    for (args, needle) in [
+        (vec!["status", "nope"], "not a message id"),
+        (
+            vec!["status", "0190a0a0-0000-7000-8000-000000000000"],
+            "no message with id",
+        ),
+        (vec!["status", &id, "--wait", "bogus"], "unknown status"),
+    ] {
+        let out = run(&args);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(needle),
+            "{args:?}"
+        );
+    }
+    app.stop().await;
+}
