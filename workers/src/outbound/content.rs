@@ -412,6 +412,16 @@ fn text_obj(t: &str) -> Value {
     json!({ "text": t })
 }
 
+/// The optional text header and footer every interactive kind shares.
+fn header_footer(o: &mut Value, header: Option<&String>, footer: Option<&String>) {
+    if let Some(h) = header {
+        o["header"] = json!({"type": "text", "text": h});
+    }
+    if let Some(f) = footer {
+        o["footer"] = text_obj(f);
+    }
+}
+
 impl OutboundContent {
     /// Meta's `type` of the message (also `messages.type`).
     pub fn graph_type(&self) -> &'static str {
@@ -598,12 +608,7 @@ impl OutboundContent {
                 buttons,
             } => {
                 let mut o = json!({"type": "button", "body": text_obj(body)});
-                if let Some(h) = header {
-                    o["header"] = json!({"type": "text", "text": h});
-                }
-                if let Some(f) = footer {
-                    o["footer"] = text_obj(f);
-                }
+                header_footer(&mut o, header.as_ref(), footer.as_ref());
                 o["action"] = json!({"buttons": buttons.iter().map(|b| json!({
                     "type": "reply", "reply": {"id": b.id, "title": b.title}})).collect::<Vec<_>>()});
                 o
@@ -616,12 +621,7 @@ impl OutboundContent {
                 sections,
             } => {
                 let mut o = json!({"type": "list", "body": text_obj(body)});
-                if let Some(h) = header {
-                    o["header"] = json!({"type": "text", "text": h});
-                }
-                if let Some(f) = footer {
-                    o["footer"] = text_obj(f);
-                }
+                header_footer(&mut o, header.as_ref(), footer.as_ref());
                 let sections: Vec<Value> = sections
                     .iter()
                     .map(|s| {
@@ -653,11 +653,8 @@ impl OutboundContent {
                 catalog_id,
                 sections,
             } => {
-                let mut o = json!({"type": "product_list",
-                    "header": {"type": "text", "text": header}, "body": text_obj(body)});
-                if let Some(f) = footer {
-                    o["footer"] = text_obj(f);
-                }
+                let mut o = json!({"type": "product_list", "body": text_obj(body)});
+                header_footer(&mut o, Some(header), footer.as_ref());
                 let sections: Vec<Value> = sections
                     .iter()
                     .map(|s| {
