@@ -238,6 +238,7 @@ async fn replay_changes_no_count(mode: Mode) {
         edit_history: Set(None),
         is_deleted: Set(false),
         deleted_at: Set(None),
+        effect_target: Set(None),
     }
     .insert(&app.db)
     .await

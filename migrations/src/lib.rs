@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261121_000001_init;
 mod m20261121_000003_outbound;
+mod m20261121_000004_effects_and_plans;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261121_000001_init::Migration),
             Box::new(m20261121_000003_outbound::Migration),
+            Box::new(m20261121_000004_effects_and_plans::Migration),
         ]
     }
 }

@@ -451,6 +451,7 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         edit_history: Some(json!([{"text": "héllo", "at": "2026-11-21T09:30:15Z"}])),
         is_deleted: true,
         deleted_at: Some(ts(32)),
+        effect_target: Some("wamid.target".to_owned()),
     };
     let message =
         roundtrip::<messages::Entity, _>(db, "messages", message.clone(), message.id).await;

@@ -42,6 +42,8 @@ pub struct LoadConfig {
     pub business: Business,
     /// Distinct customers the inbound messages come from.
     pub customers: usize,
+    /// Messages per message body (see `PayloadGen::with_messages_per_body`).
+    pub messages_per_body: u32,
     /// Per-request bound; a request still unanswered then counts as an error.
     pub request_timeout: Duration,
 }
@@ -57,6 +59,7 @@ impl LoadConfig {
             max_requests: None,
             business: Business::default(),
             customers: 1000,
+            messages_per_body: 1,
             request_timeout: Duration::from_secs(10),
         }
     }
@@ -211,7 +214,8 @@ pub async fn run_load(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
     let deadline = start + cfg.duration;
     let mut workers = Vec::with_capacity(cfg.concurrency);
     for _ in 0..cfg.concurrency {
-        let gen_ = PayloadGen::new(cfg.business.clone(), cfg.customers);
+        let gen_ = PayloadGen::new(cfg.business.clone(), cfg.customers)
+            .with_messages_per_body(cfg.messages_per_body);
         workers.push(tokio::spawn(worker(
             shared.clone(),
             target.clone(),
@@ -457,6 +461,7 @@ impl std::fmt::Debug for LoadConfig {
             .field("max_requests", &self.max_requests)
             .field("business", &self.business)
             .field("customers", &self.customers)
+            .field("messages_per_body", &self.messages_per_body)
             .field("request_timeout", &self.request_timeout)
             .finish()
     }

@@ -74,6 +74,10 @@ struct LoadArgs {
     /// Distinct customers the messages come from.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     customers: u32,
+    /// Messages in every message body (1 = Meta's usual single message;
+    /// more = bursts Meta delivers in one POST).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    messages_per_body: u32,
     /// Per-request timeout.
     #[arg(long, default_value = "10s", value_parser = wapipe_sim::parse_duration)]
     timeout: Duration,
@@ -203,6 +207,7 @@ async fn run_load(a: LoadArgs) -> anyhow::Result<ExitCode> {
             display_phone_number: a.display_phone_number,
         },
         customers: a.customers as usize,
+        messages_per_body: a.messages_per_body,
         request_timeout: a.timeout,
         ..LoadConfig::new(a.target.webhook, a.target.app_secret)
     };

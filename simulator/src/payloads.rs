@@ -290,6 +290,9 @@ const REACTIONS: &[&str] = &["👍", "❤️", "😂", "🙏", ""];
 pub struct PayloadGen {
     business: Business,
     customers: usize,
+    /// Messages in every message body; 1 keeps Meta's usual one (with the
+    /// occasional pair).
+    messages_per_body: u32,
     rng: StdRng,
 }
 
@@ -298,6 +301,7 @@ impl PayloadGen {
         Self {
             business,
             customers: customers.max(1),
+            messages_per_body: 1,
             rng: StdRng::from_os_rng(),
         }
     }
@@ -307,8 +311,16 @@ impl PayloadGen {
         Self {
             business,
             customers: customers.max(1),
+            messages_per_body: 1,
             rng: StdRng::seed_from_u64(seed),
         }
+    }
+
+    /// Every message body carries `n` messages of one customer (a burst
+    /// Meta delivers in one POST), each of a kind drawn from the mix.
+    pub fn with_messages_per_body(mut self, n: u32) -> Self {
+        self.messages_per_body = n.max(1);
+        self
     }
 
     pub fn business(&self) -> &Business {
@@ -376,15 +388,30 @@ impl PayloadGen {
                 .collect();
             return (statuses_envelope(&self.business, statuses), 0);
         }
-        // A few text bodies hold two messages typed in quick succession.
-        let n = if kind == PayloadKind::Text && self.rng.random_bool(0.05) {
-            2
+        let (n, messages) = if self.messages_per_body > 1 {
+            let n = self.messages_per_body;
+            let messages = (0..n)
+                .map(|i| {
+                    let mut k = if i == 0 { kind } else { self.pick_kind() };
+                    if k == PayloadKind::Status {
+                        k = PayloadKind::Text;
+                    }
+                    self.message(k, &customer.wa_id)
+                })
+                .collect();
+            (n, messages)
         } else {
-            1
+            // A few text bodies hold two messages typed in quick succession.
+            let n = if kind == PayloadKind::Text && self.rng.random_bool(0.05) {
+                2
+            } else {
+                1
+            };
+            let messages = (0..n)
+                .map(|_| self.message(kind, &customer.wa_id))
+                .collect();
+            (n, messages)
         };
-        let messages = (0..n)
-            .map(|_| self.message(kind, &customer.wa_id))
-            .collect();
         (messages_envelope(&self.business, &customer, messages), n)
     }
 

@@ -94,6 +94,23 @@ impl Worker for ParseWorker {
             .map(|_| ())
     }
 
+    fn batch_size(&self) -> usize {
+        parse::BATCH_SIZE
+    }
+
+    /// What has queued up on a lane, as one transaction (DESIGN §2: one
+    /// transaction per event "where possible"; a batch keeps every event's
+    /// rows atomic and amortises the commit and the round trips).
+    async fn handle_batch(&self, jobs: &[Delivery]) -> Result<(), JobError> {
+        let ids = jobs
+            .iter()
+            .map(|j| parse::decode(&j.body).map(|w| w.event_id))
+            .collect::<Result<Vec<_>, _>>()?;
+        parse::process_events(&self.ctx.db, self.ctx.broker.as_ref(), &ids)
+            .await
+            .map(|_| ())
+    }
+
     /// Out of attempts (or refused for good): the event must not stay
     /// `received`, or the relay would re-publish it forever. `failed` keeps
     /// the error, and `wapipe replay --status failed` brings it back.

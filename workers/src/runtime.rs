@@ -21,6 +21,8 @@ pub const METRIC_JOB_DURATION_SECONDS: &str = "wapipe_worker_job_duration_second
 pub const METRIC_JOB_ATTEMPTS: &str = "wapipe_worker_job_attempts";
 /// Settling (ack, retry, dead-letter) failed; the broker delivers the job again.
 pub const METRIC_SETTLE_FAILURES_TOTAL: &str = "wapipe_worker_settle_failures_total";
+/// Jobs handled together by a batching worker, per batch.
+pub const METRIC_BATCH_SIZE: &str = "wapipe_worker_batch_size";
 
 /// What a worker answers when a job fails.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +57,22 @@ impl JobError {
 pub trait Worker: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     async fn handle(&self, job: &Delivery) -> Result<(), JobError>;
+    /// The most jobs of one lane [`handle_batch`](Self::handle_batch) takes
+    /// at once; 1 (the default) means the worker does not batch.
+    fn batch_size(&self) -> usize {
+        1
+    }
+    /// Handles several jobs of one lane, in lane order, as one unit: Ok
+    /// means every one of them is done. On an error the runtime runs each
+    /// job again on its own through [`handle`](Self::handle), so only the
+    /// failing ones are retried; this must therefore be all-or-nothing or
+    /// idempotent (it is called only when `batch_size() > 1`).
+    async fn handle_batch(&self, jobs: &[Delivery]) -> Result<(), JobError> {
+        for job in jobs {
+            self.handle(job).await?;
+        }
+        Ok(())
+    }
     /// Called once when the job is about to go to the dead-letter queue, so
     /// the worker can record the failure where its domain keeps it (the
     /// parse worker marks the event `failed`). Best effort: errors are logged.
@@ -99,7 +117,8 @@ pub enum RuntimeError {
 }
 
 /// Runs `worker` on every lane until `shutdown` is cancelled: one task per
-/// lane, each lane's jobs one at a time, in order. On shutdown no new job
+/// lane, each lane's jobs one at a time (or, for a batching worker, what
+/// has queued up on the lane as one batch), in order. On shutdown no new job
 /// is taken; jobs in progress finish and are settled, then it returns.
 pub async fn run(
     broker: Arc<dyn Broker>,
@@ -158,7 +177,21 @@ async fn run_lane(
                 // `next` backs off before its next attempt.
                 tracing::warn!(worker = name, lane, error = %e, "cannot consume");
             }
-            Some(Ok(delivery)) => match run_one(worker.as_ref(), &policy, delivery).await {
+            Some(Ok(delivery)) => match run_batch(worker.as_ref(), &policy, {
+                // Under load the lane has more prefetched: take what is
+                // ready (never wait for more), so batches grow with the
+                // backlog and a lone job goes through at once.
+                let mut batch = vec![delivery];
+                while batch.len() < worker.batch_size() {
+                    match consumer.try_next() {
+                        Some(d) => batch.push(d),
+                        None => break,
+                    }
+                }
+                batch
+            })
+            .await
+            {
                 Ok(_) => settle_failures = 0,
                 Err(e) => {
                     // The job comes back (requeued or redelivered); pause so
@@ -176,6 +209,62 @@ async fn run_lane(
         }
     }
     tracing::debug!(worker = name, lane, "lane stopped");
+}
+
+/// Processes deliveries of one lane, in order: one through [`run_one`];
+/// several through the worker's `handle_batch`, acknowledged together when
+/// it succeeds, and else each run again on its own, so one bad job is
+/// retried or dead-lettered alone. Returns the first settle error.
+pub async fn run_batch(
+    worker: &dyn Worker,
+    policy: &RetryPolicy,
+    mut batch: Vec<Delivery>,
+) -> Result<(), BrokerError> {
+    if batch.len() <= 1 {
+        return match batch.pop() {
+            Some(d) => run_one(worker, policy, d).await.map(|_| ()),
+            None => Ok(()),
+        };
+    }
+    let name = worker.name();
+    let started = Instant::now();
+    metrics::histogram!(METRIC_BATCH_SIZE, "worker" => name).record(batch.len() as f64);
+    let result = AssertUnwindSafe(worker.handle_batch(&batch))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            Err(JobError::Retryable(format!(
+                "worker panicked: {}",
+                panic_message(panic.as_ref())
+            )))
+        });
+    let mut first_err = None;
+    if let Err(e) = result {
+        tracing::debug!(worker = name, jobs = batch.len(), error = %e,
+            "batch failed; running its jobs one by one");
+        for d in batch {
+            if let Err(e) = run_one(worker, policy, d).await {
+                first_err.get_or_insert(e);
+            }
+        }
+    } else {
+        let elapsed = started.elapsed().as_secs_f64();
+        let n = batch.len() as u64;
+        for d in batch {
+            metrics::histogram!(METRIC_JOB_DURATION_SECONDS, "worker" => name).record(elapsed);
+            metrics::histogram!(METRIC_JOB_ATTEMPTS, "worker" => name).record(f64::from(d.attempt));
+            if let Err(e) = d.ack().await {
+                metrics::counter!(METRIC_SETTLE_FAILURES_TOTAL, "worker" => name).increment(1);
+                first_err.get_or_insert(e);
+            }
+        }
+        metrics::counter!(METRIC_JOBS_TOTAL, "worker" => name, "outcome" => Outcome::Ok.as_str())
+            .increment(n);
+    }
+    match first_err {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
 }
 
 /// Processes one delivery: runs the worker, then settles the job from its

@@ -874,3 +874,358 @@ async fn huge_ids_are_bounded(b: Backend) {
     assert_eq!(env.counts().await, before);
 }
 both_backends!(huge_ids_are_bounded);
+
+/// What the parse worker wrote, without ids (which differ between runs):
+/// messages by wamid, chats and conversations by customer, customers, the
+/// number of receipts, and each event's status and summary.
+async fn canonical(env: &Env, events: &[Uuid]) -> serde_json::Value {
+    let customers = env.customers().await;
+    let customer_key = |id: Uuid| {
+        customers
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| format!("{:?}/{:?}", c.wa_id, c.user_id))
+            .unwrap_or_default()
+    };
+    let mut msgs = Vec::new();
+    let all = wapipe_shared::entities::messages::Entity::find()
+        .all(&env.db)
+        .await
+        .expect("messages");
+    let wamid_of = |id: Option<Uuid>| {
+        all.iter()
+            .find(|m| Some(m.id) == id)
+            .and_then(|m| m.provider_message_id.clone())
+    };
+    let convs = env.conversations().await;
+    let conv_key = |id: Option<Uuid>| {
+        convs
+            .iter()
+            .position(|c| Some(c.id) == id)
+            .map(|i| i as i64)
+            .unwrap_or(-1)
+    };
+    for m in &all {
+        msgs.push(json!([
+            m.provider_message_id,
+            customer_key(m.customer_id),
+            m.text,
+            m.reactions,
+            m.edit_history.as_ref().map(|h| h.as_array().map(Vec::len)),
+            m.is_edited,
+            m.is_deleted,
+            conv_key(m.conversation_id),
+        ]));
+    }
+    msgs.sort_by_key(|v| v[0].to_string());
+    let mut chats: Vec<_> = env
+        .chats()
+        .await
+        .into_iter()
+        .map(|c| {
+            json!([
+                customer_key(c.customer_id),
+                c.customer_name,
+                c.unread_count,
+                c.total_messages,
+                c.customer_messages,
+                c.last_message,
+                c.last_message_time,
+                wamid_of(c.last_message_id),
+            ])
+        })
+        .collect();
+    chats.sort_by_key(|v| v[0].to_string());
+    let convs: Vec<_> = convs
+        .iter()
+        .map(|c| {
+            json!([
+                customer_key(c.customer_id),
+                c.status,
+                c.message_count,
+                c.opened_at,
+                c.expires_at,
+                c.closed_at
+            ])
+        })
+        .collect();
+    let mut custs: Vec<_> = customers
+        .iter()
+        .map(|c| {
+            json!([
+                c.wa_id,
+                c.user_id,
+                c.name,
+                c.profile_name,
+                c.total_chats,
+                c.last_seen_at
+            ])
+        })
+        .collect();
+    custs.sort_by_key(|v| v.to_string());
+    let mut evs = Vec::new();
+    for id in events {
+        let e = env.event(*id).await;
+        evs.push(json!([e.status, e.processed_data]));
+    }
+    let receipts = env.status_events("wamid.b.out").await.len();
+    json!({"messages": msgs, "chats": chats, "conversations": convs, "customers": custs,
+           "events": evs, "receipts": receipts})
+}
+
+/// Events that exercise every rule that spans messages: one customer
+/// writing out of order and twice in one body, a reaction and an edit to
+/// a message of an earlier event, a wamid sent twice, a username user seen
+/// first by user_id, a late message from an old window, duplicate receipts.
+fn batch_events(now: i64) -> Vec<serde_json::Value> {
+    let other = "4917000000002";
+    vec![
+        text_event("wamid.b1", CUSTOMER, now - 600, "one"),
+        envelope(messages_value(
+            json!([{"profile": {"name": "Erika M."}, "wa_id": CUSTOMER}]),
+            json!([
+                text_msg("wamid.b3", CUSTOMER, now - 300, "three"),
+                text_msg("wamid.b2", CUSTOMER, now - 400, "two, late"),
+            ]),
+        )),
+        envelope(messages_value(
+            json!([{"wa_id": CUSTOMER}]),
+            json!([{"from": CUSTOMER, "id": "wamid.b.react", "timestamp": (now - 200).to_string(),
+                    "type": "reaction", "reaction": {"message_id": "wamid.b1", "emoji": "👍"}}]),
+        )),
+        envelope(messages_value(
+            json!([{"wa_id": CUSTOMER}]),
+            json!([{"from": CUSTOMER, "id": "wamid.b.edit", "timestamp": (now - 100).to_string(),
+                    "type": "edit", "edit": {"original_message_id": "wamid.b3",
+                    "message": {"type": "text", "text": {"body": "three, edited"}}}}]),
+        )),
+        text_event("wamid.b1", CUSTOMER, now - 600, "one"),
+        text_event("wamid.b4", other, now - 50, "hello from someone else"),
+        envelope(messages_value(
+            json!([{"profile": {"name": "Nick"}, "user_id": "US.b.1"}]),
+            json!([{"from_user_id": "US.b.1", "id": "wamid.b.user", "timestamp": (now - 40).to_string(),
+                    "type": "text", "text": {"body": "username user"}}]),
+        )),
+        text_event("wamid.b.old", other, now - 5 * 86400, "from an old window"),
+        status_event("wamid.b.out", "sent", now - 30, CUSTOMER),
+        status_event("wamid.b.out", "delivered", now - 20, CUSTOMER),
+        status_event("wamid.b.out", "sent", now - 30, CUSTOMER),
+        text_event("wamid.b5", CUSTOMER, now - 10, "five"),
+    ]
+}
+
+/// A batch (`process_events`, as the runtime hands the worker what has
+/// queued up on a lane) writes exactly what processing its events one by
+/// one writes, and a replay of the whole batch changes nothing.
+async fn a_batch_equals_one_by_one(b: Backend) {
+    let now = Utc::now().timestamp();
+    let single = env(b).await;
+    let mut ids_single = Vec::new();
+    for body in batch_events(now) {
+        ids_single.push(single.post(&body).await);
+    }
+    let batch = env(b).await;
+    let mut ids_batch = Vec::new();
+    for body in batch_events(now) {
+        ids_batch.push(batch.store(&body).await);
+    }
+    // The same event twice in one batch (a redelivery queued behind itself).
+    let mut with_dup = ids_batch.clone();
+    with_dup.push(ids_batch[0]);
+    let settled = parse::process_events(&batch.db, batch.broker.as_ref(), &with_dup)
+        .await
+        .expect("batch");
+    assert_eq!(settled.len(), with_dup.len());
+    assert!(
+        settled[..ids_batch.len()]
+            .iter()
+            .all(|s| *s == Settled::Processed),
+        "{settled:?}"
+    );
+    assert_eq!(settled[ids_batch.len()], Settled::AlreadyDone);
+
+    let one_by_one = canonical(&single, &ids_single).await;
+    let batched = canonical(&batch, &ids_batch).await;
+    assert_eq!(batched, one_by_one);
+    // The rules really ran (not two equally empty databases).
+    assert_eq!(batched["messages"].as_array().map(Vec::len), Some(9));
+    assert_eq!(batched["receipts"], 2);
+    let b1 = batch.message("wamid.b1").await;
+    assert_eq!(b1.reactions.expect("reaction")[CUSTOMER]["emoji"], "👍");
+    assert_eq!(
+        batch.message("wamid.b3").await.text.as_deref(),
+        Some("three, edited")
+    );
+
+    for id in &ids_batch {
+        batch.reset(*id).await;
+    }
+    let before = batch.counts().await;
+    parse::process_events(&batch.db, batch.broker.as_ref(), &ids_batch)
+        .await
+        .expect("replayed batch");
+    assert_eq!(
+        batch.counts().await,
+        before,
+        "a replayed batch changes no count"
+    );
+}
+both_backends!(a_batch_equals_one_by_one);
+
+/// Meta delivers out of order: a reaction, an edit and a revoke that come
+/// before their target are stored and applied when the target arrives,
+/// once (a replay of the target changes nothing); an edit by someone else
+/// never applies and stops waiting.
+async fn effects_before_their_target_apply_when_it_arrives(b: Backend) {
+    let env = env(b).await;
+    let intruder = "4900000000009";
+    let effect = |id: &str, from: &str, ts: i64, kind: &str, body: serde_json::Value| {
+        let mut m = json!({"from": from, "id": id, "timestamp": ts.to_string(), "type": kind});
+        m[kind] = body;
+        envelope(messages_value(json!([{"wa_id": from}]), json!([m])))
+    };
+    let early = [
+        env.post(&effect(
+            "wamid.l.react",
+            CUSTOMER,
+            1_760_000_010,
+            "reaction",
+            json!({"message_id": "wamid.l.target", "emoji": "🎉"}),
+        ))
+        .await,
+        env.post(&effect(
+            "wamid.l.edit",
+            CUSTOMER,
+            1_760_000_020,
+            "edit",
+            json!({"original_message_id": "wamid.l.target",
+                   "message": {"type": "text", "text": {"body": "edited before it arrived"}}}),
+        ))
+        .await,
+        env.post(&effect(
+            "wamid.l.intruder",
+            intruder,
+            1_760_000_030,
+            "edit",
+            json!({"original_message_id": "wamid.l.target",
+                   "message": {"type": "text", "text": {"body": "pwned"}}}),
+        ))
+        .await,
+    ];
+    for id in early {
+        assert_eq!(
+            env.event(id).await.processed_data.expect("data")["effects_target_missing"],
+            1
+        );
+    }
+    assert_eq!(
+        env.message("wamid.l.edit").await.effect_target.as_deref(),
+        Some("wamid.l.target"),
+        "kept pending"
+    );
+
+    let t = env
+        .post(&text_event(
+            "wamid.l.target",
+            CUSTOMER,
+            1_760_000_000,
+            "original",
+        ))
+        .await;
+    let m = env.message("wamid.l.target").await;
+    assert_eq!(
+        m.reactions.as_ref().expect("reactions")[CUSTOMER]["emoji"],
+        "🎉"
+    );
+    assert_eq!(m.text.as_deref(), Some("edited before it arrived"));
+    assert!(m.is_edited);
+    assert_eq!(
+        m.edit_history
+            .as_ref()
+            .and_then(|h| h.as_array())
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        env.event(t).await.processed_data.expect("data")["late_effects_applied"],
+        2,
+        "the reaction and the author's edit; not the intruder's"
+    );
+    for w in ["wamid.l.react", "wamid.l.edit", "wamid.l.intruder"] {
+        assert_eq!(
+            env.message(w).await.effect_target,
+            None,
+            "{w} no longer pending"
+        );
+    }
+
+    // A replay of the target applies nothing twice.
+    let before = env.counts().await;
+    env.reset(t).await;
+    env.process(t).await;
+    assert_eq!(env.counts().await, before);
+
+    // A revoke before its target: the target arrives deleted.
+    env.post(&effect(
+        "wamid.l.revoke",
+        CUSTOMER,
+        1_760_000_110,
+        "revoke",
+        json!({"original_message_id": "wamid.l.second"}),
+    ))
+    .await;
+    env.post(&text_event(
+        "wamid.l.second",
+        CUSTOMER,
+        1_760_000_100,
+        "oops",
+    ))
+    .await;
+    let second = env.message("wamid.l.second").await;
+    assert!(second.is_deleted);
+    assert_eq!(second.deleted_at, Some(ts(1_760_000_110)));
+}
+both_backends!(effects_before_their_target_apply_when_it_arrives);
+
+/// On a new, never analysed PostgreSQL database (where a prepared
+/// statement's cached generic plan is chosen), looking a message up by
+/// (config, wamid) uses the unique index, not an index on the config alone
+/// (which scanned every message of the config per status receipt).
+#[tokio::test]
+async fn wamid_lookup_uses_the_unique_index_on_a_fresh_database() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let env = env(Backend::Postgres).await;
+    let txn = env.db.begin().await.expect("begin");
+    for sql in [
+        "SET LOCAL plan_cache_mode = force_generic_plan",
+        "PREPARE by_wamid(uuid, text) AS SELECT * FROM messages WHERE config_id = $1 AND provider_message_id = $2 LIMIT 1",
+        "PREPARE conv_window(uuid, uuid, text, timestamptz, timestamptz) AS SELECT * FROM conversations \
+         WHERE config_id IN ($1) AND customer_id IN ($2) AND (status = $3 OR (opened_at <= $4 AND expires_at >= $5))",
+    ] {
+        txn.execute_unprepared(sql).await.expect(sql);
+    }
+    for (query, index) in [
+        (
+            "EXPLAIN EXECUTE by_wamid('00000000-0000-0000-0000-000000000000', 'w')",
+            "ux_messages_wamid",
+        ),
+        (
+            "EXPLAIN EXECUTE conv_window('00000000-0000-0000-0000-000000000000', \
+          '00000000-0000-0000-0000-000000000000', 'open', now(), now())",
+            "ix_conversations_window",
+        ),
+    ] {
+        let plan: Vec<String> = txn
+            .query_all_raw(sea_orm::Statement::from_string(
+                txn.get_database_backend(),
+                query,
+            ))
+            .await
+            .expect("explain")
+            .iter()
+            .map(|r| r.try_get_by_index::<String>(0).expect("plan line"))
+            .collect();
+        assert!(plan.iter().any(|l| l.contains(index)), "{query}: {plan:#?}");
+    }
+    txn.rollback().await.expect("rollback");
+}

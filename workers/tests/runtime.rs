@@ -440,6 +440,92 @@ async fn run_one_settles_a_single_job(t: TestBroker) {
     assert_eq!(dlq_until(&b, 1).await.len(), 1);
 }
 
+/// A batching worker: `handle_batch` is all-or-nothing (it fails when the
+/// batch holds a `poison-*` job), `handle` fails only for the poison job.
+/// Records the jobs done and the size of every batch it was given.
+#[derive(Default)]
+struct BatchWorker {
+    done: std::sync::Mutex<Vec<String>>,
+    batches: std::sync::Mutex<Vec<usize>>,
+}
+
+#[async_trait]
+impl Worker for BatchWorker {
+    fn name(&self) -> &'static str {
+        "parse"
+    }
+
+    fn batch_size(&self) -> usize {
+        16
+    }
+
+    async fn handle(&self, job: &Delivery) -> Result<(), JobError> {
+        if job.message_id.starts_with("poison") {
+            return Err(JobError::retryable("poison"));
+        }
+        self.done.lock().expect("lock").push(job.message_id.clone());
+        Ok(())
+    }
+
+    async fn handle_batch(&self, jobs: &[Delivery]) -> Result<(), JobError> {
+        self.batches.lock().expect("lock").push(jobs.len());
+        if jobs.iter().any(|j| j.message_id.starts_with("poison")) {
+            return Err(JobError::retryable("a poison job in the batch"));
+        }
+        let mut done = self.done.lock().expect("lock");
+        done.extend(jobs.iter().map(|j| j.message_id.clone()));
+        Ok(())
+    }
+}
+
+/// What queued up on a lane is handed over as batches of at most
+/// `batch_size`, in lane order; a batch with a bad job is run again job by
+/// job, so every good job is done exactly once and only the bad one is
+/// retried and dead-lettered.
+async fn batches_form_and_a_bad_job_fails_alone(t: TestBroker) {
+    let b = t.broker.clone();
+    let mut want = Vec::new();
+    for i in 0..40 {
+        if i == 25 {
+            b.publish(job("cfg:carol", "poison-25"))
+                .await
+                .expect("publish");
+        }
+        let id = format!("ok-{i}");
+        b.publish(job("cfg:carol", &id)).await.expect("publish");
+        want.push(id);
+    }
+    let w = Arc::new(BatchWorker::default());
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(run(b.clone(), w.clone(), policy(), token.clone()));
+    assert_eq!(
+        dlq_until(&b, 1).await.len(),
+        1,
+        "the poison job is dead-lettered"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.done.lock().expect("lock").len() < want.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("runtime stops")
+        .expect("join")
+        .expect("run");
+    assert_eq!(
+        *w.done.lock().expect("lock"),
+        want,
+        "each good job once, in lane order"
+    );
+    let batches = w.batches.lock().expect("lock").clone();
+    assert!(
+        batches.iter().any(|n| *n > 1),
+        "no batch formed: {batches:?}"
+    );
+    assert!(batches.iter().all(|n| *n <= 16), "{batches:?}");
+}
+
 // ---------------------------------------------------------------------------
 // Each scenario on each broker
 
@@ -473,4 +559,5 @@ on_both!(
     a_panicking_job_is_retried,
     shutdown_lets_the_job_in_progress_finish,
     run_one_settles_a_single_job,
+    batches_form_and_a_bad_job_fails_alone,
 );

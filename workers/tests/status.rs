@@ -72,6 +72,7 @@ async fn outbound(env: &Env, wamid: &str, status: MessageStatus) -> Uuid {
         edit_history: Set(None),
         is_deleted: Set(false),
         deleted_at: Set(None),
+        effect_target: Set(None),
     }
     .insert(&env.db)
     .await

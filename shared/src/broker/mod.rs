@@ -362,6 +362,17 @@ impl LaneConsumer {
     pub async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
         self.source.next().await
     }
+
+    /// A delivery that is ready now (already prefetched), without waiting.
+    /// Lets a worker take what has queued up as one batch; relies on
+    /// [`next`](Self::next) being cancel-safe. Errors are left for `next`.
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        use futures::FutureExt;
+        match self.source.next().now_or_never() {
+            Some(Some(Ok(d))) => Some(d),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Debug for LaneConsumer {

@@ -262,6 +262,9 @@ pub struct Model {
     pub edit_history: Option<Json>,
     pub is_deleted: bool,
     pub deleted_at: Option<DateTimeUtc>,
+    /// A reaction, edit or revoke whose target is not stored yet: the
+    /// target's wamid, until the parse worker applies it. NULL otherwise.
+    pub effect_target: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -16,10 +16,11 @@
 //!   types and fields are stored and counted, wrong types never fail the
 //!   event.
 
+pub mod bulk;
 pub mod extract;
 pub mod store;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use futures::{StreamExt, TryStreamExt, stream};
@@ -69,9 +70,13 @@ const TEMPLATE_FIELDS: &[&str] = &[
     "template_category_update",
 ];
 
-/// Fan-out publishes in flight per event: enough to hide publisher-confirm
-/// latency on a 1000-status batch without flooding the channel.
-const PUBLISH_CONCURRENCY: usize = 32;
+/// Fan-out publishes in flight per batch: enough to hide publisher-confirm
+/// latency on a 1000-status body or a batch of events without flooding the
+/// channel.
+const PUBLISH_CONCURRENCY: usize = 128;
+
+/// Events one parse batch takes at most (see [`process_events`]).
+pub const BATCH_SIZE: usize = 64;
 
 /// The clock, truncated to microseconds so PostgreSQL and SQLite store and
 /// compare the same values.
@@ -122,6 +127,9 @@ struct Summary {
     statuses: Tally,
     effects_applied: u64,
     effects_target_missing: u64,
+    /// Earlier reactions, edits and revokes applied to this event's new
+    /// messages (they had arrived before their target).
+    late_effects_applied: u64,
     templates_updated: u64,
     unknown: BTreeMap<&'static str, u64>,
     /// Value-level `errors[]`, with the config they came for.
@@ -149,59 +157,110 @@ struct FanOut {
     lags: Vec<f64>,
 }
 
+/// The messages and receipts of a batch, gathered change by change and
+/// then stored together ([`bulk`]).
+#[derive(Default)]
+struct Collected<'a> {
+    messages: Vec<PendingMessage>,
+    statuses: Vec<PendingStatus<'a>>,
+}
+
+struct PendingMessage {
+    /// Index of the event in the batch (its summary).
+    event: usize,
+    event_id: Uuid,
+    config_id: Uuid,
+    /// `{phone_number_id}:{wa_id or user_id}`: the lane of its jobs.
+    lane_key: String,
+    sender: Sender,
+    m: Inbound,
+    at: DateTime<Utc>,
+}
+
+struct PendingStatus<'a> {
+    event: usize,
+    event_id: Uuid,
+    received_at: DateTime<Utc>,
+    config_id: Uuid,
+    phone: String,
+    st: Status<'a>,
+}
+
 /// The configs an event may write to.
 struct Routes {
     configs: Vec<whatsapp_configs::Model>,
 }
 
 impl Routes {
-    /// Loads the (not deleted) configs the event's changes name.
+    /// Loads, in one query for a whole batch, the (not deleted) configs the
+    /// events' changes name; one [`Routes`] per event, in order.
     ///
-    /// When ingest tied the event to the config whose app secret signed it,
+    /// When ingest tied an event to the config whose app secret signed it,
     /// only configs of that config's company are eligible: a company's app
     /// secret must not let it write into another company's inbox by naming
     /// that company's phone number id in a body it signed itself.
     async fn load(
         db: &DatabaseConnection,
-        signer: Option<Uuid>,
-        changes: &[Change<'_>],
-    ) -> Result<Self, DbErr> {
+        events: &[(Option<Uuid>, &[Change<'_>])],
+    ) -> Result<Vec<Self>, DbErr> {
         use whatsapp_configs::Column as W;
-        let phones: HashSet<String> = changes.iter().filter_map(Change::phone_number_id).collect();
-        let wabas: HashSet<String> = changes.iter().filter_map(Change::waba_id).collect();
+        let mut phones = HashSet::new();
+        let mut wabas = HashSet::new();
+        let mut signers = HashSet::new();
+        for (signer, changes) in events {
+            phones.extend(changes.iter().filter_map(Change::phone_number_id));
+            wabas.extend(changes.iter().filter_map(Change::waba_id));
+            signers.extend(*signer);
+        }
         if phones.is_empty() && wabas.is_empty() {
-            return Ok(Self {
-                configs: Vec::new(),
-            });
+            return Ok(events
+                .iter()
+                .map(|_| Self {
+                    configs: Vec::new(),
+                })
+                .collect());
         }
-        let mut wanted = Condition::any()
+        // Signers are fetched along, to learn their company in the same query.
+        let wanted = Condition::any()
             .add(W::PhoneNumberId.is_in(phones))
-            .add(W::WabaId.is_in(wabas));
-        if let Some(signer) = signer {
-            // Fetched along, to learn its company in the same query.
-            wanted = wanted.add(W::Id.eq(signer));
-        }
+            .add(W::WabaId.is_in(wabas))
+            .add(W::Id.is_in(signers.iter().copied()));
         let mut configs = whatsapp_configs::Entity::find()
             .filter(W::IsDeleted.eq(false))
             .filter(wanted)
             .all(db)
             .await?;
-        if let Some(signer) = signer {
-            let company = match configs.iter().find(|c| c.id == signer) {
-                Some(c) => Some(c.company.clone()),
-                // Removed since ingest: its company still bounds the event.
-                None => whatsapp_configs::Entity::find_by_id(signer)
-                    .one(db)
-                    .await?
-                    .map(|c| c.company),
-            };
-            if let Some(company) = company {
-                configs.retain(|c| c.company == company);
-            }
-        }
         // Oldest first, so a WABA-routed change picks the same config each time.
         configs.sort_by_key(|c| c.id);
-        Ok(Self { configs })
+        let mut company: HashMap<Uuid, String> =
+            configs.iter().map(|c| (c.id, c.company.clone())).collect();
+        let removed: Vec<Uuid> = signers
+            .into_iter()
+            .filter(|s| !company.contains_key(s))
+            .collect();
+        if !removed.is_empty() {
+            // Removed since ingest: its company still bounds the event.
+            for c in whatsapp_configs::Entity::find()
+                .filter(W::Id.is_in(removed))
+                .all(db)
+                .await?
+            {
+                company.insert(c.id, c.company);
+            }
+        }
+        Ok(events
+            .iter()
+            .map(|(signer, _)| {
+                let bound = signer.and_then(|s| company.get(&s));
+                Self {
+                    configs: configs
+                        .iter()
+                        .filter(|c| !c.is_deleted && bound.is_none_or(|b| &c.company == b))
+                        .cloned()
+                        .collect(),
+                }
+            })
+            .collect())
     }
 
     /// The configs a change is for: the one owning its phone number id, or,
@@ -273,47 +332,94 @@ pub async fn process_event(
     broker: &dyn Broker,
     event_id: Uuid,
 ) -> Result<Settled, JobError> {
-    let ev = webhook_events::Entity::find_by_id(event_id)
-        .one(db)
+    let mut settled = process_events(db, broker, &[event_id]).await?;
+    Ok(settled.pop().unwrap_or(Settled::AlreadyDone))
+}
+
+/// An event being processed: the stored row and its parsed body.
+struct Work {
+    index: usize,
+    ev: webhook_events::Model,
+    root: Value,
+}
+
+/// Processes raw events as one unit, in order: one read of the events and
+/// of their configs, one transaction for all their rows, the fan-out, then
+/// one transaction settling them. Returns what became of each, in order.
+/// Idempotent like [`process_event`]; an error leaves every event
+/// `received` (the runtime then retries them one by one).
+pub async fn process_events(
+    db: &DatabaseConnection,
+    broker: &dyn Broker,
+    ids: &[Uuid],
+) -> Result<Vec<Settled>, JobError> {
+    let mut rows: HashMap<Uuid, webhook_events::Model> = webhook_events::Entity::find()
+        .filter(Column::Id.is_in(ids.iter().copied()))
+        .all(db)
         .await
         .map_err(db_err)?
-        .ok_or_else(|| JobError::Permanent(format!("webhook event {event_id} does not exist")))?;
-    if ev.status != EventStatus::Received {
-        return Ok(Settled::AlreadyDone);
-    }
-    // Ingest rejects bodies that are no JSON object before storing them;
-    // one can only get here by a replay of a rejected event.
-    let root = match serde_json::from_slice::<Value>(&ev.raw_body) {
-        Ok(v) if v.is_object() => v,
-        other => {
-            let reason = match other {
-                Err(e) => format!("body is not valid JSON: {e}"),
-                Ok(_) => "body is not a JSON object".to_owned(),
-            };
-            let done = settle(db, event_id, EventStatus::Rejected, None, Some(reason)).await?;
-            return Ok(if done {
-                Settled::Rejected
-            } else {
-                Settled::AlreadyDone
-            });
+        .into_iter()
+        .map(|e| (e.id, e))
+        .collect();
+    let mut out = vec![Settled::AlreadyDone; ids.len()];
+    let mut work = Vec::new();
+    let mut seen = HashSet::new();
+    for (index, id) in ids.iter().enumerate() {
+        if !seen.insert(*id) {
+            continue; // the same event twice in a batch: once is enough
         }
-    };
+        let ev = rows
+            .remove(id)
+            .ok_or_else(|| JobError::Permanent(format!("webhook event {id} does not exist")))?;
+        if ev.status != EventStatus::Received {
+            continue;
+        }
+        // Ingest rejects bodies that are no JSON object before storing
+        // them; one can only get here by a replay of a rejected event.
+        match serde_json::from_slice::<Value>(&ev.raw_body) {
+            Ok(root) if root.is_object() => work.push(Work { index, ev, root }),
+            other => {
+                let reason = match other {
+                    Err(e) => format!("body is not valid JSON: {e}"),
+                    Ok(_) => "body is not a JSON object".to_owned(),
+                };
+                let done =
+                    settle(db, &[(ev.id, EventStatus::Rejected, None, Some(reason))]).await?;
+                if done.first() == Some(&true) {
+                    out[index] = Settled::Rejected;
+                }
+            }
+        }
+    }
+    if work.is_empty() {
+        return Ok(out);
+    }
 
-    let changes = wa::changes(&root);
-    let routes = Routes::load(db, ev.config_id, &changes)
-        .await
-        .map_err(db_err)?;
-    let mut summary = Summary {
-        entries: wa::array(&root, "entry").len(),
-        changes: changes.len(),
-        ..Summary::default()
-    };
-    for c in &changes {
-        let f = c.field.unwrap_or("").to_owned();
-        if !summary.fields.contains(&f) {
-            summary.fields.push(f);
-        }
-    }
+    let changes: Vec<Vec<Change<'_>>> = work.iter().map(|w| wa::changes(&w.root)).collect();
+    let keys: Vec<_> = work
+        .iter()
+        .zip(&changes)
+        .map(|(w, c)| (w.ev.config_id, c.as_slice()))
+        .collect();
+    let routes = Routes::load(db, &keys).await.map_err(db_err)?;
+    let mut summaries: Vec<Summary> = work
+        .iter()
+        .zip(&changes)
+        .map(|(w, changes)| {
+            let mut summary = Summary {
+                entries: wa::array(&w.root, "entry").len(),
+                changes: changes.len(),
+                ..Summary::default()
+            };
+            for c in changes {
+                let f = c.field.unwrap_or("").to_owned();
+                if !summary.fields.contains(&f) {
+                    summary.fields.push(f);
+                }
+            }
+            summary
+        })
+        .collect();
     let mut fan = FanOut::default();
 
     let started = now();
@@ -326,74 +432,123 @@ pub async fn process_event(
         })
         .await
         .map_err(db_err)?;
-    for change in &changes {
-        apply_change(&txn, &routes, change, &ev, started, &mut summary, &mut fan)
-            .await
-            .map_err(db_err)?;
+    let mut collected = Collected::default();
+    for (event, (((w, changes), routes), summary)) in work
+        .iter()
+        .zip(&changes)
+        .zip(&routes)
+        .zip(&mut summaries)
+        .enumerate()
+    {
+        for change in changes {
+            let at = Position {
+                event,
+                ev: &w.ev,
+                now: started,
+            };
+            apply_change(&txn, routes, change, at, summary, &mut collected)
+                .await
+                .map_err(db_err)?;
+        }
     }
-    txn.commit().await.map_err(db_err)?;
-
-    record_metrics(&changes, &summary, &fan);
-    publish(db, broker, fan).await?;
-
-    let (status, error) = if summary.routed_changes == 0 {
-        (
-            EventStatus::Ignored,
-            Some("no config routes this event".to_owned()),
-        )
-    } else {
-        (EventStatus::Processed, None)
-    };
-    // Field names and other strings come from the body: no NULs in jsonb.
-    let data = serde_json::to_value(&summary).ok().map(|v| clean_json(&v));
-    if settle(db, event_id, status, data, error).await? {
-        Ok(if status == EventStatus::Ignored {
-            Settled::Ignored
-        } else {
-            Settled::Processed
-        })
-    } else {
-        Ok(Settled::AlreadyDone)
-    }
-}
-
-/// Moves the event out of `received`, in one conditional UPDATE: of two
-/// concurrent deliveries, one wins. Returns whether this call did it.
-async fn settle(
-    db: &DatabaseConnection,
-    event_id: Uuid,
-    status: EventStatus,
-    data: Option<Value>,
-    error: Option<String>,
-) -> Result<bool, JobError> {
-    let now = now();
-    let res = webhook_events::Entity::update_many()
-        .col_expr(Column::Status, Expr::value(status.as_str()))
-        .col_expr(Column::ProcessedAt, Expr::value(now))
-        .col_expr(Column::UpdatedAt, Expr::value(now))
-        .col_expr(Column::ProcessedData, Expr::value(data))
-        .col_expr(Column::Error, Expr::value(error))
-        .col_expr(Column::Attempts, Expr::col(Column::Attempts).add(1))
-        .filter(Column::Id.eq(event_id))
-        .filter(Column::Status.eq(EventStatus::Received))
-        .exec(db)
+    store_messages(&txn, &collected.messages, started, &mut summaries, &mut fan)
         .await
         .map_err(db_err)?;
-    if res.rows_affected == 0 {
-        return Ok(false);
+    store_statuses(&txn, &collected.statuses, started, &mut summaries, &mut fan)
+        .await
+        .map_err(db_err)?;
+    txn.commit().await.map_err(db_err)?;
+
+    for (changes, summary) in changes.iter().zip(&summaries) {
+        record_metrics(changes, summary);
     }
-    metrics::counter!(METRIC_EVENTS_TOTAL, "status" => status.as_str()).increment(1);
-    Ok(true)
+    for lag in &fan.lags {
+        metrics::histogram!(METRIC_MESSAGE_LAG_SECONDS).record(*lag);
+    }
+    publish(db, broker, fan).await?;
+
+    let settles: Vec<_> = work
+        .iter()
+        .zip(&summaries)
+        .map(|(w, summary)| {
+            let (status, error) = if summary.routed_changes == 0 {
+                (
+                    EventStatus::Ignored,
+                    Some("no config routes this event".to_owned()),
+                )
+            } else {
+                (EventStatus::Processed, None)
+            };
+            // Field names and other strings come from the body: no NULs in jsonb.
+            let data = serde_json::to_value(summary).ok().map(|v| clean_json(&v));
+            (w.ev.id, status, data, error)
+        })
+        .collect();
+    let done = settle(db, &settles).await?;
+    for ((w, (_, status, _, _)), done) in work.iter().zip(&settles).zip(done) {
+        if done {
+            out[w.index] = if *status == EventStatus::Ignored {
+                Settled::Ignored
+            } else {
+                Settled::Processed
+            };
+        }
+    }
+    Ok(out)
 }
 
-async fn apply_change<C: sea_orm::ConnectionTrait>(
+/// One event's settlement: id, final status, `processed_data`, error.
+type Settlement = (Uuid, EventStatus, Option<Value>, Option<String>);
+
+/// Moves events out of `received`, each in one conditional UPDATE (of two
+/// concurrent deliveries, one wins), all in one transaction. Returns, per
+/// event, whether this call did it.
+async fn settle(db: &DatabaseConnection, events: &[Settlement]) -> Result<Vec<bool>, JobError> {
+    let now = now();
+    let txn = db.begin().await.map_err(db_err)?;
+    let mut done = Vec::with_capacity(events.len());
+    for (event_id, status, data, error) in events {
+        let res = webhook_events::Entity::update_many()
+            .col_expr(Column::Status, Expr::value(status.as_str()))
+            .col_expr(Column::ProcessedAt, Expr::value(now))
+            .col_expr(Column::UpdatedAt, Expr::value(now))
+            .col_expr(Column::ProcessedData, Expr::value(data.clone()))
+            .col_expr(Column::Error, Expr::value(error.clone()))
+            .col_expr(Column::Attempts, Expr::col(Column::Attempts).add(1))
+            .filter(Column::Id.eq(*event_id))
+            .filter(Column::Status.eq(EventStatus::Received))
+            .exec(&txn)
+            .await
+            .map_err(db_err)?;
+        done.push(res.rows_affected > 0);
+    }
+    txn.commit().await.map_err(db_err)?;
+    for ((_, status, _, _), done) in events.iter().zip(&done) {
+        if *done {
+            metrics::counter!(METRIC_EVENTS_TOTAL, "status" => status.as_str()).increment(1);
+        }
+    }
+    Ok(done)
+}
+
+/// Where a change sits: its event (index in the batch, row) and the
+/// batch's clock.
+#[derive(Clone, Copy)]
+struct Position<'e> {
+    event: usize,
+    ev: &'e webhook_events::Model,
+    now: DateTime<Utc>,
+}
+
+/// Applies one change: templates at once; messages and statuses are
+/// gathered into `collected` for the batch's bulk writes.
+async fn apply_change<'a, C: sea_orm::ConnectionTrait>(
     db: &C,
     routes: &Routes,
-    change: &Change<'_>,
-    ev: &webhook_events::Model,
-    now: DateTime<Utc>,
+    change: &Change<'a>,
+    pos: Position<'_>,
     summary: &mut Summary,
-    fan: &mut FanOut,
+    collected: &mut Collected<'a>,
 ) -> Result<(), DbErr> {
     let targets = routes.for_change(change);
     let messages_like = change.is_messages();
@@ -432,10 +587,10 @@ async fn apply_change<C: sea_orm::ConnectionTrait>(
             .unwrap_or_else(|| cfg.phone_number_id.clone());
         let contacts = change.contacts();
         for m in change.messages() {
-            apply_message(db, cfg.id, &phone, &contacts, m, ev, now, summary, fan).await?;
+            collect_message(cfg.id, &phone, &contacts, m, pos, summary, collected);
         }
         for s in change.statuses() {
-            apply_status(db, cfg.id, &phone, s, ev, now, summary, fan).await?;
+            collect_status(cfg.id, &phone, s, pos, summary, collected);
         }
         return Ok(());
     }
@@ -443,7 +598,7 @@ async fn apply_change<C: sea_orm::ConnectionTrait>(
     if change.field.is_some_and(|f| TEMPLATE_FIELDS.contains(&f)) {
         for cfg in &targets {
             summary.templates_updated +=
-                store::apply_template_update(db, cfg.id, change.value, now).await?;
+                store::apply_template_update(db, cfg.id, change.value, pos.now).await?;
         }
         return Ok(());
     }
@@ -456,95 +611,20 @@ async fn apply_change<C: sea_orm::ConnectionTrait>(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn apply_message<C: sea_orm::ConnectionTrait>(
-    db: &C,
+fn collect_message(
     config_id: Uuid,
     phone: &str,
     contacts: &[Contact],
     raw: &Value,
-    ev: &webhook_events::Model,
-    now: DateTime<Utc>,
+    pos: Position<'_>,
     summary: &mut Summary,
-    fan: &mut FanOut,
-) -> Result<(), DbErr> {
+    collected: &mut Collected<'_>,
+) {
     summary.messages.total += 1;
     let m = extract_message(raw);
     for u in &m.unknown {
         summary.unknown(u.as_str());
     }
-    let sender = sender_of(&m, contacts);
-    let Some(key) = sender.key().map(str::to_owned) else {
-        // No wa_id, no user_id: there is no customer to file it under.
-        summary.messages.skipped += 1;
-        summary.unknown("no_sender");
-        return Ok(());
-    };
-    // The window and the chat order follow Meta's time, but never the
-    // future: a skewed clock must not keep a window open.
-    let at = std::cmp::min(m.timestamp.unwrap_or(now), now);
-    let customer = store::upsert_customer(db, config_id, &sender, at, now).await?;
-    let (chat, _) = store::upsert_chat(db, config_id, &customer, now).await?;
-    let stored = store::insert_message(db, config_id, chat.id, customer.id, &m, now).await?;
-    if stored.is_new {
-        summary.messages.new += 1;
-        let conversation =
-            store::attach_conversation(db, config_id, customer.id, chat.id, at, now).await?;
-        store::set_conversation(db, stored.message_id, conversation).await?;
-        if let Some(effect) = &m.effect {
-            match store::apply_effect(
-                db,
-                config_id,
-                chat.id,
-                &customer,
-                effect,
-                store::EffectSource {
-                    wamid: &m.provider_message_id,
-                    at,
-                },
-                now,
-            )
-            .await?
-            {
-                store::EffectOutcome::Applied => summary.effects_applied += 1,
-                store::EffectOutcome::TargetMissing => summary.effects_target_missing += 1,
-            }
-        }
-        store::count_in_chat(db, chat.id, stored.message_id, &m, at, now).await?;
-        if let Some(ts) = m.timestamp {
-            fan.lags
-                .push(std::cmp::max((now - ts).num_milliseconds(), 0) as f64 / 1000.0);
-        }
-        fan.realtime.push(RealtimeEvent {
-            event: REALTIME_MESSAGE_CREATED.to_owned(),
-            config_id,
-            chat_id: Some(chat.id),
-            message_id: Some(stored.message_id),
-            data: json!({
-                "provider_message_id": m.provider_message_id,
-                "type": m.kind,
-                "direction": "inbound",
-                "text": m.text,
-                "timestamp": m.timestamp,
-            }),
-        });
-    } else {
-        summary.messages.duplicate += 1;
-    }
-    if !fan.chats.contains(&chat.id) {
-        fan.chats.push(chat.id);
-    }
-    let job = MessageInbound {
-        config_id,
-        message_id: stored.message_id,
-        chat_id: chat.id,
-        customer_id: customer.id,
-        provider_message_id: m.provider_message_id.clone(),
-        r#type: m.kind.clone(),
-        is_new: stored.is_new,
-        webhook_event_id: Some(ev.id),
-    };
-    fan.jobs.push(job.job(format!("{phone}:{key}")));
     if let Some(errors) = &m.errors {
         for e in wa::errors_of(Some(errors)) {
             summary
@@ -552,20 +632,35 @@ async fn apply_message<C: sea_orm::ConnectionTrait>(
                 .push(error_json(config_id, "message", Some("messages"), &e));
         }
     }
-    Ok(())
+    let sender = sender_of(&m, contacts);
+    let Some(key) = sender.key().map(str::to_owned) else {
+        // No wa_id, no user_id: there is no customer to file it under.
+        summary.messages.skipped += 1;
+        summary.unknown("no_sender");
+        return;
+    };
+    // The window and the chat order follow Meta's time, but never the
+    // future: a skewed clock must not keep a window open.
+    let at = std::cmp::min(m.timestamp.unwrap_or(pos.now), pos.now);
+    collected.messages.push(PendingMessage {
+        event: pos.event,
+        event_id: pos.ev.id,
+        config_id,
+        lane_key: format!("{phone}:{key}"),
+        sender,
+        m,
+        at,
+    });
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn apply_status<C: sea_orm::ConnectionTrait>(
-    db: &C,
+fn collect_status<'a>(
     config_id: Uuid,
     phone: &str,
-    raw: &Value,
-    ev: &webhook_events::Model,
-    now: DateTime<Utc>,
+    raw: &'a Value,
+    pos: Position<'_>,
     summary: &mut Summary,
-    fan: &mut FanOut,
-) -> Result<(), DbErr> {
+    collected: &mut Collected<'a>,
+) {
     summary.statuses.total += 1;
     let st = Status::from_value(raw);
     if st
@@ -575,41 +670,143 @@ async fn apply_status<C: sea_orm::ConnectionTrait>(
     {
         summary.unknown("status");
     }
-    match store::insert_status_event(db, config_id, &st, ev.id, ev.received_at, now).await? {
-        None => {
-            summary.statuses.skipped += 1;
-            summary.unknown("status_without_id");
-            return Ok(());
+    if st.id.is_none() {
+        summary.statuses.skipped += 1;
+        summary.unknown("status_without_id");
+        return;
+    }
+    collected.statuses.push(PendingStatus {
+        event: pos.event,
+        event_id: pos.ev.id,
+        received_at: pos.ev.received_at,
+        config_id,
+        phone: phone.to_owned(),
+        st,
+    });
+}
+
+/// Stores the batch's inbound messages, then counts them in their events'
+/// summaries and queues their fan-out.
+async fn store_messages<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    pending: &[PendingMessage],
+    now: DateTime<Utc>,
+    summaries: &mut [Summary],
+    fan: &mut FanOut,
+) -> Result<(), DbErr> {
+    let rows: Vec<_> = pending
+        .iter()
+        .map(|p| bulk::InboundRow {
+            config_id: p.config_id,
+            sender: &p.sender,
+            m: &p.m,
+            at: p.at,
+        })
+        .collect();
+    let stored = bulk::store_inbound(db, &rows, now).await?;
+    for (p, s) in pending.iter().zip(stored) {
+        let summary = &mut summaries[p.event];
+        let m = &p.m;
+        if s.is_new {
+            summary.messages.new += 1;
+            summary.late_effects_applied += s.late_effects;
+            match s.effect {
+                Some(store::EffectOutcome::Applied) => summary.effects_applied += 1,
+                Some(store::EffectOutcome::TargetMissing) => summary.effects_target_missing += 1,
+                None => {}
+            }
+            if let Some(ts) = m.timestamp {
+                fan.lags
+                    .push(std::cmp::max((now - ts).num_milliseconds(), 0) as f64 / 1000.0);
+            }
+            fan.realtime.push(RealtimeEvent {
+                event: REALTIME_MESSAGE_CREATED.to_owned(),
+                config_id: p.config_id,
+                chat_id: Some(s.chat_id),
+                message_id: Some(s.message_id),
+                data: json!({
+                    "provider_message_id": m.provider_message_id,
+                    "type": m.kind,
+                    "direction": "inbound",
+                    "text": m.text,
+                    "timestamp": m.timestamp,
+                }),
+            });
+        } else {
+            summary.messages.duplicate += 1;
         }
-        Some(true) => summary.statuses.new += 1,
-        Some(false) => summary.statuses.duplicate += 1,
-    }
-    let Some(wamid) = st.id.clone() else {
-        return Ok(());
-    };
-    // One job per wamid: the status worker applies all its pending receipts.
-    if fan.status_keys.insert((config_id, wamid.clone())) {
-        let recipient = st
-            .recipient_id
-            .as_deref()
-            .or(st.recipient_user_id.as_deref())
-            .unwrap_or(wamid.as_str());
-        let job = StatusReceipt {
-            config_id,
-            provider_message_id: wamid.clone(),
-            webhook_event_id: Some(ev.id),
+        if !fan.chats.contains(&s.chat_id) {
+            fan.chats.push(s.chat_id);
+        }
+        let job = MessageInbound {
+            config_id: p.config_id,
+            message_id: s.message_id,
+            chat_id: s.chat_id,
+            customer_id: s.customer_id,
+            provider_message_id: m.provider_message_id.clone(),
+            r#type: m.kind.clone(),
+            is_new: s.is_new,
+            webhook_event_id: Some(p.event_id),
         };
-        fan.jobs.push(job.job(format!("{phone}:{recipient}")));
-    }
-    for e in &st.errors {
-        summary
-            .errors
-            .push(error_json(config_id, "status", Some("messages"), e));
+        fan.jobs.push(job.job(p.lane_key.clone()));
     }
     Ok(())
 }
 
-fn record_metrics(changes: &[Change<'_>], summary: &Summary, fan: &FanOut) {
+/// Stores the batch's receipts, counts them, and queues one
+/// `status.receipt` job per wamid (the status worker applies all its
+/// pending receipts).
+async fn store_statuses<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    pending: &[PendingStatus<'_>],
+    now: DateTime<Utc>,
+    summaries: &mut [Summary],
+    fan: &mut FanOut,
+) -> Result<(), DbErr> {
+    let rows: Vec<_> = pending
+        .iter()
+        .map(|p| bulk::StatusRow {
+            config_id: p.config_id,
+            st: &p.st,
+            event_id: p.event_id,
+            received_at: p.received_at,
+        })
+        .collect();
+    let stored = bulk::store_statuses(db, &rows, now).await?;
+    for (p, new) in pending.iter().zip(stored) {
+        let summary = &mut summaries[p.event];
+        match new {
+            Some(true) => summary.statuses.new += 1,
+            Some(false) => summary.statuses.duplicate += 1,
+            None => continue,
+        }
+        let st = &p.st;
+        let Some(wamid) = st.id.clone() else {
+            continue;
+        };
+        if fan.status_keys.insert((p.config_id, wamid.clone())) {
+            let recipient = st
+                .recipient_id
+                .as_deref()
+                .or(st.recipient_user_id.as_deref())
+                .unwrap_or(wamid.as_str());
+            let job = StatusReceipt {
+                config_id: p.config_id,
+                provider_message_id: wamid.clone(),
+                webhook_event_id: Some(p.event_id),
+            };
+            fan.jobs.push(job.job(format!("{}:{recipient}", p.phone)));
+        }
+        for e in &st.errors {
+            summary
+                .errors
+                .push(error_json(p.config_id, "status", Some("messages"), e));
+        }
+    }
+    Ok(())
+}
+
+fn record_metrics(changes: &[Change<'_>], summary: &Summary) {
     for c in changes {
         metrics::counter!(METRIC_CHANGES_TOTAL, "field" => wa::field_label(c.field)).increment(1);
     }
@@ -644,9 +841,6 @@ fn record_metrics(changes: &[Change<'_>], summary: &Summary, fan: &FanOut) {
     }
     if summary.unroutable_changes > 0 {
         metrics::counter!(METRIC_UNROUTABLE_TOTAL).increment(summary.unroutable_changes);
-    }
-    for lag in &fan.lags {
-        metrics::histogram!(METRIC_MESSAGE_LAG_SECONDS).record(*lag);
     }
 }
 

@@ -6,19 +6,18 @@
 //! no count.
 
 use chrono::{DateTime, Duration, Utc};
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
 };
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 use wapipe_shared::entities::conversations::{self, ConversationStatus};
-use wapipe_shared::entities::messages::{self, Direction, MessageStatus, Origin};
-use wapipe_shared::entities::{chats, customers, message_status_events, templates};
-use wapipe_shared::whatsapp::{Status, lenient_string};
+use wapipe_shared::entities::messages::{self, Direction};
+use wapipe_shared::entities::{customers, templates};
+use wapipe_shared::whatsapp::lenient_string;
 
-use super::extract::{Effect, Inbound, clean_json, clean_str};
+use super::extract::{Effect, clean_str};
 
 /// The customer-service window Meta grants after each inbound message.
 pub const WINDOW: Duration = Duration::hours(24);
@@ -38,22 +37,15 @@ impl Sender {
     }
 }
 
-/// Finds or creates the customer, then brings its profile up to date.
-///
-/// The insert comes first, with `ON CONFLICT DO NOTHING` on either unique
-/// key, so two writers never both create the same person. The row is then
-/// read back by `wa_id` or `user_id`: a user first seen by `user_id` alone
-/// (a username user) and later with a phone number stays one customer, and
-/// so does one whose number changed but whose `user_id` did not.
-pub async fn upsert_customer<C: ConnectionTrait>(
-    db: &C,
+/// A new customer row for `sender`, first and last seen at `seen_at`.
+pub(super) fn new_customer(
+    id: Uuid,
     config_id: Uuid,
     sender: &Sender,
     seen_at: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> Result<customers::Model, DbErr> {
-    let id = Uuid::now_v7();
-    let am = customers::ActiveModel {
+) -> customers::ActiveModel {
+    customers::ActiveModel {
         id: Set(id),
         created_at: Set(now),
         updated_at: Set(now),
@@ -73,15 +65,27 @@ pub async fn upsert_customer<C: ConnectionTrait>(
         last_inbound_at: Set(Some(seen_at)),
         is_deleted: Set(false),
         deleted_at: Set(None),
-    };
-    if sender.user_id.is_none() && sender.wa_id.is_some() {
-        // The common case (a phone number, no user id): one upsert on the
-        // (config, wa_id) key brings the row up to date and returns it.
-        return customers::Entity::insert(am)
-            .on_conflict(customer_refresh(sender.name.is_some()))
-            .exec_with_returning(db)
-            .await;
     }
+}
+
+/// Finds or creates the customer, then brings its profile up to date: the
+/// general path, for senders with a `user_id` ([`store_inbound`] upserts
+/// the common phone-number-only senders in one statement).
+///
+/// The insert comes first, with `ON CONFLICT DO NOTHING` on either unique
+/// key, so two writers never both create the same person. The row is then
+/// read back by `wa_id` or `user_id`: a user first seen by `user_id` alone
+/// (a username user) and later with a phone number stays one customer, and
+/// so does one whose number changed but whose `user_id` did not.
+pub async fn upsert_customer<C: ConnectionTrait>(
+    db: &C,
+    config_id: Uuid,
+    sender: &Sender,
+    seen_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<customers::Model, DbErr> {
+    let id = Uuid::now_v7();
+    let am = new_customer(id, config_id, sender, seen_at, now);
     customers::Entity::insert(am)
         .on_conflict(OnConflict::new().do_nothing().to_owned())
         .exec_without_returning(db)
@@ -168,9 +172,10 @@ pub async fn upsert_customer<C: ConnectionTrait>(
 }
 
 /// `ON CONFLICT (config_id, wa_id) DO UPDATE`: the same rules as the
-/// general path of [`upsert_customer`], in SQL. Right-hand sides see the
-/// row as it was, on both backends.
-fn customer_refresh(with_name: bool) -> OnConflict {
+/// general path of [`upsert_customer`], in SQL, for one row or many (a
+/// row without a name keeps the stored one). Right-hand sides see the row
+/// as it was, on both backends.
+pub(super) fn customer_refresh() -> OnConflict {
     use customers::Column as Cu;
     let new = |c: Cu| Expr::col((Alias::new("excluded"), c));
     let old = |c: Cu| Expr::col((customers::Entity, c));
@@ -186,309 +191,22 @@ fn customer_refresh(with_name: bool) -> OnConflict {
     let mut oc = OnConflict::columns([Cu::ConfigId, Cu::WaId]);
     oc.value(Cu::UpdatedAt, new(Cu::UpdatedAt))
         .value(Cu::LastSeenAt, later(Cu::LastSeenAt))
-        .value(Cu::LastInboundAt, later(Cu::LastInboundAt));
-    if with_name {
-        oc.value(Cu::ProfileName, new(Cu::ProfileName)).value(
+        .value(Cu::LastInboundAt, later(Cu::LastInboundAt))
+        .value(
+            Cu::ProfileName,
+            Func::coalesce([new(Cu::ProfileName), old(Cu::ProfileName)]),
+        )
+        .value(
             Cu::Name,
             Expr::case(
                 Condition::any()
                     .add(old(Cu::Name).is_null())
                     .add(old(Cu::Name).eq(old(Cu::ProfileName))),
-                new(Cu::Name),
+                Func::coalesce([new(Cu::Name), old(Cu::Name)]),
             )
             .finally(old(Cu::Name)),
         );
-    }
     oc
-}
-
-/// The chat of (config, customer), created on first contact. Returns it
-/// and whether it was created now.
-pub async fn upsert_chat<C: ConnectionTrait>(
-    db: &C,
-    config_id: Uuid,
-    customer: &customers::Model,
-    now: DateTime<Utc>,
-) -> Result<(chats::Model, bool), DbErr> {
-    let id = Uuid::now_v7();
-    let am = chats::ActiveModel {
-        id: Set(id),
-        created_at: Set(now),
-        updated_at: Set(now),
-        config_id: Set(config_id),
-        customer_id: Set(customer.id),
-        customer_phone: Set(customer.wa_id.clone()),
-        customer_name: Set(customer.name.clone()),
-        status: Set("open".to_owned()),
-        priority: Set("normal".to_owned()),
-        assigned_agent_id: Set(None),
-        unread_count: Set(0),
-        last_message: Set(None),
-        last_message_time: Set(None),
-        last_message_id: Set(None),
-        total_messages: Set(0),
-        customer_messages: Set(0),
-        agent_messages: Set(0),
-        bot_messages: Set(0),
-        is_archived: Set(false),
-        is_pinned: Set(false),
-        is_muted: Set(false),
-        first_response_at: Set(None),
-        resolved_at: Set(None),
-        is_deleted: Set(false),
-        deleted_at: Set(None),
-    };
-    // DO UPDATE (not NOTHING) so RETURNING yields the row either way; the
-    // update only refreshes the denormalised customer fields.
-    let chat = chats::Entity::insert(am)
-        .on_conflict(
-            OnConflict::columns([chats::Column::ConfigId, chats::Column::CustomerId])
-                .update_columns([chats::Column::CustomerPhone, chats::Column::CustomerName])
-                .to_owned(),
-        )
-        .exec_with_returning(db)
-        .await?;
-    let created = chat.id == id;
-    if created {
-        customers::Entity::update_many()
-            .col_expr(
-                customers::Column::TotalChats,
-                Expr::col(customers::Column::TotalChats).add(1),
-            )
-            .filter(customers::Column::Id.eq(customer.id))
-            .exec(db)
-            .await?;
-    }
-    Ok((chat, created))
-}
-
-/// What inserting a message did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stored {
-    pub message_id: Uuid,
-    /// False when the wamid was already stored for this config.
-    pub is_new: bool,
-    pub conversation_id: Option<Uuid>,
-}
-
-/// Inserts the message unless its wamid is already stored for the config.
-pub async fn insert_message<C: ConnectionTrait>(
-    db: &C,
-    config_id: Uuid,
-    chat_id: Uuid,
-    customer_id: Uuid,
-    m: &Inbound,
-    now: DateTime<Utc>,
-) -> Result<Stored, DbErr> {
-    let id = Uuid::now_v7();
-    let am = messages::ActiveModel {
-        id: Set(id),
-        created_at: Set(now),
-        updated_at: Set(now),
-        config_id: Set(config_id),
-        chat_id: Set(chat_id),
-        customer_id: Set(customer_id),
-        conversation_id: Set(None),
-        provider_message_id: Set(Some(m.provider_message_id.clone())),
-        direction: Set(Direction::Inbound),
-        origin: Set(Origin::User),
-        sender_type: Set("customer".to_owned()),
-        sender_id: Set(None),
-        r#type: Set(m.kind.clone()),
-        text: Set(m.text.clone()),
-        media: Set(m.media.clone()),
-        location: Set(m.location.clone()),
-        contacts: Set(m.contacts.clone()),
-        interactive: Set(m.interactive.clone()),
-        template: Set(None),
-        reaction: Set(m.reaction.clone()),
-        reactions: Set(None),
-        context: Set(m.context.clone()),
-        reply_to_provider_id: Set(m.reply_to.clone()),
-        is_forwarded: Set(m.is_forwarded),
-        referral: Set(m.referral.clone()),
-        payload: Set(Some(m.payload.clone())),
-        errors: Set(m.errors.clone()),
-        // Inbound messages have no delivery of ours to track: they are
-        // delivered by definition, and `is_read` says whether an agent saw it.
-        status: Set(MessageStatus::Delivered),
-        error_code: Set(None),
-        error_title: Set(None),
-        error_details: Set(None),
-        timestamp: Set(m.timestamp),
-        sent_at: Set(None),
-        delivered_at: Set(None),
-        read_at: Set(None),
-        failed_at: Set(None),
-        dispatched_at: Set(None),
-        attempt_count: Set(0),
-        is_read: Set(false),
-        is_edited: Set(false),
-        edit_history: Set(None),
-        is_deleted: Set(false),
-        deleted_at: Set(None),
-    };
-    let inserted = messages::Entity::insert(am)
-        .on_conflict(
-            OnConflict::columns([
-                messages::Column::ConfigId,
-                messages::Column::ProviderMessageId,
-            ])
-            .do_nothing()
-            .to_owned(),
-        )
-        .exec_without_returning(db)
-        .await?;
-    if inserted == 1 {
-        return Ok(Stored {
-            message_id: id,
-            is_new: true,
-            conversation_id: None,
-        });
-    }
-    let (message_id, conversation_id): (Uuid, Option<Uuid>) = messages::Entity::find()
-        .select_only()
-        .column(messages::Column::Id)
-        .column(messages::Column::ConversationId)
-        .filter(messages::Column::ConfigId.eq(config_id))
-        .filter(messages::Column::ProviderMessageId.eq(m.provider_message_id.as_str()))
-        .into_tuple()
-        .one(db)
-        .await?
-        .ok_or_else(|| {
-            DbErr::RecordNotFound(format!(
-                "message {} neither inserted nor found",
-                m.provider_message_id
-            ))
-        })?;
-    Ok(Stored {
-        message_id,
-        is_new: false,
-        conversation_id,
-    })
-}
-
-/// Attaches a new inbound message at `at` to the customer's 24-hour window
-/// and returns the conversation's id.
-///
-/// - Open conversations whose window has passed (by the clock) become
-///   `expired` first: the lazy half of [`expire_conversations`].
-/// - A conversation covers the message when the message's own window
-///   `[at, at + 24h]` overlaps `[opened_at, expires_at]`; it then grows to
-///   include the message (`expires_at` = last inbound + 24 h).
-/// - Otherwise a new conversation starts at `at`: `open` if its window is
-///   still running and no other one is open, else born `expired` (a late
-///   message from long ago). So at most one conversation per customer is
-///   open, whatever order messages arrive in.
-pub async fn attach_conversation<C: ConnectionTrait>(
-    db: &C,
-    config_id: Uuid,
-    customer_id: Uuid,
-    chat_id: Uuid,
-    at: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Result<Uuid, DbErr> {
-    use conversations::Column as Cv;
-    let mut candidates = conversations::Entity::find()
-        .filter(Cv::ConfigId.eq(config_id))
-        .filter(Cv::CustomerId.eq(customer_id))
-        .filter(
-            Condition::any()
-                .add(Cv::Status.eq(ConversationStatus::Open))
-                .add(
-                    Condition::all()
-                        .add(Cv::OpenedAt.lte(at + WINDOW))
-                        .add(Cv::ExpiresAt.gte(at)),
-                ),
-        )
-        .order_by_desc(Cv::OpenedAt)
-        .all(db)
-        .await?;
-    // The lazy half of the sweep: this customer's open window has passed.
-    let stale: Vec<Uuid> = candidates
-        .iter()
-        .filter(|c| c.status == ConversationStatus::Open && c.expires_at <= now)
-        .map(|c| c.id)
-        .collect();
-    if !stale.is_empty() {
-        conversations::Entity::update_many()
-            .col_expr(
-                Cv::Status,
-                Expr::value(ConversationStatus::Expired.as_str()),
-            )
-            .col_expr(Cv::ClosedAt, Expr::col(Cv::ExpiresAt))
-            .col_expr(Cv::UpdatedAt, Expr::value(now))
-            .filter(Cv::Id.is_in(stale.iter().copied()))
-            .filter(Cv::Status.eq(ConversationStatus::Open))
-            .exec(db)
-            .await?;
-        for c in candidates.iter_mut().filter(|c| stale.contains(&c.id)) {
-            c.status = ConversationStatus::Expired;
-            c.closed_at = Some(c.expires_at);
-        }
-    }
-    let open_id = candidates
-        .iter()
-        .find(|c| c.status == ConversationStatus::Open)
-        .map(|c| c.id);
-    let covering = candidates
-        .iter()
-        .find(|c| c.opened_at <= at + WINDOW && c.expires_at >= at);
-
-    if let Some(conv) = covering {
-        let opened_at = std::cmp::min(conv.opened_at, at);
-        let last_inbound_at = std::cmp::max(conv.last_inbound_at, at);
-        let expires_at = last_inbound_at + WINDOW;
-        // A late message can stretch an expired window past now: it is
-        // open again, unless another conversation already is.
-        let reopen =
-            conv.status == ConversationStatus::Expired && expires_at > now && open_id.is_none();
-        let mut q = conversations::Entity::update_many()
-            .col_expr(Cv::OpenedAt, Expr::value(opened_at))
-            .col_expr(Cv::LastInboundAt, Expr::value(last_inbound_at))
-            .col_expr(Cv::ExpiresAt, Expr::value(expires_at))
-            .col_expr(Cv::MessageCount, Expr::col(Cv::MessageCount).add(1))
-            .col_expr(Cv::UpdatedAt, Expr::value(now));
-        if reopen {
-            q = q
-                .col_expr(Cv::Status, Expr::value(ConversationStatus::Open.as_str()))
-                .col_expr(Cv::ClosedAt, Expr::value(Option::<DateTime<Utc>>::None));
-        } else if conv.status == ConversationStatus::Expired {
-            q = q.col_expr(Cv::ClosedAt, Expr::value(expires_at));
-        }
-        if conv.chat_id.is_none() {
-            q = q.col_expr(Cv::ChatId, Expr::value(chat_id));
-        }
-        q.filter(Cv::Id.eq(conv.id)).exec(db).await?;
-        return Ok(conv.id);
-    }
-
-    let expires_at = at + WINDOW;
-    let open = expires_at > now && open_id.is_none();
-    let id = Uuid::now_v7();
-    conversations::Entity::insert(conversations::ActiveModel {
-        id: Set(id),
-        created_at: Set(now),
-        updated_at: Set(now),
-        config_id: Set(config_id),
-        customer_id: Set(customer_id),
-        chat_id: Set(Some(chat_id)),
-        status: Set(if open {
-            ConversationStatus::Open
-        } else {
-            ConversationStatus::Expired
-        }),
-        opened_at: Set(at),
-        last_inbound_at: Set(at),
-        expires_at: Set(expires_at),
-        closed_at: Set((!open).then_some(expires_at)),
-        provider_conversation_id: Set(None),
-        origin_type: Set(None),
-        message_count: Set(1),
-    })
-    .exec_without_returning(db)
-    .await?;
-    Ok(id)
 }
 
 /// Expires every open conversation whose window has passed. Returns how
@@ -505,57 +223,13 @@ pub async fn expire_conversations<C: ConnectionTrait>(db: &C) -> Result<u64, DbE
         )
         .col_expr(Cv::ClosedAt, Expr::col(Cv::ExpiresAt))
         .col_expr(Cv::UpdatedAt, Expr::value(now))
-        .filter(Cv::Status.eq(ConversationStatus::Open))
+        // A literal, so the partial index `ix_conversations_open_expiry`
+        // (whose predicate the planner matches only against constants) serves it.
+        .filter(Expr::cust("status = 'open'"))
         .filter(Cv::ExpiresAt.lte(now))
         .exec(db)
         .await?;
     Ok(res.rows_affected)
-}
-
-/// Counts a newly inserted inbound message in its chat, in one UPDATE:
-/// totals always; unread and the last message only for messages that show
-/// on their own, and the last message only if it is not older than the one
-/// shown (Meta delivers out of order).
-pub async fn count_in_chat<C: ConnectionTrait>(
-    db: &C,
-    chat_id: Uuid,
-    message_id: Uuid,
-    m: &Inbound,
-    at: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Result<(), DbErr> {
-    use chats::Column as Ch;
-    let mut q = chats::Entity::update_many()
-        .col_expr(Ch::TotalMessages, Expr::col(Ch::TotalMessages).add(1))
-        .col_expr(Ch::CustomerMessages, Expr::col(Ch::CustomerMessages).add(1))
-        .col_expr(Ch::UpdatedAt, Expr::value(now));
-    if m.is_visible() {
-        let newer = Condition::any()
-            .add(Ch::LastMessageTime.is_null())
-            .add(Ch::LastMessageTime.lte(at));
-        q = q
-            .col_expr(Ch::UnreadCount, Expr::col(Ch::UnreadCount).add(1))
-            .col_expr(
-                Ch::LastMessage,
-                Expr::case(newer.clone(), Expr::value(m.preview()))
-                    .finally(Expr::col(Ch::LastMessage))
-                    .into(),
-            )
-            .col_expr(
-                Ch::LastMessageTime,
-                Expr::case(newer.clone(), Expr::value(at))
-                    .finally(Expr::col(Ch::LastMessageTime))
-                    .into(),
-            )
-            .col_expr(
-                Ch::LastMessageId,
-                Expr::case(newer, Expr::value(message_id))
-                    .finally(Expr::col(Ch::LastMessageId))
-                    .into(),
-            );
-    }
-    q.filter(Ch::Id.eq(chat_id)).exec(db).await?;
-    Ok(())
 }
 
 /// The reaction, edit or revoke message that carries an effect.
@@ -670,65 +344,6 @@ pub async fn apply_effect<C: ConnectionTrait>(
     Ok(EffectOutcome::Applied)
 }
 
-/// Stores one status receipt, once (`ON CONFLICT DO NOTHING` on config,
-/// wamid, status and time). A receipt without a timestamp takes the
-/// event's arrival time, which is the same on every replay. Returns whether
-/// it was new, or `None` when it names no message.
-pub async fn insert_status_event<C: ConnectionTrait>(
-    db: &C,
-    config_id: Uuid,
-    st: &Status<'_>,
-    event_id: Uuid,
-    received_at: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Result<Option<bool>, DbErr> {
-    let Some(wamid) = &st.id else {
-        return Ok(None);
-    };
-    let errors = (!st.errors.is_empty())
-        .then(|| Value::Array(st.errors.iter().map(|e| clean_json(&e.raw)).collect()));
-    let am = message_status_events::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        created_at: Set(now),
-        updated_at: Set(now),
-        config_id: Set(config_id),
-        provider_message_id: Set(clean_str(wamid)),
-        message_id: Set(None),
-        status: Set(clean_str(st.status.as_deref().unwrap_or("unknown"))),
-        timestamp: Set(st.timestamp.unwrap_or(received_at)),
-        recipient_id: Set(st
-            .recipient_id
-            .as_deref()
-            .or(st.recipient_user_id.as_deref())
-            .map(clean_str)),
-        conversation: Set(st.conversation.map(clean_json)),
-        pricing: Set(st.pricing.map(clean_json)),
-        errors: Set(errors),
-        error_code: Set(st
-            .errors
-            .first()
-            .and_then(|e| e.code.as_deref())
-            .map(clean_str)),
-        raw: Set(Some(clean_json(st.raw))),
-        applied: Set(false),
-        webhook_event_id: Set(Some(event_id)),
-    };
-    let n = message_status_events::Entity::insert(am)
-        .on_conflict(
-            OnConflict::columns([
-                message_status_events::Column::ConfigId,
-                message_status_events::Column::ProviderMessageId,
-                message_status_events::Column::Status,
-                message_status_events::Column::Timestamp,
-            ])
-            .do_nothing()
-            .to_owned(),
-        )
-        .exec_without_returning(db)
-        .await?;
-    Ok(Some(n == 1))
-}
-
 /// Applies a template change (`message_template_status_update`,
 /// `message_template_quality_update`, `template_category_update`) to the
 /// config's template, matched by Meta's template id, else by name and
@@ -837,21 +452,4 @@ pub async fn apply_template_update<C: ConnectionTrait>(
         .exec(db)
         .await?;
     Ok(res.rows_affected)
-}
-
-/// Sets the conversation of a newly inserted message.
-pub async fn set_conversation<C: ConnectionTrait>(
-    db: &C,
-    message_id: Uuid,
-    conversation_id: Uuid,
-) -> Result<(), DbErr> {
-    messages::Entity::update_many()
-        .col_expr(
-            messages::Column::ConversationId,
-            Expr::value(conversation_id),
-        )
-        .filter(messages::Column::Id.eq(message_id))
-        .exec(db)
-        .await?;
-    Ok(())
 }
