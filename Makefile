@@ -6,7 +6,7 @@ PG_ADMIN ?= postgres://postgres@127.0.0.1:5432/postgres
 export WAPIPE_TEST_PG ?= $(PG_ADMIN)
 export WAPIPE_TEST_AMQP ?= amqp://guest:guest@127.0.0.1:5672/%2f
 
-.PHONY: run test lint fmt migrate build bench sim clean-test-dbs
+.PHONY: run test lint fmt migrate build bench bench-e2e sim clean-test-dbs
 
 ## Embedded default: SQLite in ./data, in-process queue, every role in one process.
 run:
@@ -42,6 +42,10 @@ clean-test-dbs:
 ## Throughput and latency against a same-run no-work baseline (needs PostgreSQL + RabbitMQ).
 bench:
 	scripts/bench.sh
+
+# End to end alone (webhook -> messages row); E2E_SECS, E2E_RUNS, E2E_BODIES, E2E_RATE.
+bench-e2e:
+	scripts/bench_e2e.sh
 
 ## wapipe (embedded) wired to wapipe-sim's fake Graph API: a two-minute demo.
 sim:

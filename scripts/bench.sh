@@ -4,7 +4,9 @@
 #   2. wapipe in production mode (PostgreSQL + RabbitMQ),
 #   3. wapipe in embedded mode (SQLite + in-process queue),
 # each BENCH_RUNS times for BENCH_SECS seconds at BENCH_CONC connections.
-# Prints the median of each figure and the ratio to the baseline.
+# Prints the median of each figure and the ratio to the baseline. Then
+#   4. outbound sends/s through the fake Graph API (bench_outbound example),
+#   5. end to end, webhook -> messages row (scripts/bench_e2e.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +22,7 @@ WABA=102290129340398
 
 cargo build --release -q -p wapipe --bin wapipe
 cargo build --release -q -p wapipe-sim --bin wapipe-sim
+cargo build --release -q -p wapipe-workers --example bench_outbound
 BIN=target/release
 WORK=$(mktemp -d)
 PIDS=()
@@ -89,6 +92,16 @@ start_wapipe embedded serve DATABASE_URL="sqlite://$WORK/bench.sqlite?mode=rwc" 
 load http://127.0.0.1:18080/api/whatsapp/webhooks embedded
 stop_wapipe
 
+# 4. outbound: queued messages through the outbound worker to the fake Graph
+OB_DB="wapipe_bench_ob_$$"
+OB_URL="${PG_ADMIN%/*}/$OB_DB"
+[ -S /var/run/postgresql/.s.PGSQL.5432 ] && OB_URL="postgres://postgres@localhost/$OB_DB?host=/var/run/postgresql"
+for i in $(seq 1 "$RUNS"); do
+  psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS \"$OB_DB\" WITH (FORCE)" -c "CREATE DATABASE \"$OB_DB\"" >/dev/null
+  "$BIN/examples/bench_outbound" --db "$OB_URL" --messages "${BENCH_OUTBOUND_MESSAGES:-6000}" >>"$WORK/outbound.jsonl"
+done
+psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS \"$OB_DB\" WITH (FORCE)" >/dev/null
+
 python3 - "$WORK" "$RUNS" "$SECS" "$CONC" "$PROD_ROWS" <<'PY'
 import json, statistics, sys, os
 work, runs, secs, conc, prod_rows = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
@@ -107,4 +120,13 @@ for label in ["nowork", "production-ingest", "production-serve", "embedded"]:
     total[label] = sum(r["accepted"] for r in rows)
     print(f"{label:<18} {a:>11.0f} {med(rows,'p50_ms'):>8.2f} {med(rows,'p99_ms'):>8.2f} {a/b:>7.3f} {sum(r['rejected']+r['errors'] for r in rows):>8}")
 print(f"\nproduction: {total['production-ingest'] + total['production-serve']} accepted, {prod_rows} rows committed in webhook_events")
+ob = load("outbound")
+rates = [r["sends_per_sec"] for r in ob]
+runs_txt = ", ".join(f"{x:.0f}" for x in rates)
+exact = "yes" if all(r["exactly_once"] for r in ob) else "NO"
+print(f"\noutbound (PostgreSQL, fake Graph API, one recipient per message): {len(ob)} runs, "
+      f"median {statistics.median(rates):.0f} sends/s (runs: {runs_txt}); exactly once: {exact}")
 PY
+
+# 5. end to end
+E2E_SECS=${E2E_SECS:-15} E2E_RUNS=${E2E_RUNS:-$RUNS} scripts/bench_e2e.sh

@@ -55,7 +55,7 @@ export DATABASE_URL="$WAPIPE_PG_URL" AMQP_URL="$AMQP" WAPIPE_QUEUE_PREFIX="$PREF
 psql "$PG_ADMIN" -qc "CREATE DATABASE \"$DB\"" >/dev/null
 "$BIN/wapipe" migrate >/dev/null
 "$BIN/wapipe" config add --company Bench --phone-number-id "$PHONE" --waba-id "$WABA" \
-  --app-secret "$SECRET" --verify-token v --access-token t >/dev/null
+  --app-secret "$SECRET" --verify-token v --access-token t >/dev/null 2>&1
 "$BIN/wapipe" serve >"$WORK/serve.log" 2>&1 &
 PID=$!
 for _ in $(seq 1 100); do curl -fs http://127.0.0.1:18081/healthz >/dev/null 2>&1 && break; sleep 0.2; done

@@ -108,12 +108,16 @@ pub async fn stamp(db: &DatabaseConnection, ids: &[Uuid]) {
     if ids.is_empty() {
         return;
     }
-    let res = webhook_events::Entity::update_many()
-        .col_expr(Column::PublishedAt, Expr::value(Utc::now()))
-        .filter(Column::Id.is_in(ids.iter().copied()))
-        .exec(db)
-        .await;
-    if let Err(e) = res {
-        tracing::debug!(error = %e, n = ids.len(), "could not stamp published events");
+    // Power-of-two chunks: a few statement shapes, all cached (see pow2_chunks).
+    for chunk in wapipe_shared::db::pow2_chunks(ids.to_vec(), 1024) {
+        let res = webhook_events::Entity::update_many()
+            .col_expr(Column::PublishedAt, Expr::value(Utc::now()))
+            .filter(Column::Id.is_in(chunk))
+            .exec(db)
+            .await;
+        if let Err(e) = res {
+            tracing::debug!(error = %e, n = ids.len(), "could not stamp published events");
+            return;
+        }
     }
 }

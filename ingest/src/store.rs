@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{DatabaseConnection, DbErr, EntityTrait, Set};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, Set, TransactionTrait};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 use wapipe_shared::entities::webhook_events::{self, EventStatus};
@@ -212,6 +212,25 @@ async fn insert<'a>(
     if models.is_empty() {
         return Ok(Vec::new());
     }
+    // Power-of-two chunks keep the INSERT's shapes few and cached (see
+    // `pow2_chunks`); one transaction keeps the batch all-or-nothing.
+    let chunks = wapipe_shared::db::pow2_chunks(models, 256);
+    if chunks.len() == 1 {
+        return insert_chunk(db, chunks.into_iter().flatten().collect()).await;
+    }
+    let txn = db.begin().await?;
+    let mut ids = Vec::new();
+    for chunk in chunks {
+        ids.extend(insert_chunk(&txn, chunk).await?);
+    }
+    txn.commit().await?;
+    Ok(ids)
+}
+
+async fn insert_chunk<C: ConnectionTrait>(
+    db: &C,
+    models: Vec<webhook_events::ActiveModel>,
+) -> Result<Vec<Uuid>, DbErr> {
     let res = webhook_events::Entity::insert_many(models)
         .on_conflict(
             OnConflict::column(webhook_events::Column::BodySha256)
@@ -222,7 +241,7 @@ async fn insert<'a>(
         .await;
     match res {
         Ok(ids) => Ok(ids),
-        // Every row of the batch was a duplicate.
+        // Every row of the chunk was a duplicate.
         Err(DbErr::RecordNotInserted) => Ok(Vec::new()),
         Err(e) => Err(e),
     }

@@ -37,6 +37,37 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
     Ok(db)
 }
 
+/// Splits rows for multi-row statements into chunks whose sizes are powers
+/// of two (at most `max`, rounded down to one), largest first.
+///
+/// Every row count of a multi-row INSERT is a different SQL text, and each
+/// new text costs a prepare round trip and a plan, and pushes another out
+/// of the per-connection statement cache (sqlx keeps 100). With power-of-two
+/// chunks a statement has at most log2(max) + 1 shapes, all of which stay
+/// cached; the price is at most that many statements per batch.
+pub fn pow2_chunks<T>(items: Vec<T>, max: usize) -> Vec<Vec<T>> {
+    let max = if max <= 1 { 1 } else { 1 << max.ilog2() };
+    let mut out = Vec::new();
+    let mut rest = items.into_iter().peekable();
+    let mut left = rest.len();
+    while left > 0 {
+        let size = std::cmp::min(max, 1 << left.ilog2());
+        out.push(rest.by_ref().take(size).collect());
+        left -= size;
+    }
+    out
+}
+
+/// Pads an `IN (…)` list to a power-of-two length by repeating its last
+/// value (a no-op for the result), for the same reason as [`pow2_chunks`].
+pub fn pad_pow2<T: Clone>(mut items: Vec<T>) -> Vec<T> {
+    if let Some(last) = items.last().cloned() {
+        let want = items.len().next_power_of_two();
+        items.resize(want, last);
+    }
+    items
+}
+
 /// `sqlite://./data/wapipe.sqlite?mode=rwc` creates the file but not its
 /// folder; create the folder so `make run` works on a fresh clone.
 fn ensure_sqlite_dir(url: &str) {
@@ -113,5 +144,38 @@ pub mod testing {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::{pad_pow2, pow2_chunks};
+
+    #[test]
+    fn chunks_are_powers_of_two_and_keep_every_row_in_order() {
+        for n in 0..600usize {
+            let chunks = pow2_chunks((0..n).collect(), 256);
+            assert!(
+                chunks
+                    .iter()
+                    .all(|c| c.len().is_power_of_two() && c.len() <= 256)
+            );
+            assert_eq!(chunks.concat(), (0..n).collect::<Vec<_>>());
+        }
+        assert_eq!(
+            pow2_chunks(vec![1; 37], 300)
+                .iter()
+                .map(Vec::len)
+                .collect::<Vec<_>>(),
+            [32, 4, 1]
+        );
+        assert_eq!(pow2_chunks(vec![1; 3], 0).len(), 3);
+    }
+
+    #[test]
+    fn padding_repeats_the_last_value() {
+        assert_eq!(pad_pow2(vec![1, 2, 3]), [1, 2, 3, 3]);
+        assert_eq!(pad_pow2(vec![1, 2]), [1, 2]);
+        assert!(pad_pow2(Vec::<u8>::new()).is_empty());
     }
 }

@@ -152,7 +152,9 @@ where
         .col_expr(E::Applied, Expr::value(true))
         .col_expr(E::MessageId, Expr::value(message.id))
         .col_expr(E::UpdatedAt, Expr::value(now))
-        .filter(E::Id.is_in(pending.iter().map(|r| r.id)))
+        .filter(E::Id.is_in(wapipe_shared::db::pad_pow2(
+            pending.iter().map(|r| r.id).collect(),
+        )))
         .exec(&txn)
         .await?;
     txn.commit().await?;

@@ -1226,6 +1226,15 @@ async fn wamid_lookup_uses_the_unique_index_on_a_fresh_database() {
             .map(|r| r.try_get_by_index::<String>(0).expect("plan line"))
             .collect();
         assert!(plan.iter().any(|l| l.contains(index)), "{query}: {plan:#?}");
+        // Both key columns in the index condition, not one plus a filter.
+        let cond = plan
+            .iter()
+            .find(|l| l.contains("Index Cond"))
+            .unwrap_or_else(|| panic!("{query}: {plan:#?}"));
+        assert!(
+            cond.contains("provider_message_id") || cond.contains("customer_id"),
+            "{query}: {plan:#?}"
+        );
     }
     txn.rollback().await.expect("rollback");
 }

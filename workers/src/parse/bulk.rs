@@ -20,6 +20,7 @@ use sea_orm::{
 };
 use serde_json::Value;
 use uuid::Uuid;
+use wapipe_shared::db::{pad_pow2, pow2_chunks};
 use wapipe_shared::entities::conversations::{self, ConversationStatus};
 use wapipe_shared::entities::messages::{self, Direction, MessageStatus, Origin};
 use wapipe_shared::entities::{chats, customers, message_status_events};
@@ -31,10 +32,17 @@ use super::store::{
 };
 
 /// Rows per multi-row INSERT: below PostgreSQL's 65,535 bind parameters and
-/// SQLite's 32,766 for the widest table (`messages`, ~45 columns).
-const CHUNK: usize = 300;
+/// SQLite's 32,766 for the widest table (`messages`, ~45 columns). Batches
+/// are split into power-of-two chunks and `IN` lists padded likewise
+/// ([`pow2_chunks`], [`pad_pow2`]) so each statement has a few cached shapes.
+const CHUNK: usize = 256;
 /// Values per `IN (…)` list.
-const IN_CHUNK: usize = 1000;
+const IN_CHUNK: usize = 1024;
+
+/// `IN (…)` values, padded to a power-of-two count.
+fn any_of<T: Clone>(values: impl IntoIterator<Item = T>) -> Vec<T> {
+    pad_pow2(values.into_iter().collect())
+}
 
 /// One inbound message of the batch, with its resolved sender.
 pub struct InboundRow<'a> {
@@ -136,9 +144,7 @@ pub async fn store_inbound<C: ConnectionTrait>(
         ));
     }
     let mut inserted = 0;
-    let mut models = models.into_iter().peekable();
-    while models.peek().is_some() {
-        let chunk: Vec<_> = models.by_ref().take(CHUNK).collect();
+    for chunk in pow2_chunks(models, CHUNK) {
         inserted += messages::Entity::insert_many(chunk)
             .on_conflict(
                 OnConflict::columns([
@@ -240,8 +246,8 @@ async fn apply_late_effects<C: ConnectionTrait>(
     for chunk in targets.chunks(IN_CHUNK) {
         pending.extend(
             messages::Entity::find()
-                .filter(M::ConfigId.is_in(configs.iter().copied()))
-                .filter(M::EffectTarget.is_in(chunk.iter().map(|t| t.1)))
+                .filter(M::ConfigId.is_in(any_of(configs.iter().copied())))
+                .filter(M::EffectTarget.is_in(any_of(chunk.iter().map(|t| t.1))))
                 .all(db)
                 .await?
                 .into_iter()
@@ -257,7 +263,7 @@ async fn apply_late_effects<C: ConnectionTrait>(
     }
     pending.sort_by_key(|m| (m.timestamp.unwrap_or(m.created_at), m.id));
     let authors: HashMap<Uuid, customers::Model> = customers::Entity::find()
-        .filter(customers::Column::Id.is_in(pending.iter().map(|m| m.customer_id)))
+        .filter(customers::Column::Id.is_in(any_of(pending.iter().map(|m| m.customer_id))))
         .all(db)
         .await?
         .into_iter()
@@ -325,7 +331,7 @@ async fn upsert_customers<C: ConnectionTrait>(
     let (simple, general): (Vec<&Who>, Vec<&Who>) = order
         .iter()
         .partition(|(_, wa_id, user_id)| wa_id.is_some() && user_id.is_none());
-    for chunk in simple.chunks(CHUNK) {
+    for chunk in pow2_chunks(simple, CHUNK) {
         let models = chunk
             .iter()
             .map(|k| new_customer(Uuid::now_v7(), k.0, &merged[*k], seen[*k], now));
@@ -363,7 +369,7 @@ async fn upsert_chats<C: ConnectionTrait>(
     }
     let mut out = HashMap::with_capacity(wanted.len());
     let mut created = Vec::new();
-    for chunk in wanted.chunks(CHUNK) {
+    for chunk in pow2_chunks(wanted, CHUNK) {
         let mut ids = HashSet::new();
         let models: Vec<_> = chunk
             .iter()
@@ -396,7 +402,7 @@ async fn upsert_chats<C: ConnectionTrait>(
                 customers::Column::TotalChats,
                 Expr::col(customers::Column::TotalChats).add(1),
             )
-            .filter(customers::Column::Id.is_in(created))
+            .filter(customers::Column::Id.is_in(any_of(created)))
             .exec(db)
             .await?;
     }
@@ -453,8 +459,8 @@ async fn existing_messages<C: ConnectionTrait>(
             .column(messages::Column::ConfigId)
             .column(messages::Column::ProviderMessageId)
             // Both columns, so the unique (config, wamid) index serves it.
-            .filter(messages::Column::ConfigId.is_in(configs.iter().copied()))
-            .filter(messages::Column::ProviderMessageId.is_in(chunk.iter().copied()))
+            .filter(messages::Column::ConfigId.is_in(any_of(configs.iter().copied())))
+            .filter(messages::Column::ProviderMessageId.is_in(any_of(chunk.iter().copied())))
             .into_tuple()
             .all(db)
             .await?;
@@ -568,8 +574,8 @@ async fn attach_conversations<C: ConnectionTrait>(
     let mut convs: Vec<Conv> = Vec::new();
     for chunk in customers.chunks(IN_CHUNK) {
         let loaded = conversations::Entity::find()
-            .filter(Cv::ConfigId.is_in(configs.iter().copied()))
-            .filter(Cv::CustomerId.is_in(chunk.iter().copied()))
+            .filter(Cv::ConfigId.is_in(any_of(configs.iter().copied())))
+            .filter(Cv::CustomerId.is_in(any_of(chunk.iter().copied())))
             .filter(
                 Condition::any()
                     .add(Cv::Status.eq(ConversationStatus::Open))
@@ -719,8 +725,8 @@ async fn attach_conversations<C: ConnectionTrait>(
         }
         q.filter(Cv::Id.eq(c.id)).exec(db).await?;
     }
-    for chunk in created.chunks(CHUNK) {
-        conversations::Entity::insert_many(chunk.to_vec())
+    for chunk in pow2_chunks(created, CHUNK) {
+        conversations::Entity::insert_many(chunk)
             .exec_without_returning(db)
             .await?;
     }
@@ -874,9 +880,7 @@ pub async fn store_statuses<C: ConnectionTrait>(
     // Which of them the database did not have: RETURNING lists only the
     // rows a DO NOTHING insert really wrote.
     let mut new: HashSet<Key> = HashSet::new();
-    let mut models = models.into_iter().peekable();
-    while models.peek().is_some() {
-        let chunk: Vec<_> = models.by_ref().take(CHUNK).collect();
+    for chunk in pow2_chunks(models, CHUNK) {
         let written = message_status_events::Entity::insert_many(chunk)
             .on_conflict(
                 OnConflict::columns([S::ConfigId, S::ProviderMessageId, S::Status, S::Timestamp])

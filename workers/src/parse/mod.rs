@@ -26,13 +26,14 @@ use chrono::{DateTime, SubsecRound, Utc};
 use futures::{StreamExt, TryStreamExt, stream};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    QueryFilter, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use wapipe_shared::broker::{Broker, OutboundJob};
+use wapipe_shared::db::pad_pow2;
 use wapipe_shared::entities::messages::MessageStatus;
 use wapipe_shared::entities::webhook_events::{self, Column, EventStatus};
 use wapipe_shared::entities::{chats, whatsapp_configs};
@@ -222,9 +223,9 @@ impl Routes {
         }
         // Signers are fetched along, to learn their company in the same query.
         let wanted = Condition::any()
-            .add(W::PhoneNumberId.is_in(phones))
-            .add(W::WabaId.is_in(wabas))
-            .add(W::Id.is_in(signers.iter().copied()));
+            .add(W::PhoneNumberId.is_in(pad_pow2(phones.into_iter().collect())))
+            .add(W::WabaId.is_in(pad_pow2(wabas.into_iter().collect())))
+            .add(W::Id.is_in(pad_pow2(signers.iter().copied().collect())));
         let mut configs = whatsapp_configs::Entity::find()
             .filter(W::IsDeleted.eq(false))
             .filter(wanted)
@@ -354,7 +355,7 @@ pub async fn process_events(
     ids: &[Uuid],
 ) -> Result<Vec<Settled>, JobError> {
     let mut rows: HashMap<Uuid, webhook_events::Model> = webhook_events::Entity::find()
-        .filter(Column::Id.is_in(ids.iter().copied()))
+        .filter(Column::Id.is_in(pad_pow2(ids.to_vec())))
         .all(db)
         .await
         .map_err(db_err)?
@@ -432,6 +433,17 @@ pub async fn process_events(
         })
         .await
         .map_err(db_err)?;
+    if txn.get_database_backend() == DbBackend::Postgres {
+        // The batch's lookups take `IN (…)` lists; a cached generic plan
+        // for them, made while the table was small or never analysed
+        // (autovacuum late or off), searches by the config alone and scans
+        // every message of the config (measured: 11 M index fetches for
+        // 60 k messages). Plan them with their values; other roles keep
+        // generic plans, which are cheaper and safe for their lookups.
+        txn.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
+            .await
+            .map_err(db_err)?;
+    }
     let mut collected = Collected::default();
     for (event, (((w, changes), routes), summary)) in work
         .iter()
@@ -864,7 +876,7 @@ async fn publish(
     let mut realtime = fan.realtime;
     if !fan.chats.is_empty() {
         let rows = chats::Entity::find()
-            .filter(chats::Column::Id.is_in(fan.chats))
+            .filter(chats::Column::Id.is_in(pad_pow2(fan.chats)))
             .all(db)
             .await
             .map_err(db_err)?;
