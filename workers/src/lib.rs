@@ -95,7 +95,7 @@ impl Worker for ParseWorker {
     }
 
     fn batch_size(&self) -> usize {
-        parse::BATCH_SIZE
+        parse::batch_size(&self.ctx.db)
     }
 
     /// What has queued up on a lane, as one transaction (DESIGN §2: one
