@@ -231,17 +231,22 @@ impl OutboundWorker {
                 .release_err(claim, JobError::Retryable(limited.to_string()))
                 .await);
         }
-        let outcome = self
-            .inner
+        let outcome = self.post_as(&config, &body).await;
+        self.settle(&msg, &config, &recipient, claim, outcome).await
+    }
+
+    /// POSTs `body` to `/{phone_number_id}/messages` as `config`: its
+    /// number, Graph API version and access token (sends and mark-as-read).
+    async fn post_as(&self, config: &SendConfig, body: &Value) -> GraphOutcome {
+        self.inner
             .graph
             .post_messages(
                 &config.phone_number_id,
                 config.graph_api_version.as_deref(),
                 &config.access_token,
-                &body,
+                body,
             )
-            .await;
-        self.settle(&msg, &config, &recipient, claim, outcome).await
+            .await
     }
 
     /// The message was not `queued`. `Ok` with a claim when a stale
@@ -699,16 +704,7 @@ impl OutboundWorker {
             return Ok(SendOutcome::Skipped("config inactive or flagged"));
         }
         let body = mark_read_body(&mark.provider_message_id, mark.typing);
-        let outcome = self
-            .inner
-            .graph
-            .post_messages(
-                &config.phone_number_id,
-                config.graph_api_version.as_deref(),
-                &config.access_token,
-                &body,
-            )
-            .await;
+        let outcome = self.post_as(&config, &body).await;
         match outcome {
             GraphOutcome::Success | GraphOutcome::Accepted { .. } => {
                 count("read", "none");
