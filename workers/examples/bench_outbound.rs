@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo run --release -p wapipe-workers --example bench_outbound -- \
-//!     --db postgres://postgres@127.0.0.1:5432/wapipe_bench --messages 20000 [--lanes 32]
+//!     --db postgres://postgres@127.0.0.1:5432/wapipe_bench --messages 20000 [--lanes 32] [--batch 32]
 //! ```
 //!
 //! The database must exist (it is migrated); a SQLite URL works too, and
@@ -40,6 +40,7 @@ struct Args {
     db: Option<String>,
     messages: usize,
     lanes: u16,
+    batch: usize,
 }
 
 fn args() -> Result<Args, String> {
@@ -47,6 +48,7 @@ fn args() -> Result<Args, String> {
         db: None,
         messages: 5000,
         lanes: 32,
+        batch: outbound::DEFAULT_BATCH_SIZE,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -57,9 +59,10 @@ fn args() -> Result<Args, String> {
                 a.messages = value()?.parse().map_err(|e| format!("--messages: {e}"))?
             }
             "--lanes" => a.lanes = value()?.parse().map_err(|e| format!("--lanes: {e}"))?,
+            "--batch" => a.batch = value()?.parse().map_err(|e| format!("--batch: {e}"))?,
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; use --db URL --messages N [--lanes L]"
+                    "unknown argument {other:?}; use --db URL --messages N [--lanes L] [--batch B]"
                 ));
             }
         }
@@ -128,7 +131,8 @@ async fn run() -> Result<(), String> {
             amqp_url: None,
             prefix: "bench".into(),
             lanes: args.lanes.max(1),
-            prefetch: 8,
+            // As in production (`WAPIPE_PREFETCH`, 32), and at least the batch.
+            prefetch: u16::try_from(args.batch.max(32)).unwrap_or(u16::MAX),
         },
         db.clone(),
     ));
@@ -169,6 +173,7 @@ async fn run() -> Result<(), String> {
     let queued: Vec<_> = queued.into_iter().collect::<Result<_, _>>()?;
 
     let mut settings = OutboundSettings::new(&graph.base_url(), "v23.0", key);
+    settings.batch_size = args.batch;
     settings.limits = LimitSettings {
         headroom: 1.0,
         ..LimitSettings::default()
@@ -222,6 +227,7 @@ async fn run() -> Result<(), String> {
             "messages": queued.len(),
             "elapsed_secs": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
             "lanes": args.lanes,
+            "batch": args.batch,
         })
     );
     if !exactly_once {

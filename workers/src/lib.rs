@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use sea_orm::DatabaseConnection;
 use wapipe_shared::broker::{Broker, Delivery};
 
-use crate::runtime::{JobError, Worker};
+use crate::runtime::{BatchOutcome, JobError, Worker};
 
 /// The worker roles this build runs (`wapipe workers --roles …`).
 pub const ALL_ROLES: &[&str] = &["parse", "status", "outbound"];
@@ -101,14 +101,14 @@ impl Worker for ParseWorker {
     /// What has queued up on a lane, as one transaction (DESIGN §2: one
     /// transaction per event "where possible"; a batch keeps every event's
     /// rows atomic and amortises the commit and the round trips).
-    async fn handle_batch(&self, jobs: &[Delivery]) -> Result<(), JobError> {
+    async fn handle_batch(&self, jobs: &[Delivery]) -> Result<BatchOutcome, JobError> {
         let ids = jobs
             .iter()
             .map(|j| parse::decode(&j.body).map(|w| w.event_id))
             .collect::<Result<Vec<_>, _>>()?;
         parse::process_events(&self.ctx.db, self.ctx.broker.as_ref(), &ids)
             .await
-            .map(|_| ())
+            .map(|_| BatchOutcome::AllDone)
     }
 
     /// Out of attempts (or refused for good): the event must not stay

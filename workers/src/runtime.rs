@@ -62,16 +62,17 @@ pub trait Worker: Send + Sync + 'static {
     fn batch_size(&self) -> usize {
         1
     }
-    /// Handles several jobs of one lane, in lane order, as one unit: Ok
-    /// means every one of them is done. On an error the runtime runs each
-    /// job again on its own through [`handle`](Self::handle), so only the
-    /// failing ones are retried; this must therefore be all-or-nothing or
-    /// idempotent (it is called only when `batch_size() > 1`).
-    async fn handle_batch(&self, jobs: &[Delivery]) -> Result<(), JobError> {
+    /// Handles several jobs of one lane, in lane order (it is called only
+    /// when `batch_size() > 1`). [`BatchOutcome::AllDone`] acks them all;
+    /// [`BatchOutcome::Each`] settles each job from its own answer. On an
+    /// error the runtime runs each job again on its own through
+    /// [`handle`](Self::handle), so only the failing ones are retried; a
+    /// batch that can fail must therefore be all-or-nothing or idempotent.
+    async fn handle_batch(&self, jobs: &[Delivery]) -> Result<BatchOutcome, JobError> {
         for job in jobs {
             self.handle(job).await?;
         }
-        Ok(())
+        Ok(BatchOutcome::AllDone)
     }
     /// Called once when the job is about to go to the dead-letter queue, so
     /// the worker can record the failure where its domain keeps it (the
@@ -79,6 +80,17 @@ pub trait Worker: Send + Sync + 'static {
     async fn on_dead_letter(&self, _job: &Delivery, _error: &str) -> Result<(), JobError> {
         Ok(())
     }
+}
+
+/// What [`Worker::handle_batch`] came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// Every job of the batch is done.
+    AllDone,
+    /// Each job's own answer, one per job in batch order: a worker whose
+    /// jobs succeed or fail on their own (the outbound worker: one send
+    /// throttled does not undo its neighbours').
+    Each(Vec<Result<(), JobError>>),
 }
 
 /// How a job was settled.
@@ -212,9 +224,10 @@ async fn run_lane(
 }
 
 /// Processes deliveries of one lane, in order: one through [`run_one`];
-/// several through the worker's `handle_batch`, acknowledged together when
-/// it succeeds, and else each run again on its own, so one bad job is
-/// retried or dead-lettered alone. Returns the first settle error.
+/// several through the worker's `handle_batch`, settled from its answer
+/// (all acked, or each from its own result), and else each run again on
+/// its own, so one bad job is retried or dead-lettered alone. Returns the
+/// first settle error.
 pub async fn run_batch(
     worker: &dyn Worker,
     policy: &RetryPolicy,
@@ -238,28 +251,42 @@ pub async fn run_batch(
                 panic_message(panic.as_ref())
             )))
         });
+    let elapsed = started.elapsed().as_secs_f64();
     let mut first_err = None;
-    if let Err(e) = result {
-        tracing::debug!(worker = name, jobs = batch.len(), error = %e,
-            "batch failed; running its jobs one by one");
-        for d in batch {
-            if let Err(e) = run_one(worker, policy, d).await {
-                first_err.get_or_insert(e);
+    match result {
+        Ok(BatchOutcome::AllDone) => {
+            let n = batch.len() as u64;
+            for d in batch {
+                record_job(name, elapsed, d.attempt);
+                if let Err(e) = d.ack().await {
+                    metrics::counter!(METRIC_SETTLE_FAILURES_TOTAL, "worker" => name).increment(1);
+                    first_err.get_or_insert(e);
+                }
+            }
+            metrics::counter!(METRIC_JOBS_TOTAL, "worker" => name, "outcome" => Outcome::Ok.as_str())
+                .increment(n);
+        }
+        Ok(BatchOutcome::Each(results)) if results.len() == batch.len() => {
+            for (d, result) in batch.into_iter().zip(results) {
+                record_job(name, elapsed, d.attempt);
+                if let Err(e) = settle(worker, policy, d, result).await {
+                    first_err.get_or_insert(e);
+                }
             }
         }
-    } else {
-        let elapsed = started.elapsed().as_secs_f64();
-        let n = batch.len() as u64;
-        for d in batch {
-            metrics::histogram!(METRIC_JOB_DURATION_SECONDS, "worker" => name).record(elapsed);
-            metrics::histogram!(METRIC_JOB_ATTEMPTS, "worker" => name).record(f64::from(d.attempt));
-            if let Err(e) = d.ack().await {
-                metrics::counter!(METRIC_SETTLE_FAILURES_TOTAL, "worker" => name).increment(1);
-                first_err.get_or_insert(e);
+        other => {
+            let error = match other {
+                Err(e) => e.to_string(),
+                _ => "the worker answered for a different number of jobs".to_owned(),
+            };
+            tracing::debug!(worker = name, jobs = batch.len(), %error,
+                "batch failed; running its jobs one by one");
+            for d in batch {
+                if let Err(e) = run_one(worker, policy, d).await {
+                    first_err.get_or_insert(e);
+                }
             }
         }
-        metrics::counter!(METRIC_JOBS_TOTAL, "worker" => name, "outcome" => Outcome::Ok.as_str())
-            .increment(n);
     }
     match first_err {
         None => Ok(()),
@@ -276,8 +303,6 @@ pub async fn run_one(
     policy: &RetryPolicy,
     delivery: Delivery,
 ) -> Result<Outcome, BrokerError> {
-    let name = worker.name();
-    let attempt = delivery.attempt;
     let started = Instant::now();
     let result = AssertUnwindSafe(worker.handle(&delivery))
         .catch_unwind()
@@ -288,10 +313,29 @@ pub async fn run_one(
                 panic_message(panic.as_ref())
             )))
         });
-    metrics::histogram!(METRIC_JOB_DURATION_SECONDS, "worker" => name)
-        .record(started.elapsed().as_secs_f64());
-    metrics::histogram!(METRIC_JOB_ATTEMPTS, "worker" => name).record(f64::from(attempt));
+    record_job(
+        worker.name(),
+        started.elapsed().as_secs_f64(),
+        delivery.attempt,
+    );
+    settle(worker, policy, delivery, result).await
+}
 
+fn record_job(name: &'static str, secs: f64, attempt: u32) {
+    metrics::histogram!(METRIC_JOB_DURATION_SECONDS, "worker" => name).record(secs);
+    metrics::histogram!(METRIC_JOB_ATTEMPTS, "worker" => name).record(f64::from(attempt));
+}
+
+/// Settles one job from the worker's answer: ack, a delayed retry, or the
+/// dead-letter queue after the last attempt or on a permanent error.
+async fn settle(
+    worker: &dyn Worker,
+    policy: &RetryPolicy,
+    delivery: Delivery,
+    result: Result<(), JobError>,
+) -> Result<Outcome, BrokerError> {
+    let name = worker.name();
+    let attempt = delivery.attempt;
     let (outcome, settled) = match result {
         Ok(()) => (Outcome::Ok, delivery.ack().await),
         Err(JobError::Retryable(error)) if attempt < policy.max_attempts => {

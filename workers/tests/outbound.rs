@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait,
+    PaginatorTrait, QueryFilter,
 };
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -33,7 +34,7 @@ use wapipe_workers::outbound::{
     SendOutcome, SweepSettings,
 };
 use wapipe_workers::runtime::{self, JobError, Worker};
-use wiremock::matchers::{method, path};
+use wiremock::matchers::{body_partial_json, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
@@ -914,6 +915,177 @@ async fn receipts_before_the_wamid_are_applied(backend: Backend) {
     assert!(pending.is_empty(), "{pending:?}");
 }
 both_backends!(receipts_before_the_wamid_are_applied);
+
+/// A batch (what queues up on a lane) answers each job on its own, as one
+/// by one would: free-form to a closed window fails locally, a refusal
+/// fails only its message, a message twice in the batch or already sent is
+/// not sent again, and one recipient's messages leave in order.
+async fn a_batch_answers_each_job_on_its_own(backend: Backend) {
+    let env = env(backend, 80).await;
+    let graph = sim(vec![rule("131026:to=4915100000033")]).await;
+    let w = worker(&env, settings(&env, &graph.base_url()));
+    let (open, closed, refused, other) = (
+        "4915100000030",
+        "4915100000031",
+        "4915100000033",
+        "4915100000034",
+    );
+    env.customer(open, Some(chrono::Duration::hours(1))).await;
+    env.customer(closed, None).await;
+    let earlier = env.queue(other, template("earlier"), None).await;
+    assert!(matches!(
+        w.send_message(earlier).await,
+        Ok(SendOutcome::Sent { .. })
+    ));
+    let one = env.queue(open, text("one"), None).await;
+    let two = env.queue(open, text("two"), None).await;
+    let shut = env.queue(closed, text("too late"), None).await;
+    let tpl = env.queue(closed, template("welcome_back"), None).await;
+    let bad = env.queue(refused, template("hello"), None).await;
+    let three = env.queue(other, template("three"), None).await;
+    let batch = [one, two, shut, tpl, bad, one, earlier, three];
+
+    let answers = w.send_messages(&batch).await;
+    let kinds: Vec<String> = answers
+        .iter()
+        .map(|a| match a {
+            Ok(SendOutcome::Sent { .. }) => "sent".to_owned(),
+            Ok(SendOutcome::Failed { code, local }) => format!("failed {code} local={local}"),
+            Ok(SendOutcome::AlreadySent) => "already".to_owned(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "sent",
+            "sent",
+            "failed 131047 local=true",
+            "sent",
+            "failed 131026 local=false",
+            "already",
+            "already",
+            "sent"
+        ],
+        "{answers:?}"
+    );
+    let sent = graph.sent();
+    let texts: Vec<&str> = sent
+        .iter()
+        .filter(|s| s.to == open)
+        .filter_map(|s| s.body.pointer("/text/body").and_then(Value::as_str))
+        .collect();
+    assert_eq!(texts, ["one", "two"], "one recipient's messages in order");
+    // earlier + one, two, tpl, three accepted; bad refused; shut never called.
+    assert_eq!(sent.len(), 5, "{sent:?}");
+    assert_eq!(graph.calls(), 6);
+    for (id, want) in [
+        (one, MessageStatus::Sent),
+        (two, MessageStatus::Sent),
+        (shut, MessageStatus::Failed),
+        (tpl, MessageStatus::Sent),
+        (bad, MessageStatus::Failed),
+        (three, MessageStatus::Sent),
+    ] {
+        let m = env.message(id).await;
+        assert_eq!(m.status, want, "{id}");
+        assert_eq!(m.provider_message_id.is_some(), want == MessageStatus::Sent);
+    }
+    assert_eq!(env.message(bad).await.error_code.as_deref(), Some("131026"));
+    assert_eq!(env.message(one).await.attempt_count, 1);
+    // The whole batch again (a redelivery): nothing is sent twice.
+    let again = w.send_messages(&batch).await;
+    assert!(
+        again
+            .iter()
+            .all(|a| matches!(a, Ok(SendOutcome::AlreadySent | SendOutcome::Skipped(_)))),
+        "{again:?}"
+    );
+    assert_eq!(graph.calls(), 6);
+}
+both_backends!(a_batch_answers_each_job_on_its_own);
+
+/// Receipts that beat the answers of a batch's sends are applied once the
+/// batch stores its wamids, each to its own message.
+async fn a_batch_applies_receipts_that_came_first(backend: Backend) {
+    let env = env(backend, 80).await;
+    let server = MockServer::start().await;
+    let people = ["4915100000040", "4915100000041", "4915100000042"];
+    for (i, to) in people.iter().enumerate() {
+        Mock::given(method("POST"))
+            .and(body_partial_json(json!({ "to": to })))
+            .respond_with(ResponseTemplate::new(200).set_body_json(
+                json!({"messaging_product": "whatsapp", "messages": [{"id": format!("wamid.B{i}")}]}),
+            ))
+            .mount(&server)
+            .await;
+    }
+    let w = worker(&env, settings(&env, &server.uri()));
+    let mut ids = Vec::new();
+    for to in people {
+        ids.push(env.queue(to, template("hello"), None).await);
+    }
+    env.pending_receipt("wamid.B0", "read", people[0]).await;
+    env.pending_receipt("wamid.B2", "delivered", people[2])
+        .await;
+    let answers = w.send_messages(&ids).await;
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Ok(SendOutcome::Sent { .. }))),
+        "{answers:?}"
+    );
+    let statuses = [
+        env.message(ids[0]).await.status,
+        env.message(ids[1]).await.status,
+        env.message(ids[2]).await.status,
+    ];
+    assert_eq!(
+        statuses,
+        [
+            MessageStatus::Read,
+            MessageStatus::Sent,
+            MessageStatus::Delivered
+        ]
+    );
+    let pending = message_status_events::Entity::find()
+        .filter(message_status_events::Column::Applied.eq(false))
+        .count(&env.db)
+        .await
+        .expect("query");
+    assert_eq!(pending, 0);
+}
+both_backends!(a_batch_applies_receipts_that_came_first);
+
+/// Meta answering two messages with one wamid (it never should) cannot
+/// make one wamid two messages': the batch store falls back to one by one,
+/// the first keeps it, the second is reported and left alone.
+async fn a_wamid_twice_in_a_batch_goes_to_one_message(backend: Backend) {
+    let env = env(backend, 80).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"messaging_product": "whatsapp", "messages": [{"id": "wamid.TWICE"}]}),
+        ))
+        .mount(&server)
+        .await;
+    let w = worker(&env, settings(&env, &server.uri()));
+    let a = env.queue("4915100000050", template("hello"), None).await;
+    let b = env.queue("4915100000051", template("hello"), None).await;
+    let answers = w.send_messages(&[a, b]).await;
+    let sent = answers
+        .iter()
+        .filter(|x| matches!(x, Ok(SendOutcome::Sent { .. })))
+        .count();
+    assert_eq!(sent, 1, "{answers:?}");
+    let holders = messages::Entity::find()
+        .filter(messages::Column::ProviderMessageId.eq("wamid.TWICE"))
+        .count(&env.db)
+        .await
+        .expect("query");
+    assert_eq!(holders, 1);
+}
+both_backends!(a_wamid_twice_in_a_batch_goes_to_one_message);
 
 /// A timeout leaves the outcome unknown: the message stays `sending` and
 /// the next attempts wait instead of resending at once.

@@ -16,7 +16,7 @@ use wapipe_shared::broker::{
     lane_for,
 };
 use wapipe_shared::retry::RetryPolicy;
-use wapipe_workers::runtime::{JobError, Outcome, Worker, run, run_one};
+use wapipe_workers::runtime::{BatchOutcome, JobError, Outcome, Worker, run, run_one};
 
 const LANES: u16 = 2;
 
@@ -467,14 +467,14 @@ impl Worker for BatchWorker {
         Ok(())
     }
 
-    async fn handle_batch(&self, jobs: &[Delivery]) -> Result<(), JobError> {
+    async fn handle_batch(&self, jobs: &[Delivery]) -> Result<BatchOutcome, JobError> {
         self.batches.lock().expect("lock").push(jobs.len());
         if jobs.iter().any(|j| j.message_id.starts_with("poison")) {
             return Err(JobError::retryable("a poison job in the batch"));
         }
         let mut done = self.done.lock().expect("lock");
         done.extend(jobs.iter().map(|j| j.message_id.clone()));
-        Ok(())
+        Ok(BatchOutcome::AllDone)
     }
 }
 
@@ -526,6 +526,105 @@ async fn batches_form_and_a_bad_job_fails_alone(t: TestBroker) {
     assert!(batches.iter().all(|n| *n <= 16), "{batches:?}");
 }
 
+/// A batching worker that answers each job on its own (as the outbound
+/// worker does): the poison job fails, the others succeed. Counts how often
+/// each job was handled, in a batch or alone.
+#[derive(Default)]
+struct EachWorker {
+    handled: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    batches: std::sync::Mutex<Vec<usize>>,
+}
+
+impl EachWorker {
+    fn answer(&self, job: &Delivery) -> Result<(), JobError> {
+        *self
+            .handled
+            .lock()
+            .expect("lock")
+            .entry(job.message_id.clone())
+            .or_default() += 1;
+        if job.message_id.starts_with("poison") {
+            return Err(JobError::retryable("poison"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Worker for EachWorker {
+    fn name(&self) -> &'static str {
+        "parse"
+    }
+
+    fn batch_size(&self) -> usize {
+        16
+    }
+
+    async fn handle(&self, job: &Delivery) -> Result<(), JobError> {
+        self.answer(job)
+    }
+
+    async fn handle_batch(&self, jobs: &[Delivery]) -> Result<BatchOutcome, JobError> {
+        self.batches.lock().expect("lock").push(jobs.len());
+        Ok(BatchOutcome::Each(
+            jobs.iter().map(|j| self.answer(j)).collect(),
+        ))
+    }
+}
+
+/// Per-job answers from a batch settle each job alone: the good ones are
+/// acked once and never run again, the bad one is retried to its last
+/// attempt and dead-lettered.
+async fn a_batch_answered_job_by_job_settles_each(t: TestBroker) {
+    let b = t.broker.clone();
+    for i in 0..40 {
+        if i == 10 {
+            b.publish(job("cfg:dave", "poison-10"))
+                .await
+                .expect("publish");
+        }
+        b.publish(job("cfg:dave", &format!("ok-{i}")))
+            .await
+            .expect("publish");
+    }
+    let w = Arc::new(EachWorker::default());
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(run(b.clone(), w.clone(), policy(), token.clone()));
+    assert_eq!(
+        dlq_until(&b, 1).await.len(),
+        1,
+        "the poison job is dead-lettered"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.handled.lock().expect("lock").len() < 41 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("runtime stops")
+        .expect("join")
+        .expect("run");
+    let handled = w.handled.lock().expect("lock").clone();
+    for i in 0..40 {
+        assert_eq!(
+            handled.get(&format!("ok-{i}")),
+            Some(&1),
+            "ok-{i}: {handled:?}"
+        );
+    }
+    assert_eq!(
+        handled.get("poison-10").copied(),
+        Some(policy().max_attempts),
+        "the poison job runs to its last attempt"
+    );
+    let batches = w.batches.lock().expect("lock").clone();
+    assert!(
+        batches.iter().any(|n| *n > 1),
+        "no batch formed: {batches:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Each scenario on each broker
 
@@ -560,4 +659,5 @@ on_both!(
     shutdown_lets_the_job_in_progress_finish,
     run_one_settles_a_single_job,
     batches_form_and_a_bad_job_fails_alone,
+    a_batch_answered_job_by_job_settles_each,
 );

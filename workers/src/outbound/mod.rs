@@ -121,6 +121,11 @@ pub use limits::METRIC_RATE_LIMITED_TOTAL;
 pub const CODE_WINDOW_CLOSED: &str = "131047";
 pub const WINDOW_CLOSED_TITLE: &str = "outside the 24-hour window; use a template";
 
+/// Jobs of one lane sent together at most: enough to amortise the claim
+/// and the wamid store (a lane's prefetch is 32 by default), small enough
+/// that one batch's sends stay a moment's work.
+pub const DEFAULT_BATCH_SIZE: usize = 32;
+
 /// Everything the outbound role needs besides the database and the broker.
 #[derive(Clone)]
 pub struct OutboundSettings {
@@ -136,6 +141,9 @@ pub struct OutboundSettings {
     /// How long a config (token, limits, flag) is cached.
     pub config_ttl: Duration,
     pub sweep: SweepSettings,
+    /// The most `outbound.send` jobs of one lane handled together (see
+    /// `worker::batch`); 1 sends one job at a time.
+    pub batch_size: usize,
 }
 
 impl std::fmt::Debug for OutboundSettings {
@@ -146,6 +154,7 @@ impl std::fmt::Debug for OutboundSettings {
             .field("sending_timeout", &self.sending_timeout)
             .field("config_ttl", &self.config_ttl)
             .field("sweep", &self.sweep)
+            .field("batch_size", &self.batch_size)
             .finish_non_exhaustive()
     }
 }
@@ -164,6 +173,7 @@ impl OutboundSettings {
             sending_timeout: Duration::from_secs(60),
             config_ttl: Duration::from_secs(5),
             sweep: SweepSettings::default(),
+            batch_size: DEFAULT_BATCH_SIZE,
         }
     }
 

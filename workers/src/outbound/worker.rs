@@ -15,23 +15,24 @@ use sea_orm::{
 use serde_json::{Value, json};
 use uuid::Uuid;
 use wapipe_shared::broker::Delivery;
-use wapipe_shared::entities::conversations::{self, ConversationStatus};
-use wapipe_shared::entities::customers;
 use wapipe_shared::entities::message_status_events::{self, Column as E};
 use wapipe_shared::entities::messages::{self, Column as M, Direction, MessageStatus};
 use wapipe_shared::jobs::{REALTIME_MESSAGE_STATUS, RealtimeEvent};
 
+mod batch;
+
+use self::batch::Posted;
 use super::configs::{ConfigCache, SendConfig};
 use super::content::mark_read_body;
 use super::graph::{ErrorClass, GraphClient, GraphOutcome, MetaError, classify};
-use super::limits::Limits;
+use super::limits::{Limits, RateLimited};
 use super::queue::now;
 use super::{
     CODE_WINDOW_CLOSED, METRIC_CONFIG_FLAGGED_TOTAL, METRIC_SENDS_TOTAL, MarkRead, OutboundError,
     OutboundJobBody, OutboundSettings, WINDOW_CLOSED_TITLE,
 };
 use crate::Context;
-use crate::runtime::{JobError, Worker};
+use crate::runtime::{BatchOutcome, JobError, Worker};
 
 /// Receipts stamped this long before a claim still count as proof that
 /// the claimed send went through (clock skew between Meta and us; Meta's
@@ -136,6 +137,14 @@ impl OutboundWorker {
         self.send(id, None).await
     }
 
+    /// Carries several queued messages to Meta together, as the runtime
+    /// does with what has queued up on a lane (see [`batch`]): one answer
+    /// per id, in order.
+    pub async fn send_messages(&self, ids: &[Uuid]) -> Vec<Result<SendOutcome, JobError>> {
+        let jobs: Vec<(Uuid, &str)> = ids.iter().map(|id| (*id, "")).collect();
+        self.send_batch(&jobs).await
+    }
+
     /// `lane_key` (`{phone_number_id}:{wa_id}`, from the job) lets a held
     /// number or recipient turn the attempt away before any database work.
     async fn send(&self, id: Uuid, lane_key: Option<&str>) -> Result<SendOutcome, JobError> {
@@ -161,78 +170,108 @@ impl OutboundWorker {
                 Err(done) => return Ok(done),
             },
         };
+        let (config, body, recipient) = match self.prepare(&msg, claim).await {
+            Ok(ready) => ready,
+            Err(answer) => return answer,
+        };
+        if !batch::is_template(&body) {
+            let open = match self.open_windows(&[&msg]).await {
+                Ok(open) => open.contains(&msg.customer_id),
+                Err(e) => return Err(self.release_err(claim, db_err(e)).await),
+            };
+            if !open {
+                return self.fail_window(&msg, claim).await;
+            }
+        }
+        match self.acquire_and_post(&config, &recipient, &body).await {
+            Posted::Answer(outcome) => self.settle(&msg, &config, &recipient, claim, outcome).await,
+            Posted::Limited(limited) => Err(self.limited(claim, limited).await),
+        }
+    }
+
+    /// The local checks of a claimed message: its config, a Graph body
+    /// with a recipient, a usable and unflagged config. `Err` with the
+    /// job's answer when the message cannot go (failed locally, no call).
+    async fn prepare(
+        &self,
+        msg: &messages::Model,
+        claim: Claim,
+    ) -> Result<(Arc<SendConfig>, Value, String), Result<SendOutcome, JobError>> {
         let config = match self.inner.configs.get(self.db(), msg.config_id).await {
             Ok(Some(c)) => c,
             // The message goes with its config (foreign key cascade).
-            Ok(None) => return Ok(SendOutcome::Skipped("config gone")),
-            Err(e) => return Err(self.release_err(claim, job_err(e)).await),
+            Ok(None) => return Err(Ok(SendOutcome::Skipped("config gone"))),
+            Err(e) => return Err(Err(self.release_err(claim, job_err(e)).await)),
         };
         let body = msg.payload.clone().unwrap_or(Value::Null);
         let recipient = match body.get("to").and_then(Value::as_str) {
             Some(to) if body.is_object() && !to.is_empty() => to.to_owned(),
             _ => {
-                return self
+                return Err(self
                     .fail_local(
-                        &msg,
+                        msg,
                         claim,
                         "wapipe_bad_payload",
                         "the message has no Graph request body with a recipient",
                         None,
                     )
-                    .await;
+                    .await);
             }
         };
-
-        // Local refusals: no Graph call, nothing to retry.
         if !config.usable {
-            return self
+            return Err(self
                 .fail_local(
-                    &msg,
+                    msg,
                     claim,
                     "wapipe_config_inactive",
                     "the WhatsApp config is removed or inactive",
                     None,
                 )
-                .await;
+                .await);
         }
         if let Some((code, reason)) = &config.flag {
             let title = format!("config flagged after Meta error {code}: {reason}; not sent");
-            return self.fail_local(&msg, claim, code, &title, None).await;
+            return Err(self.fail_local(msg, claim, code, &title, None).await);
         }
-        let is_template = body.get("type").and_then(Value::as_str) == Some("template");
-        if !is_template {
-            let open = match self.window_open(&msg).await {
-                Ok(open) => open,
-                Err(e) => return Err(self.release_err(claim, db_err(e)).await),
-            };
-            if !open {
-                return self
-                    .fail_local(
-                        &msg,
-                        claim,
-                        CODE_WINDOW_CLOSED,
-                        WINDOW_CLOSED_TITLE,
-                        Some(WINDOW_CLOSED_TITLE),
-                    )
-                    .await;
-            }
-        }
+        Ok((config, body, recipient))
+    }
 
-        // The slots, taken right before the request leaves: Meta counts
-        // requests as they arrive, so no commit may sit between the two.
-        if let Err(limited) = self
+    /// Fails a free-form message to a customer whose window is closed.
+    async fn fail_window(
+        &self,
+        msg: &messages::Model,
+        claim: Claim,
+    ) -> Result<SendOutcome, JobError> {
+        self.fail_local(
+            msg,
+            claim,
+            CODE_WINDOW_CLOSED,
+            WINDOW_CLOSED_TITLE,
+            Some(WINDOW_CLOSED_TITLE),
+        )
+        .await
+    }
+
+    /// The slots, taken right before the request leaves (Meta counts
+    /// requests as they arrive, so no commit may sit between the two), then
+    /// the call.
+    async fn acquire_and_post(&self, config: &SendConfig, recipient: &str, body: &Value) -> Posted {
+        match self
             .inner
             .limits
-            .acquire(&config.phone_number_id, config.max_mps, &recipient)
+            .acquire(&config.phone_number_id, config.max_mps, recipient)
             .await
         {
-            count("retry", "rate_limited");
-            return Err(self
-                .release_err(claim, JobError::Retryable(limited.to_string()))
-                .await);
+            Ok(()) => Posted::Answer(self.post_as(config, body).await),
+            Err(limited) => Posted::Limited(limited),
         }
-        let outcome = self.post_as(&config, &body).await;
-        self.settle(&msg, &config, &recipient, claim, outcome).await
+    }
+
+    /// No slot in time: the claim goes back, and the job is retried.
+    async fn limited(&self, claim: Claim, limited: RateLimited) -> JobError {
+        count("retry", "rate_limited");
+        self.release_err(claim, JobError::Retryable(limited.to_string()))
+            .await
     }
 
     /// POSTs `body` to `/{phone_number_id}/messages` as `config`: its
@@ -582,32 +621,6 @@ impl OutboundWorker {
         })
     }
 
-    /// Whether the customer wrote in the last 24 hours.
-    async fn window_open(&self, msg: &messages::Model) -> Result<bool, DbErr> {
-        let now = Utc::now();
-        let last_inbound: Option<Option<DateTime<Utc>>> =
-            customers::Entity::find_by_id(msg.customer_id)
-                .select_only()
-                .column(customers::Column::LastInboundAt)
-                .into_tuple()
-                .one(self.db())
-                .await?;
-        if last_inbound.flatten().is_some_and(|t| t > now - WINDOW) {
-            return Ok(true);
-        }
-        let open: Option<Uuid> = conversations::Entity::find()
-            .select_only()
-            .column(conversations::Column::Id)
-            .filter(conversations::Column::ConfigId.eq(msg.config_id))
-            .filter(conversations::Column::CustomerId.eq(msg.customer_id))
-            .filter(conversations::Column::Status.eq(ConversationStatus::Open))
-            .filter(conversations::Column::ExpiresAt.gt(now))
-            .into_tuple()
-            .one(self.db())
-            .await?;
-        Ok(open.is_some())
-    }
-
     /// A pending receipt that names an unknown wamid of this number and
     /// this recipient, stamped after (about) the claim: Meta's word that
     /// the presumed-lost send went through.
@@ -750,5 +763,38 @@ impl Worker for OutboundWorker {
             }
             OutboundJobBody::MarkRead { mark_read } => self.mark_read(&mark_read).await.map(|_| ()),
         }
+    }
+
+    fn batch_size(&self) -> usize {
+        self.inner.settings.batch_size.max(1)
+    }
+
+    /// What has queued up on a lane: the sends together (see [`batch`]),
+    /// each job answered on its own; mark-as-read jobs one by one.
+    async fn handle_batch(&self, jobs: &[Delivery]) -> Result<BatchOutcome, JobError> {
+        let mut answers: Vec<Result<(), JobError>> = Vec::with_capacity(jobs.len());
+        let mut sends = Vec::new();
+        let mut send_slots = Vec::new();
+        for (slot, job) in jobs.iter().enumerate() {
+            answers.push(Ok(()));
+            match serde_json::from_slice::<OutboundJobBody>(&job.body) {
+                Ok(OutboundJobBody::Send { message_id }) => {
+                    sends.push((message_id, job.lane_key.as_str()));
+                    send_slots.push(slot);
+                }
+                Ok(OutboundJobBody::MarkRead { mark_read }) => {
+                    answers[slot] = self.mark_read(&mark_read).await.map(|_| ());
+                }
+                Err(e) => {
+                    answers[slot] = Err(JobError::Permanent(format!(
+                        "not an outbound.send job: {e}"
+                    )));
+                }
+            }
+        }
+        for (slot, answer) in send_slots.into_iter().zip(self.send_batch(&sends).await) {
+            answers[slot] = answer.map(|_| ());
+        }
+        Ok(BatchOutcome::Each(answers))
     }
 }
