@@ -68,6 +68,53 @@ pub fn pad_pow2<T: Clone>(mut items: Vec<T>) -> Vec<T> {
     items
 }
 
+/// Runs a PostgreSQL statement that takes many rows as one `VALUES` list:
+/// `UPDATE t SET … FROM {values} WHERE t.id = v.id`, one round trip for
+/// rows that would otherwise be one statement each. `{values}` in `sql`
+/// becomes `(VALUES (…), …) AS v(col, …)`, each column cast as `columns`
+/// says (so NULLs are typed); `shared` values are `$1…$k`, the rows' values
+/// follow. Rows are padded to a power of two by repeating the last one
+/// ([`pad_pow2`]): PostgreSQL updates a target row once even when several
+/// VALUES rows match it, so the padding changes nothing.
+pub async fn with_values<C: ConnectionTrait>(
+    db: &C,
+    sql: &str,
+    shared: Vec<sea_orm::Value>,
+    columns: &[(&str, &str)],
+    rows: Vec<Vec<sea_orm::Value>>,
+) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
+    let rows = pad_pow2(rows);
+    let mut n = shared.len();
+    let mut params = shared;
+    let mut tuples = Vec::with_capacity(rows.len());
+    for row in rows {
+        if row.len() != columns.len() {
+            return Err(DbErr::Custom(format!(
+                "a VALUES row has {} values for {} columns",
+                row.len(),
+                columns.len()
+            )));
+        }
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|(_, cast)| {
+                n += 1;
+                format!("${n}::{cast}")
+            })
+            .collect();
+        tuples.push(format!("({})", cells.join(", ")));
+        params.extend(row);
+    }
+    let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+    let values = format!("(VALUES {}) AS v({})", tuples.join(", "), names.join(", "));
+    db.query_all_raw(sea_orm::Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sql.replace("{values}", &values),
+        params,
+    ))
+    .await
+}
+
 /// `sqlite://./data/wapipe.sqlite?mode=rwc` creates the file but not its
 /// folder; create the folder so `make run` works on a fresh clone.
 fn ensure_sqlite_dir(url: &str) {

@@ -108,9 +108,11 @@ pub const REALTIME_MESSAGE_CREATED: &str = "message.created";
 pub const REALTIME_MESSAGE_STATUS: &str = "message.status";
 pub const REALTIME_CHAT_UPDATED: &str = "chat.updated";
 
-/// What `Broker::publish_realtime` carries to the WebSocket clients: the
-/// event name, the ids it is about, and a small summary in `data` (enough to
-/// update a list without a read; the API serves the full row).
+/// One real-time update for the WebSocket clients: the event name, the ids
+/// it is about, and a small summary in `data` (enough to update a list
+/// without a read; the API serves the full row). `Broker::publish_realtime`
+/// carries a JSON *array* of them ([`RealtimeEvent::encode`]): a batch of
+/// 600 messages is a few publishes, not 1,200.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RealtimeEvent {
     /// `message.created`, `message.status` or `chat.updated`.
@@ -124,10 +126,19 @@ pub struct RealtimeEvent {
     pub data: serde_json::Value,
 }
 
+/// The most events in one real-time publish (about 100 KB).
+pub const REALTIME_BATCH: usize = 256;
+
 impl RealtimeEvent {
-    pub fn to_bytes(&self) -> Vec<u8> {
-        // Serialising ids and a JSON value cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+    /// The body of one real-time publish: `events` as a JSON array.
+    pub fn encode(events: &[RealtimeEvent]) -> Vec<u8> {
+        // Serialising ids and JSON values cannot fail.
+        serde_json::to_vec(events).unwrap_or_default()
+    }
+
+    /// `events` as publish bodies of at most [`REALTIME_BATCH`] each.
+    pub fn encode_batches(events: &[RealtimeEvent]) -> Vec<Vec<u8>> {
+        events.chunks(REALTIME_BATCH).map(Self::encode).collect()
     }
 }
 

@@ -285,7 +285,12 @@ impl Worker for StatusWorker {
             // Real-time updates are best effort: a retry would find the
             // receipts applied and publish nothing, so failing the job
             // gains nothing.
-            if let Err(e) = self.ctx.broker.publish_realtime(ev.to_bytes()).await {
+            if let Err(e) = self
+                .ctx
+                .broker
+                .publish_realtime(RealtimeEvent::encode(&[ev]))
+                .await
+            {
                 tracing::warn!(error = %e, "cannot publish message.status");
             }
         }

@@ -183,7 +183,10 @@ impl OutboundWorker {
                 return self.fail_window(&msg, claim).await;
             }
         }
-        match self.acquire_and_post(&config, &recipient, &body).await {
+        match self
+            .acquire_and_post(config.clone(), &recipient, &body)
+            .await
+        {
             Posted::Answer(outcome) => self.settle(&msg, &config, &recipient, claim, outcome).await,
             Posted::Limited(limited) => Err(self.limited(claim, limited).await),
         }
@@ -250,21 +253,6 @@ impl OutboundWorker {
             Some(WINDOW_CLOSED_TITLE),
         )
         .await
-    }
-
-    /// The slots, taken right before the request leaves (Meta counts
-    /// requests as they arrive, so no commit may sit between the two), then
-    /// the call.
-    async fn acquire_and_post(&self, config: &SendConfig, recipient: &str, body: &Value) -> Posted {
-        match self
-            .inner
-            .limits
-            .acquire(&config.phone_number_id, config.max_mps, recipient)
-            .await
-        {
-            Ok(()) => Posted::Answer(self.post_as(config, body).await),
-            Err(limited) => Posted::Limited(limited),
-        }
     }
 
     /// No slot in time: the claim goes back, and the job is retried.
@@ -695,7 +683,13 @@ impl OutboundWorker {
             message_id: Some(msg.id),
             data: json!({ "status": status, "error_code": code }),
         };
-        if let Err(e) = self.inner.ctx.broker.publish_realtime(ev.to_bytes()).await {
+        if let Err(e) = self
+            .inner
+            .ctx
+            .broker
+            .publish_realtime(RealtimeEvent::encode(&[ev]))
+            .await
+        {
             tracing::debug!(error = %e, "cannot publish message.status");
         }
     }

@@ -33,7 +33,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use wapipe_shared::broker::{Broker, OutboundJob};
-use wapipe_shared::db::pad_pow2;
+use wapipe_shared::db::{pad_pow2, with_values};
 use wapipe_shared::entities::messages::MessageStatus;
 use wapipe_shared::entities::webhook_events::{self, Column, EventStatus};
 use wapipe_shared::entities::{chats, whatsapp_configs};
@@ -553,42 +553,37 @@ async fn settle_postgres(
     events: &[Settlement],
     now: DateTime<Utc>,
 ) -> Result<Vec<bool>, JobError> {
-    let rows = pad_pow2(events.to_vec());
-    let mut values: Vec<sea_orm::Value> = vec![now.into()];
-    let mut tuples = Vec::with_capacity(rows.len());
-    for (i, (id, status, data, error)) in rows.into_iter().enumerate() {
-        let n = 2 + 4 * i;
-        tuples.push(format!(
-            "(${}::uuid, ${}::text, ${}::jsonb, ${}::text)",
-            n,
-            n + 1,
-            n + 2,
-            n + 3
-        ));
-        values.push(id.into());
-        values.push(status.as_str().to_owned().into());
-        values.push(data.into());
-        values.push(error.into());
-    }
-    let sql = format!(
+    let rows = events
+        .iter()
+        .map(|(id, status, data, error)| {
+            vec![
+                (*id).into(),
+                status.as_str().to_owned().into(),
+                data.clone().into(),
+                error.clone().into(),
+            ]
+        })
+        .collect();
+    let settled: HashSet<Uuid> = with_values(
+        db,
         "UPDATE webhook_events AS w SET status = v.status, processed_at = $1, updated_at = $1, \
          processed_data = v.data, error = v.error, attempts = w.attempts + 1 \
-         FROM (VALUES {}) AS v(id, status, data, error) \
-         WHERE w.id = v.id AND w.status = 'received' RETURNING w.id",
-        tuples.join(", ")
-    );
-    let settled: HashSet<Uuid> = db
-        .query_all_raw(sea_orm::Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql,
-            values,
-        ))
-        .await
-        .map_err(db_err)?
-        .iter()
-        .map(|r| r.try_get_by_index::<Uuid>(0))
-        .collect::<Result<_, _>>()
-        .map_err(db_err)?;
+         FROM {values} WHERE w.id = v.id AND w.status = 'received' RETURNING w.id",
+        vec![now.into()],
+        &[
+            ("id", "uuid"),
+            ("status", "text"),
+            ("data", "jsonb"),
+            ("error", "text"),
+        ],
+        rows,
+    )
+    .await
+    .map_err(db_err)?
+    .iter()
+    .map(|r| r.try_get_by_index::<Uuid>(0))
+    .collect::<Result<_, _>>()
+    .map_err(db_err)?;
     Ok(events.iter().map(|e| settled.contains(&e.0)).collect())
 }
 
@@ -971,8 +966,8 @@ async fn publish(
             }),
         }));
     }
-    stream::iter(realtime)
-        .map(|ev| broker.publish_realtime(ev.to_bytes()))
+    stream::iter(RealtimeEvent::encode_batches(&realtime))
+        .map(|body| broker.publish_realtime(body))
         .buffer_unordered(PUBLISH_CONCURRENCY)
         .try_collect::<Vec<()>>()
         .await

@@ -374,11 +374,14 @@ impl Env {
         out
     }
 
-    /// Real-time events published so far on `rx`, decoded.
+    /// Real-time events published so far on `rx`, decoded (each publish
+    /// is an array of events).
     pub fn drain_realtime(rx: &mut tokio::sync::broadcast::Receiver<Vec<u8>>) -> Vec<Value> {
         let mut out = Vec::new();
         while let Ok(b) = rx.try_recv() {
-            out.push(serde_json::from_slice(&b).expect("json realtime event"));
+            let batch: Vec<Value> = serde_json::from_slice(&b).expect("a JSON array of events");
+            assert!(!batch.is_empty(), "an empty real-time publish");
+            out.extend(batch);
         }
         out
     }

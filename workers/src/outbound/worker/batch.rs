@@ -25,12 +25,11 @@ use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt, stream};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, ExprTrait, QueryFilter,
-    QuerySelect, SqlErr,
+    ColumnTrait, DbBackend, DbErr, EntityTrait, ExprTrait, QueryFilter, QuerySelect, SqlErr,
 };
 use serde_json::Value;
 use uuid::Uuid;
-use wapipe_shared::db::pad_pow2;
+use wapipe_shared::db::{pad_pow2, with_values};
 use wapipe_shared::entities::conversations::{self, ConversationStatus};
 use wapipe_shared::entities::customers;
 use wapipe_shared::entities::message_status_events::{self, Column as E};
@@ -202,7 +201,7 @@ impl OutboundWorker {
             stream::iter(group)
                 .then(move |r| async move {
                     let posted = self
-                        .acquire_and_post(&r.config, &r.recipient, &r.body)
+                        .acquire_and_post(r.config.clone(), &r.recipient, &r.body)
                         .await;
                     (r, posted)
                 })
@@ -211,6 +210,7 @@ impl OutboundWorker {
 
         let mut sent: Vec<Ready> = Vec::new();
         while let Some(first) = posts.next().await {
+            // Whatever else has come back meanwhile shares the store.
             let mut arrived = vec![first];
             while let Some(Some(more)) = posts.next().now_or_never() {
                 arrived.push(more);
@@ -262,7 +262,6 @@ impl OutboundWorker {
                 }
             }
         }
-        drop(posts);
         if sent.is_empty() {
             return;
         }
@@ -284,6 +283,36 @@ impl OutboundWorker {
         }
         for r in &sent {
             self.notify(&r.msg, "sent", None).await;
+        }
+    }
+
+    /// The slots, taken right before the request leaves (Meta counts
+    /// requests as they arrive, so no commit may sit between the two), then
+    /// the call, on a task of its own: the batch loop that collects answers
+    /// may be busy storing earlier ones, and a slot taken with its request
+    /// held back would let two requests reach Meta closer together than the
+    /// limit allows.
+    pub(super) async fn acquire_and_post(
+        &self,
+        config: std::sync::Arc<SendConfig>,
+        recipient: &str,
+        body: &Value,
+    ) -> Posted {
+        if let Err(limited) = self
+            .inner
+            .limits
+            .acquire(&config.phone_number_id, config.max_mps, recipient)
+            .await
+        {
+            return Posted::Limited(limited);
+        }
+        let worker = self.clone();
+        let body = body.clone();
+        let request = tokio::spawn(async move { worker.post_as(&config, &body).await });
+        match request.await {
+            Ok(outcome) => Posted::Answer(outcome),
+            // The task panicked: whether the request left is unknown.
+            Err(e) => Posted::Answer(GraphOutcome::Unknown(format!("send task failed: {e}"))),
         }
     }
 
@@ -397,35 +426,25 @@ impl OutboundWorker {
         pairs: &[(Claim, &str)],
         now: DateTime<Utc>,
     ) -> Result<Vec<bool>, DbErr> {
-        let rows = pad_pow2(pairs.to_vec());
-        let mut values: Vec<sea_orm::Value> = vec![now.into()];
-        let mut tuples = Vec::with_capacity(rows.len());
-        for (i, (claim, wamid)) in rows.into_iter().enumerate() {
-            let n = 2 + 2 * i;
-            tuples.push(format!("(${}::uuid, ${}::text)", n, n + 1));
-            values.push(claim.id.into());
-            values.push(wamid.to_owned().into());
-        }
+        let rows = pairs
+            .iter()
+            .map(|(claim, wamid)| vec![claim.id.into(), (*wamid).to_owned().into()])
+            .collect();
         // The same conditions as `store_wamid`: not finished, no wamid yet.
-        let sql = format!(
+        let stored: HashSet<Uuid> = with_values(
+            self.db(),
             "UPDATE messages AS m SET provider_message_id = v.wamid, status = 'sent', \
-             sent_at = $1, updated_at = $1 \
-             FROM (VALUES {}) AS v(id, wamid) \
+             sent_at = $1, updated_at = $1 FROM {values} \
              WHERE m.id = v.id AND m.provider_message_id IS NULL \
              AND m.status IN ('queued', 'sending') RETURNING m.id",
-            tuples.join(", ")
-        );
-        let stored: HashSet<Uuid> = self
-            .db()
-            .query_all_raw(sea_orm::Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                sql,
-                values,
-            ))
-            .await?
-            .iter()
-            .map(|r| r.try_get_by_index::<Uuid>(0))
-            .collect::<Result<_, _>>()?;
+            vec![now.into()],
+            &[("id", "uuid"), ("wamid", "text")],
+            rows,
+        )
+        .await?
+        .iter()
+        .map(|r| r.try_get_by_index::<Uuid>(0))
+        .collect::<Result<_, _>>()?;
         Ok(pairs.iter().map(|(c, _)| stored.contains(&c.id)).collect())
     }
 
