@@ -10,8 +10,10 @@ mod support;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
 use serde_json::json;
+use std::collections::HashSet;
 use support::*;
 use uuid::Uuid;
+use wapipe_shared::broker::lane_for;
 use wapipe_shared::entities::conversations::ConversationStatus;
 use wapipe_shared::entities::messages::{Direction, MessageStatus, Origin};
 use wapipe_shared::entities::templates;
@@ -753,15 +755,39 @@ async fn fan_out_jobs_and_realtime(b: Backend) {
         .expect("chat");
     assert_eq!(chat["data"]["unread_count"], 2);
     assert_eq!(chat["data"]["last_message"], "tres");
+    let customers = [
+        "15550000001:34600000001",
+        "15550000001:34600000002",
+        "15550000002:34600000003",
+    ];
     let jobs = env.take_jobs("scenario").await;
-    assert_eq!(jobs.len(), 4);
-    let lanes: Vec<&str> = jobs.iter().map(|(l, _)| l.as_str()).collect();
-    assert!(lanes.contains(&"15550000001:34600000001"));
-    assert!(lanes.contains(&"15550000001:34600000002"));
-    assert!(lanes.contains(&"15550000002:34600000003"));
+    // One job per lane, each carrying its lane's messages in order.
+    let lanes = env.broker.lanes();
+    let mut want_lanes: Vec<u16> = customers.iter().map(|k| lane_for(k, lanes)).collect();
+    want_lanes.sort_unstable();
+    want_lanes.dedup();
+    let mut got_lanes: Vec<u16> = jobs.iter().map(|(l, _)| lane_for(l, lanes)).collect();
+    got_lanes.sort_unstable();
+    assert_eq!(got_lanes, want_lanes, "{jobs:?}");
+    assert!(jobs.iter().all(|(l, _)| customers.contains(&l.as_str())));
+    let items: Vec<&serde_json::Value> = jobs
+        .iter()
+        .flat_map(|(_, b)| b["messages"].as_array().expect("a list of messages"))
+        .collect();
+    assert_eq!(items.len(), 4);
+    let mut ids = HashSet::new();
+    for item in &items {
+        assert_eq!(item["is_new"], true);
+        assert!(ids.insert(item["message_id"].as_str().expect("id").to_owned()));
+    }
     for (_, body) in &jobs {
-        assert_eq!(body["is_new"], true);
-        assert!(body["message_id"].is_string());
+        // Within a job, one customer's messages in the order they were stored.
+        let list = body["messages"].as_array().expect("list");
+        for pair in list.windows(2) {
+            if pair[0]["customer_id"] == pair[1]["customer_id"] {
+                assert!(pair[0]["message_id"].as_str() < pair[1]["message_id"].as_str());
+            }
+        }
     }
     // Replayed: published again (consumers are idempotent), marked not new.
     env.reset(id).await;
@@ -773,8 +799,12 @@ async fn fan_out_jobs_and_realtime(b: Backend) {
         "nothing new on a replay"
     );
     let jobs = env.take_jobs("scenario").await;
-    assert_eq!(jobs.len(), 4);
-    assert!(jobs.iter().all(|(_, b)| b["is_new"] == false));
+    let items: Vec<&serde_json::Value> = jobs
+        .iter()
+        .flat_map(|(_, b)| b["messages"].as_array().expect("a list of messages"))
+        .collect();
+    assert_eq!(items.len(), 4);
+    assert!(items.iter().all(|m| m["is_new"] == false));
 }
 both_backends!(fan_out_jobs_and_realtime);
 

@@ -619,6 +619,10 @@ impl Broker for AmqpBroker {
     fn mode(&self) -> &'static str {
         "amqp"
     }
+
+    fn lanes(&self) -> u16 {
+        self.core.settings.lane_count()
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -382,6 +382,10 @@ impl Broker for EmbeddedBroker {
     fn mode(&self) -> &'static str {
         "embedded"
     }
+
+    fn lanes(&self) -> u16 {
+        self.inner.settings.lane_count()
+    }
 }
 
 struct EmbeddedLane {

@@ -411,6 +411,9 @@ pub trait Broker: Send + Sync {
     async fn ping(&self) -> Result<(), BrokerError>;
     /// `"amqp"` or `"embedded"`.
     fn mode(&self) -> &'static str;
+    /// Lanes per worker queue: jobs whose lane keys give the same
+    /// [`lane_for`] travel one queue, in order.
+    fn lanes(&self) -> u16;
 }
 
 /// The broker `settings` ask for: RabbitMQ when `amqp_url` is set, else the

@@ -38,8 +38,8 @@ use wapipe_shared::entities::messages::MessageStatus;
 use wapipe_shared::entities::webhook_events::{self, Column, EventStatus};
 use wapipe_shared::entities::{chats, whatsapp_configs};
 use wapipe_shared::jobs::{
-    MessageInbound, REALTIME_CHAT_UPDATED, REALTIME_MESSAGE_CREATED, RealtimeEvent, StatusReceipt,
-    WebhookReceived,
+    InboundMessages, MessageInbound, REALTIME_CHAT_UPDATED, REALTIME_MESSAGE_CREATED,
+    RealtimeEvent, StatusReceipt, WebhookReceived,
 };
 use wapipe_shared::whatsapp::{self as wa, Change, Contact, MetaError, Status};
 
@@ -165,6 +165,8 @@ impl Summary {
 #[derive(Default)]
 struct FanOut {
     jobs: Vec<OutboundJob>,
+    /// `message.inbound` items with their lane keys, sent grouped by lane.
+    inbound: Vec<(String, MessageInbound)>,
     realtime: Vec<RealtimeEvent>,
     /// Chats that changed: a `chat.updated` each, read after the commit.
     chats: Vec<Uuid>,
@@ -831,7 +833,7 @@ async fn store_messages<C: sea_orm::ConnectionTrait>(
             is_new: s.is_new,
             webhook_event_id: Some(p.event_id),
         };
-        fan.jobs.push(job.job(p.lane_key.clone()));
+        fan.inbound.push((p.lane_key.clone(), job));
     }
     Ok(())
 }
@@ -937,7 +939,9 @@ async fn publish(
 ) -> Result<(), JobError> {
     let publish_err =
         |e: wapipe_shared::broker::BrokerError| JobError::Retryable(format!("publish: {e}"));
-    stream::iter(fan.jobs)
+    let mut jobs = fan.jobs;
+    jobs.extend(InboundMessages::jobs(fan.inbound, broker.lanes()));
+    stream::iter(jobs)
         .map(|job| broker.publish(job))
         .buffer_unordered(PUBLISH_CONCURRENCY)
         .try_collect::<Vec<()>>()
