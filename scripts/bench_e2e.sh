@@ -98,14 +98,16 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 runs, secs, conc, rate = sys.argv[2:6]
 print(f"\nend to end (wapipe serve, PostgreSQL + RabbitMQ): {runs} runs x {secs}s, {conc} connections, "
       f"rate {'max' if rate in ('0', '0.0') else rate + '/s'}, medians")
-print(f"{'msgs/body':>9} {'webhooks/s':>11} {'msg/s':>8} {'p50 s':>7} {'p99 s':>7} {'exactly once':>13}")
+print(f"{'msgs/body':>9} {'webhooks/s':>11} {'offered msg/s':>14} {'msg/s':>8} {'p50 s':>7} {'p99 s':>7} {'exactly once':>13}")
 for per in sorted({r["per_body"] for r in rows}):
     rs = [r for r in rows if r["per_body"] == per]
     med = lambda k: statistics.median(r[k] for r in rs)
     exact = all(r["rows"] == r["sent"] and r["dups"] == 0 for r in rs)
     msgs = statistics.median(r["rows"] / r["span"] for r in rs if r["span"] > 0)
-    print(f"{per:>9} {med('accepted_per_sec'):>11.0f} {msgs:>8.0f} {med('p50'):>7.2f} {med('p99'):>7.2f} "
+    offered = statistics.median(r["sent"] / float(secs) for r in rs)
+    print(f"{per:>9} {med('accepted_per_sec'):>11.0f} {offered:>14.0f} {msgs:>8.0f} {med('p50'):>7.2f} {med('p99'):>7.2f} "
           f"{('yes' if exact else 'NO'):>13}")
+    print(f"{'':>9} runs (msg/s): " + ", ".join(f"{r['rows'] / r['span']:.0f}" for r in rs if r["span"] > 0))
     for r in rs:
         if r["rows"] != r["sent"] or r["dups"]:
             print(f"  run: sent {r['sent']} rows {r['rows']} duplicates {r['dups']}")
