@@ -242,15 +242,7 @@ pub async fn run_batch(
     let name = worker.name();
     let started = Instant::now();
     metrics::histogram!(METRIC_BATCH_SIZE, "worker" => name).record(batch.len() as f64);
-    let result = AssertUnwindSafe(worker.handle_batch(&batch))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|panic| {
-            Err(JobError::Retryable(format!(
-                "worker panicked: {}",
-                panic_message(panic.as_ref())
-            )))
-        });
+    let result = caught(worker.handle_batch(&batch)).await;
     let elapsed = started.elapsed().as_secs_f64();
     let mut first_err = None;
     match result {
@@ -304,15 +296,7 @@ pub async fn run_one(
     delivery: Delivery,
 ) -> Result<Outcome, BrokerError> {
     let started = Instant::now();
-    let result = AssertUnwindSafe(worker.handle(&delivery))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|panic| {
-            Err(JobError::Retryable(format!(
-                "worker panicked: {}",
-                panic_message(panic.as_ref())
-            )))
-        });
+    let result = caught(worker.handle(&delivery)).await;
     record_job(
         worker.name(),
         started.elapsed().as_secs_f64(),
@@ -360,6 +344,21 @@ async fn settle(
         return Err(e);
     }
     Ok(outcome)
+}
+
+/// Runs the worker's future; a panic in it counts as a retryable error.
+async fn caught<T>(
+    work: impl std::future::Future<Output = Result<T, JobError>>,
+) -> Result<T, JobError> {
+    AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            Err(JobError::Retryable(format!(
+                "worker panicked: {}",
+                panic_message(panic.as_ref())
+            )))
+        })
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {
