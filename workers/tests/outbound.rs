@@ -883,15 +883,23 @@ async fn duplicate_and_concurrent_jobs_send_once(backend: Backend) {
 }
 both_backends!(duplicate_and_concurrent_jobs_send_once);
 
-async fn receipts_before_the_wamid_are_applied(backend: Backend) {
-    let env = env(backend, 80).await;
+/// A Meta that accepts every send with the same wamid.
+async fn meta_accepting(wamid: &str) -> MockServer {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
-            json!({"messaging_product": "whatsapp", "messages": [{"id": "wamid.EARLY"}]}),
-        ))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(
+                json!({"messaging_product": "whatsapp", "messages": [{"id": wamid}]}),
+            ),
+        )
         .mount(&server)
         .await;
+    server
+}
+
+async fn receipts_before_the_wamid_are_applied(backend: Backend) {
+    let env = env(backend, 80).await;
+    let server = meta_accepting("wamid.EARLY").await;
     let w = worker(&env, settings(&env, &server.uri()));
     let to = "4915100000021";
     let id = env.queue(to, template("hello"), None).await;
@@ -1062,13 +1070,7 @@ both_backends!(a_batch_applies_receipts_that_came_first);
 /// the first keeps it, the second is reported and left alone.
 async fn a_wamid_twice_in_a_batch_goes_to_one_message(backend: Backend) {
     let env = env(backend, 80).await;
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
-            json!({"messaging_product": "whatsapp", "messages": [{"id": "wamid.TWICE"}]}),
-        ))
-        .mount(&server)
-        .await;
+    let server = meta_accepting("wamid.TWICE").await;
     let w = worker(&env, settings(&env, &server.uri()));
     let a = env.queue("4915100000050", template("hello"), None).await;
     let b = env.queue("4915100000051", template("hello"), None).await;
