@@ -16,9 +16,15 @@
 //!   types and fields are stored and counted, wrong types never fail the
 //!   event.
 
-pub mod bulk;
+mod batch;
+mod chats;
+mod conversations;
+mod customers;
+mod effects;
 pub mod extract;
-pub mod store;
+mod messages;
+mod receipts;
+mod templates;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -36,7 +42,7 @@ use wapipe_shared::broker::{Broker, OutboundJob};
 use wapipe_shared::db::{pad_pow2, with_values};
 use wapipe_shared::entities::messages::MessageStatus;
 use wapipe_shared::entities::webhook_events::{self, Column, EventStatus};
-use wapipe_shared::entities::{chats, whatsapp_configs};
+use wapipe_shared::entities::whatsapp_configs;
 use wapipe_shared::jobs::{
     InboundMessages, MessageInbound, REALTIME_CHAT_UPDATED, REALTIME_MESSAGE_CREATED,
     RealtimeEvent, StatusReceipt, WebhookReceived,
@@ -44,8 +50,8 @@ use wapipe_shared::jobs::{
 use wapipe_shared::whatsapp::{self as wa, Change, Contact, MetaError, Status};
 
 use crate::runtime::JobError;
+use customers::Sender;
 use extract::{Inbound, clean_json, extract_message};
-use store::Sender;
 
 /// Events settled, by final status.
 pub const METRIC_EVENTS_TOTAL: &str = "wapipe_parse_events_total";
@@ -63,13 +69,6 @@ pub const METRIC_META_ERRORS_TOTAL: &str = "wapipe_parse_meta_errors_total";
 pub const METRIC_UNROUTABLE_TOTAL: &str = "wapipe_parse_unroutable_changes_total";
 /// End to end: Meta's message timestamp to the committed row (DESIGN §7).
 pub const METRIC_MESSAGE_LAG_SECONDS: &str = "wapipe_message_end_to_end_seconds";
-
-/// Change fields whose value updates `templates`.
-const TEMPLATE_FIELDS: &[&str] = &[
-    "message_template_status_update",
-    "message_template_quality_update",
-    "template_category_update",
-];
 
 /// Fan-out publishes in flight per batch: enough to hide publisher-confirm
 /// latency on a 1000-status body or a batch of events without flooding the
@@ -118,7 +117,7 @@ pub fn decode(body: &[u8]) -> Result<WebhookReceived, JobError> {
         .map_err(|e| JobError::Permanent(format!("not a webhook.received job: {e}")))
 }
 
-pub use store::expire_conversations;
+pub use conversations::expire_conversations;
 
 /// Per-outcome counts, for `processed_data`.
 #[derive(Debug, Default, Serialize)]
@@ -175,7 +174,7 @@ struct FanOut {
 }
 
 /// The messages and receipts of a batch, gathered change by change and
-/// then stored together ([`bulk`]).
+/// then stored together ([`messages`], [`receipts`]).
 #[derive(Default)]
 struct Collected<'a> {
     messages: Vec<PendingMessage>,
@@ -680,10 +679,10 @@ async fn apply_change<'a, C: sea_orm::ConnectionTrait>(
         return Ok(());
     }
 
-    if change.field.is_some_and(|f| TEMPLATE_FIELDS.contains(&f)) {
+    if change.field.is_some_and(|f| templates::FIELDS.contains(&f)) {
         for cfg in &targets {
             summary.templates_updated +=
-                store::apply_template_update(db, cfg.id, change.value, pos.now).await?;
+                templates::apply_template_update(db, cfg.id, change.value, pos.now).await?;
         }
         return Ok(());
     }
@@ -781,14 +780,14 @@ async fn store_messages<C: sea_orm::ConnectionTrait>(
 ) -> Result<(), DbErr> {
     let rows: Vec<_> = pending
         .iter()
-        .map(|p| bulk::InboundRow {
+        .map(|p| messages::InboundRow {
             config_id: p.config_id,
             sender: &p.sender,
             m: &p.m,
             at: p.at,
         })
         .collect();
-    let stored = bulk::store_inbound(db, &rows, now).await?;
+    let stored = messages::store_inbound(db, &rows, now).await?;
     for (p, s) in pending.iter().zip(stored) {
         let summary = &mut summaries[p.event];
         let m = &p.m;
@@ -796,8 +795,8 @@ async fn store_messages<C: sea_orm::ConnectionTrait>(
             summary.messages.new += 1;
             summary.late_effects_applied += s.late_effects;
             match s.effect {
-                Some(store::EffectOutcome::Applied) => summary.effects_applied += 1,
-                Some(store::EffectOutcome::TargetMissing) => summary.effects_target_missing += 1,
+                Some(effects::EffectOutcome::Applied) => summary.effects_applied += 1,
+                Some(effects::EffectOutcome::TargetMissing) => summary.effects_target_missing += 1,
                 None => {}
             }
             if let Some(ts) = m.timestamp {
@@ -850,14 +849,14 @@ async fn store_statuses<C: sea_orm::ConnectionTrait>(
 ) -> Result<(), DbErr> {
     let rows: Vec<_> = pending
         .iter()
-        .map(|p| bulk::StatusRow {
+        .map(|p| receipts::StatusRow {
             config_id: p.config_id,
             st: &p.st,
             event_id: p.event_id,
             received_at: p.received_at,
         })
         .collect();
-    let stored = bulk::store_statuses(db, &rows, now).await?;
+    let stored = receipts::store_statuses(db, &rows, now).await?;
     for (p, new) in pending.iter().zip(stored) {
         let summary = &mut summaries[p.event];
         match new {
@@ -950,8 +949,8 @@ async fn publish(
 
     let mut realtime = fan.realtime;
     if !fan.chats.is_empty() {
-        let rows = chats::Entity::find()
-            .filter(chats::Column::Id.is_in(pad_pow2(fan.chats)))
+        let rows = wapipe_shared::entities::chats::Entity::find()
+            .filter(wapipe_shared::entities::chats::Column::Id.is_in(pad_pow2(fan.chats)))
             .all(db)
             .await
             .map_err(db_err)?;
