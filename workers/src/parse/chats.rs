@@ -15,13 +15,14 @@ use wapipe_shared::entities::{chats, customers};
 
 use super::batch::{CHUNK, any_of};
 use super::customers::{Who, who};
-use super::messages::{InboundRow, InboundStored};
+use super::messages::InboundStored;
+use super::route::PendingMessage;
 
 /// The chat of each customer of the batch, created on first contact, keyed
 /// by customer id. A chat created now counts in the customer's `total_chats`.
 pub(super) async fn upsert_chats<C: ConnectionTrait>(
     db: &C,
-    rows: &[InboundRow<'_>],
+    rows: &[PendingMessage],
     customers: &HashMap<Who, customers::Model>,
     now: DateTime<Utc>,
 ) -> Result<HashMap<Uuid, chats::Model>, DbErr> {
@@ -112,7 +113,7 @@ fn new_chat(id: Uuid, customer: &customers::Model, now: DateTime<Utc>) -> chats:
 /// shown (Meta delivers out of order).
 pub(super) async fn count_in_chats<C: ConnectionTrait>(
     db: &C,
-    rows: &[InboundRow<'_>],
+    rows: &[PendingMessage],
     stored: &[InboundStored],
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {

@@ -16,7 +16,7 @@ use wapipe_shared::db::{pow2_chunks, with_values};
 use wapipe_shared::entities::conversations::{self, ConversationStatus};
 
 use super::batch::{CHUNK, IN_CHUNK, any_of};
-use super::messages::InboundRow;
+use super::route::PendingMessage;
 
 /// The customer-service window Meta grants after each inbound message.
 pub(super) const WINDOW: Duration = Duration::hours(24);
@@ -44,7 +44,7 @@ struct Conv {
 ///   open, whatever order messages arrive in.
 pub(super) async fn attach_conversations<C: ConnectionTrait>(
     db: &C,
-    fresh: &[(&InboundRow<'_>, Uuid, Uuid)],
+    fresh: &[(&PendingMessage, Uuid, Uuid)],
     now: DateTime<Utc>,
 ) -> Result<Vec<Uuid>, DbErr> {
     use conversations::Column as Cv;

@@ -15,7 +15,7 @@ use wapipe_shared::db::pow2_chunks;
 use wapipe_shared::entities::customers;
 
 use super::batch::CHUNK;
-use super::messages::InboundRow;
+use super::route::PendingMessage;
 
 /// Who wrote a message: the keys of `customers` and the profile name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -207,7 +207,7 @@ fn customer_refresh() -> OnConflict {
 /// A customer's keys: config, wa_id, user_id.
 pub(super) type Who = (Uuid, Option<String>, Option<String>);
 
-pub(super) fn who(r: &InboundRow<'_>) -> Who {
+pub(super) fn who(r: &PendingMessage) -> Who {
     (
         r.config_id,
         r.sender.wa_id.clone(),
@@ -220,7 +220,7 @@ pub(super) fn who(r: &InboundRow<'_>) -> Who {
 /// take the general path one by one. Keyed by (config, wa_id, user_id).
 pub(super) async fn upsert_customers<C: ConnectionTrait>(
     db: &C,
-    rows: &[InboundRow<'_>],
+    rows: &[PendingMessage],
     now: DateTime<Utc>,
 ) -> Result<HashMap<Who, customers::Model>, DbErr> {
     // One entry per sender: the latest time, the last name given.

@@ -24,20 +24,12 @@ use wapipe_shared::entities::{chats, customers};
 use super::batch::{CHUNK, IN_CHUNK, any_of};
 use super::chats::{count_in_chats, upsert_chats};
 use super::conversations::attach_conversations;
-use super::customers::{Sender, upsert_customers, who};
+use super::customers::{upsert_customers, who};
 use super::effects::{
     EffectOutcome, EffectSource, apply_effect, apply_late_effects, wait_for_targets,
 };
 use super::extract::Inbound;
-
-/// One inbound message of the batch, with its resolved sender.
-pub(super) struct InboundRow<'a> {
-    pub config_id: Uuid,
-    pub sender: &'a Sender,
-    pub m: &'a Inbound,
-    /// Meta's time, never in the future.
-    pub at: DateTime<Utc>,
-}
+use super::route::PendingMessage;
 
 /// What storing an inbound message did.
 #[derive(Debug, Clone)]
@@ -59,7 +51,7 @@ pub(super) struct InboundStored {
 /// order.
 pub(super) async fn store_inbound<C: ConnectionTrait>(
     db: &C,
-    rows: &[InboundRow<'_>],
+    rows: &[PendingMessage],
     now: DateTime<Utc>,
 ) -> Result<Vec<InboundStored>, DbErr> {
     if rows.is_empty() {
@@ -85,7 +77,7 @@ pub(super) async fn store_inbound<C: ConnectionTrait>(
             }
         }
     }
-    let customer_of = |r: &InboundRow<'_>| -> Result<&customers::Model, DbErr> {
+    let customer_of = |r: &PendingMessage| -> Result<&customers::Model, DbErr> {
         customers.get(&who(r)).ok_or_else(|| {
             DbErr::RecordNotFound(format!("customer {:?} not stored", r.sender.key()))
         })
@@ -97,7 +89,7 @@ pub(super) async fn store_inbound<C: ConnectionTrait>(
     };
 
     // Conversations first, so each new message is inserted with its own.
-    let fresh_rows: Vec<(&InboundRow<'_>, Uuid, Uuid)> = fresh
+    let fresh_rows: Vec<(&PendingMessage, Uuid, Uuid)> = fresh
         .iter()
         .map(|&i| {
             let c = customer_of(&rows[i])?;
@@ -115,7 +107,7 @@ pub(super) async fn store_inbound<C: ConnectionTrait>(
             chat_id,
             customer_id,
             conversation_of[n],
-            rows[i].m,
+            &rows[i].m,
             now,
         ));
     }
@@ -212,7 +204,7 @@ const WAMID_KEY_COLUMNS: [(&str, &str); 2] = [("config_id", "uuid"), ("wamid", "
 /// (config, wamid) -> message id, for the batch's wamids already stored.
 async fn existing_messages<C: ConnectionTrait>(
     db: &C,
-    rows: &[InboundRow<'_>],
+    rows: &[PendingMessage],
 ) -> Result<HashMap<(Uuid, String), Uuid>, DbErr> {
     let wamids: Vec<&str> = rows
         .iter()

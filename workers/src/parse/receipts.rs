@@ -10,18 +10,10 @@ use serde_json::Value;
 use uuid::Uuid;
 use wapipe_shared::db::pow2_chunks;
 use wapipe_shared::entities::message_status_events;
-use wapipe_shared::whatsapp::Status;
 
 use super::batch::CHUNK;
 use super::extract::{clean_json, clean_str};
-
-/// One status receipt of the batch.
-pub(super) struct StatusRow<'a, 'b> {
-    pub config_id: Uuid,
-    pub st: &'a Status<'b>,
-    pub event_id: Uuid,
-    pub received_at: DateTime<Utc>,
-}
+use super::route::PendingStatus;
 
 /// Stores the batch's receipts, each once (`ON CONFLICT DO NOTHING` on
 /// config, wamid, status and time), in multi-row INSERTs. A receipt
@@ -30,7 +22,7 @@ pub(super) struct StatusRow<'a, 'b> {
 /// names no message).
 pub(super) async fn store_statuses<C: ConnectionTrait>(
     db: &C,
-    rows: &[StatusRow<'_, '_>],
+    rows: &[PendingStatus<'_>],
     now: DateTime<Utc>,
 ) -> Result<Vec<Option<bool>>, DbErr> {
     use message_status_events::Column as S;
@@ -44,7 +36,7 @@ pub(super) async fn store_statuses<C: ConnectionTrait>(
             keys.push(None);
             continue;
         };
-        let st = r.st;
+        let st = &r.st;
         let errors = (!st.errors.is_empty())
             .then(|| Value::Array(st.errors.iter().map(|e| clean_json(&e.raw)).collect()));
         let key = (
