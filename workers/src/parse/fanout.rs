@@ -30,13 +30,13 @@ const PUBLISH_CONCURRENCY: usize = 128;
 /// Everything to publish once the rows are committed.
 #[derive(Default)]
 pub(super) struct FanOut {
-    pub(super) jobs: Vec<OutboundJob>,
+    jobs: Vec<OutboundJob>,
     /// `message.inbound` items with their lane keys, sent grouped by lane.
-    pub(super) inbound: Vec<(String, MessageInbound)>,
-    pub(super) realtime: Vec<RealtimeEvent>,
+    inbound: Vec<(String, MessageInbound)>,
+    realtime: Vec<RealtimeEvent>,
     /// Chats that changed: a `chat.updated` each, read after the commit.
-    pub(super) chats: Vec<Uuid>,
-    pub(super) status_keys: HashSet<(Uuid, String)>,
+    chats: Vec<Uuid>,
+    status_keys: HashSet<(Uuid, String)>,
     pub(super) lags: Vec<f64>,
 }
 

@@ -7,18 +7,18 @@
 //! events through the steps below, each in its own module, and a single
 //! event ([`process_event`]) is a batch of one.
 //!
-//! - Routing ([`route`]): each `entry[].changes[]` on its own, by
+//! - Routing (`route`): each `entry[].changes[]` on its own, by
 //!   `value.metadata.phone_number_id`, or by the WABA id (`entry[].id`) for
 //!   changes without one (templates, account updates).
-//! - Writes, per table ([`customers`], [`chats`], [`conversations`],
-//!   [`messages`], [`effects`], [`receipts`], [`templates`]): one
+//! - Writes, per table (`customers`, `chats`, `conversations`,
+//!   `messages`, `effects`, `receipts`, `templates`): one
 //!   transaction per batch; every row is written with `ON CONFLICT`, and
 //!   counters move only for newly inserted messages, so the same event
 //!   processed twice (a replay, a redelivery) changes no count.
-//! - Fan-out ([`fanout`]) happens after the commit and before the event is
-//!   settled ([`settle`]): a crash in between re-runs the event, whose
+//! - Fan-out (`fanout`) happens after the commit and before the event is
+//!   settled (`settle`): a crash in between re-runs the event, whose
 //!   writes are then no-ops, and publishes again (consumers are idempotent).
-//! - What became of each event ([`summary`]) is its `processed_data` and
+//! - What became of each event (`summary`) is its `processed_data` and
 //!   the metrics.
 //! - Payloads are read leniently ([`wapipe_shared::whatsapp`]): unknown
 //!   types and fields are stored and counted, wrong types never fail the

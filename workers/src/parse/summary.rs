@@ -44,8 +44,8 @@ pub const UNKNOWN_KINDS: &[&str] = &[
 #[derive(Debug, Default, Serialize)]
 pub(super) struct Tally {
     pub(super) total: u64,
-    pub(super) new: u64,
-    pub(super) duplicate: u64,
+    new: u64,
+    duplicate: u64,
     pub(super) skipped: u64,
 }
 
@@ -53,20 +53,20 @@ pub(super) struct Tally {
 /// `processed_data`.
 #[derive(Debug, Default, Serialize)]
 pub(super) struct Summary {
-    pub(super) entries: usize,
-    pub(super) changes: usize,
-    pub(super) fields: Vec<String>,
+    entries: usize,
+    changes: usize,
+    fields: Vec<String>,
     pub(super) routed_changes: u64,
     pub(super) unroutable_changes: u64,
     pub(super) messages: Tally,
     pub(super) statuses: Tally,
-    pub(super) effects_applied: u64,
-    pub(super) effects_target_missing: u64,
+    effects_applied: u64,
+    effects_target_missing: u64,
     /// Earlier reactions, edits and revokes applied to this event's new
     /// messages (they had arrived before their target).
-    pub(super) late_effects_applied: u64,
+    late_effects_applied: u64,
     pub(super) templates_updated: u64,
-    pub(super) unknown: BTreeMap<&'static str, u64>,
+    unknown: BTreeMap<&'static str, u64>,
     /// Value-level `errors[]`, with the config they came for.
     pub(super) errors: Vec<Value>,
     /// Changes we have no table for (account, phone number, calls, …),
