@@ -72,14 +72,11 @@ pub struct OutboundWorker {
     inner: Arc<Inner>,
 }
 
-fn db_err(e: DbErr) -> JobError {
-    JobError::from(e)
-}
 
 fn job_err(e: impl Into<OutboxError>) -> JobError {
     let e: OutboxError = e.into();
     match e {
-        OutboxError::Db(e) => db_err(e),
+        OutboxError::Db(e) => JobError::from(e),
         // A key that cannot open the token is an operator problem that a
         // fixed key repairs: keep the messages queued.
         other => JobError::Retryable(other.to_string()),
@@ -153,7 +150,7 @@ impl OutboundWorker {
         let now = now();
         // The common case in one statement: claim a queued message and read
         // it back. Anything else needs a look at the row first.
-        let (msg, claim) = match self.claim_queued(id, now).await.map_err(db_err)? {
+        let (msg, claim) = match self.claim_queued(id, now).await.map_err(JobError::from)? {
             Some(m) => {
                 let claim = Claim {
                     id,
@@ -173,7 +170,7 @@ impl OutboundWorker {
         if !batch::is_template(&body) {
             let open = match self.open_windows(&[&msg]).await {
                 Ok(open) => open.contains(&msg.customer_id),
-                Err(e) => return Err(self.release_err(claim, db_err(e)).await),
+                Err(e) => return Err(self.release_err(claim, JobError::from(e)).await),
             };
             if !open {
                 return self.fail_window(&msg, claim).await;
@@ -283,7 +280,7 @@ impl OutboundWorker {
         let Some(msg) = messages::Entity::find_by_id(id)
             .one(self.db())
             .await
-            .map_err(db_err)?
+            .map_err(JobError::from)?
         else {
             count("skipped", "none");
             return Ok(Err(SendOutcome::Skipped("no such message")));
@@ -331,7 +328,7 @@ impl OutboundWorker {
         if let Some(wamid) = self
             .orphan_receipt(msg.config_id, &recipient, claimed_at)
             .await
-            .map_err(db_err)?
+            .map_err(JobError::from)?
             && self.store_wamid(seen, &wamid, now).await?
         {
             tracing::info!(message_id = %id, %wamid,
@@ -341,7 +338,7 @@ impl OutboundWorker {
             count("recovered", "none");
             return Ok(Err(SendOutcome::Recovered { wamid }));
         }
-        match self.reclaim(&msg, now).await.map_err(db_err)? {
+        match self.reclaim(&msg, now).await.map_err(JobError::from)? {
             Some(claim) => Ok(Ok((msg, claim))),
             None => Ok(Err(SendOutcome::Skipped("claimed by another attempt"))),
         }
@@ -385,7 +382,7 @@ impl OutboundWorker {
                                 .cool_down_pair(&config.phone_number_id, recipient),
                             _ => {}
                         }
-                        self.release(claim, now, true).await.map_err(db_err)?;
+                        self.release(claim, now, true).await.map_err(JobError::from)?;
                         count("retry", &e.code);
                         Err(JobError::Retryable(format!(
                             "Meta error {}: {}",
@@ -418,7 +415,7 @@ impl OutboundWorker {
                 }
             }
             GraphOutcome::NotSent(reason) => {
-                self.release(claim, now, true).await.map_err(db_err)?;
+                self.release(claim, now, true).await.map_err(JobError::from)?;
                 count("retry", "none");
                 Err(JobError::Retryable(format!("not sent: {reason}")))
             }
@@ -541,7 +538,7 @@ impl OutboundWorker {
                 Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
                     return Ok(false);
                 }
-                Err(e) => return Err(db_err(e)),
+                Err(e) => return Err(JobError::from(e)),
             }
         }
         Ok(false)
@@ -567,7 +564,7 @@ impl OutboundWorker {
             .filter(M::AttemptCount.eq(claim.attempt))
             .exec(self.db())
             .await
-            .map_err(db_err)?;
+            .map_err(JobError::from)?;
         self.notify(msg, "failed", Some(&e.code)).await;
         Ok(())
     }
@@ -596,7 +593,7 @@ impl OutboundWorker {
             .filter(M::AttemptCount.eq(claim.attempt))
             .exec(self.db())
             .await
-            .map_err(db_err)?;
+            .map_err(JobError::from)?;
         tracing::info!(message_id = %msg.id, code, title, "send refused locally");
         self.notify(msg, "failed", Some(code)).await;
         count("failed_local", code);
@@ -661,13 +658,13 @@ impl OutboundWorker {
             .into_tuple()
             .one(self.db())
             .await
-            .map_err(db_err)?;
+            .map_err(JobError::from)?;
         if pending.is_none() {
             return Ok(());
         }
         wapipe_domain::receipts::apply_pending_receipts(self.db(), config_id, wamid)
             .await
-            .map_err(db_err)?;
+            .map_err(JobError::from)?;
         Ok(())
     }
 

@@ -17,7 +17,6 @@ use wapipe_shared::jobs::{
     RealtimeEvent, StatusReceipt, lane_key,
 };
 
-use super::db_err;
 use super::messages::InboundStored;
 use super::route::{PendingMessage, PendingStatus};
 use crate::runtime::JobError;
@@ -136,7 +135,7 @@ pub(super) async fn publish(
             .filter(chats::Column::Id.is_in(pad_pow2(fan.chats)))
             .all(db)
             .await
-            .map_err(db_err)?;
+            .map_err(JobError::from)?;
         realtime.extend(rows.into_iter().map(|c| RealtimeEvent {
             event: REALTIME_CHAT_UPDATED.to_owned(),
             config_id: c.config_id,

@@ -85,9 +85,6 @@ pub fn batch_size(db: &DatabaseConnection) -> usize {
     }
 }
 
-fn db_err(e: DbErr) -> JobError {
-    JobError::from(e)
-}
 
 /// Processes one raw event, as a batch of one. Idempotent: an event no
 /// longer `received` is left alone, and re-processing a `received` one
@@ -130,7 +127,7 @@ pub async fn process_events(
         .zip(&changes)
         .map(|(w, c)| (w.ev.config_id, c.as_slice()))
         .collect();
-    let routes = Routes::load(db, &keys).await.map_err(db_err)?;
+    let routes = Routes::load(db, &keys).await.map_err(JobError::from)?;
     let mut summaries: Vec<Summary> = work
         .iter()
         .zip(&changes)
@@ -139,7 +136,7 @@ pub async fn process_events(
     let mut fan = FanOut::default();
 
     let started = now();
-    let txn = begin(db).await.map_err(db_err)?;
+    let txn = begin(db).await.map_err(JobError::from)?;
     let mut collected = Collected::default();
     for (event, (((w, changes), routes), summary)) in work
         .iter()
@@ -156,24 +153,24 @@ pub async fn process_events(
             };
             route::apply_change(&txn, routes, change, at, summary, &mut collected)
                 .await
-                .map_err(db_err)?;
+                .map_err(JobError::from)?;
         }
     }
     let stored = messages::store_inbound(&txn, &collected.messages, started)
         .await
-        .map_err(db_err)?;
+        .map_err(JobError::from)?;
     for (p, s) in collected.messages.iter().zip(&stored) {
         summaries[p.event].count_message(s);
         fan.message(p, s, started);
     }
     let stored = receipts::store_statuses(&txn, &collected.statuses, started)
         .await
-        .map_err(db_err)?;
+        .map_err(JobError::from)?;
     for (p, new) in collected.statuses.iter().zip(stored) {
         summaries[p.event].count_status(p, new);
         fan.status(p, new);
     }
-    txn.commit().await.map_err(db_err)?;
+    txn.commit().await.map_err(JobError::from)?;
 
     for (changes, summary) in changes.iter().zip(&summaries) {
         summary::record_metrics(changes, summary);
@@ -206,7 +203,7 @@ async fn read_events(
         .filter(Column::Id.is_in(pad_pow2(ids.to_vec())))
         .all(db)
         .await
-        .map_err(db_err)?
+        .map_err(JobError::from)?
         .into_iter()
         .map(|e| (e.id, e))
         .collect();

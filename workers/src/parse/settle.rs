@@ -16,7 +16,7 @@ use wapipe_shared::entities::webhook_events::{self, Column, EventStatus};
 
 use super::extract::clean_json;
 use super::summary::{METRIC_EVENTS_TOTAL, Summary};
-use super::{db_err, now};
+use super::now;
 use crate::runtime::JobError;
 
 /// What the worker made of an event.
@@ -126,11 +126,11 @@ async fn settle_postgres(
         rows,
     )
     .await
-    .map_err(db_err)?
+    .map_err(JobError::from)?
     .iter()
     .map(|r| r.try_get_by_index::<Uuid>(0))
     .collect::<Result<_, _>>()
-    .map_err(db_err)?;
+    .map_err(JobError::from)?;
     Ok(events.iter().map(|e| settled.contains(&e.0)).collect())
 }
 
@@ -140,7 +140,7 @@ async fn settle_each(
     events: &[Settlement],
     now: DateTime<Utc>,
 ) -> Result<Vec<bool>, JobError> {
-    let txn = db.begin().await.map_err(db_err)?;
+    let txn = db.begin().await.map_err(JobError::from)?;
     let mut done = Vec::with_capacity(events.len());
     for (event_id, status, data, error) in events {
         let res = webhook_events::Entity::update_many()
@@ -154,10 +154,10 @@ async fn settle_each(
             .filter(Column::Status.eq(EventStatus::Received))
             .exec(&txn)
             .await
-            .map_err(db_err)?;
+            .map_err(JobError::from)?;
         done.push(res.rows_affected > 0);
     }
-    txn.commit().await.map_err(db_err)?;
+    txn.commit().await.map_err(JobError::from)?;
     Ok(done)
 }
 
@@ -179,7 +179,7 @@ pub async fn mark_failed(
         .filter(Column::Status.eq(EventStatus::Received))
         .exec(db)
         .await
-        .map_err(db_err)?;
+        .map_err(JobError::from)?;
     metrics::counter!(METRIC_EVENTS_TOTAL, "status" => EventStatus::Failed.as_str()).increment(1);
     Ok(())
 }

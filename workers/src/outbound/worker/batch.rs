@@ -38,7 +38,7 @@ use wapipe_domain::configs::SendConfig;
 
 use super::super::graph::GraphOutcome;
 use super::super::limits::RateLimited;
-use super::{Claim, OutboundWorker, SendOutcome, count, db_err};
+use super::{Claim, OutboundWorker, SendOutcome, count};
 use crate::runtime::JobError;
 
 type Answer = Result<SendOutcome, JobError>;
@@ -90,7 +90,7 @@ impl OutboundWorker {
             Ok(rows) => rows,
             Err(e) => {
                 // Nothing is known to be claimed: each job on its own later.
-                let e = db_err(e);
+                let e = JobError::from(e);
                 for slot in to_claim {
                     answers[slot] = Some(Err(e.clone()));
                 }
@@ -159,7 +159,7 @@ impl OutboundWorker {
         let open = match self.open_windows(&free_form).await {
             Ok(open) => open,
             Err(e) => {
-                let e = db_err(e);
+                let e = JobError::from(e);
                 let mut kept = Vec::new();
                 for r in ready {
                     if is_template(&r.body) {
@@ -365,7 +365,7 @@ impl OutboundWorker {
                 // A wamid already held by another message fails the whole
                 // statement: sort it out one by one.
                 Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {}
-                Err(e) => return Err(db_err(e)),
+                Err(e) => return Err(JobError::from(e)),
             }
         }
         let mut stored = Vec::with_capacity(pairs.len());
@@ -422,7 +422,7 @@ impl OutboundWorker {
             .into_tuple()
             .all(self.db())
             .await
-            .map_err(db_err)?;
+            .map_err(JobError::from)?;
         let mut done = HashSet::new();
         for (config_id, wamid) in pending {
             if ours.contains(&(config_id, wamid.as_str()))
@@ -430,7 +430,7 @@ impl OutboundWorker {
             {
                 wapipe_domain::receipts::apply_pending_receipts(self.db(), config_id, &wamid)
                     .await
-                    .map_err(db_err)?;
+                    .map_err(JobError::from)?;
             }
         }
         Ok(())
