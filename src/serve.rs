@@ -127,6 +127,7 @@ pub async fn connect_broker(
 }
 
 pub async fn serve(settings: Settings) -> Result<()> {
+    app::hint_if_unconfigured_at(&settings).await;
     run_roles(settings, Roles::all()).await
 }
 
