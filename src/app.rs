@@ -30,8 +30,14 @@ impl LogDefault {
 }
 
 pub fn init_logging(json: bool, default: LogDefault) {
-    let filter =
+    let mut filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default.filter()));
+    // sea-orm's connect span records its options, the database URL and its
+    // password included, at trace level: never enable that level there,
+    // whatever RUST_LOG says.
+    if let Ok(cap) = "sea_orm::driver=debug".parse() {
+        filter = filter.add_directive(cap);
+    }
     // Logs go to stderr so stdout stays for results (`config add` prints an id).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use wapipe_shared::db::testing::{TempDir, fresh_sqlite_url};
+use wapipe_shared::db::testing::{TempDir, fresh_postgres_url, fresh_sqlite_url};
 
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // base64 of 32 bytes
 
@@ -63,6 +63,38 @@ fn config_list_on_a_fresh_database_writes_nothing_on_stderr() {
     let out = env.run(&["config", "list", "--json"]);
     assert!(out.status.success(), "failed: {}", text(&out.stderr));
     assert_eq!(text(&out.stderr), "");
+}
+
+/// Even at RUST_LOG=trace, no log line shows the database password (the
+/// test server trusts 127.0.0.1, so the password is carried but unused).
+#[tokio::test]
+async fn trace_logs_never_show_the_database_password() {
+    let url = fresh_postgres_url().await.expect("test database");
+    let url = url.replacen("postgres://postgres@", "postgres://postgres:s3cretpw@", 1);
+    assert!(
+        url.contains("s3cretpw"),
+        "WAPIPE_TEST_PG is postgres://postgres@…"
+    );
+    let env = Env {
+        url,
+        dir: TempDir::new().expect("temp dir"),
+    };
+    for args in [&["migrate"][..], &["config", "list"]] {
+        let out = env
+            .command(args)
+            .env("RUST_LOG", "trace")
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        for stream in [&out.stdout, &out.stderr] {
+            let t = text(stream);
+            assert!(!t.contains("s3cretpw"), "{args:?} leaked the password");
+        }
+        assert!(
+            text(&out.stderr).contains("TRACE"),
+            "trace logging is on, so the check means something"
+        );
+    }
 }
 
 #[test]
