@@ -2,15 +2,42 @@
 //! and the secret key, resolved the same way everywhere.
 
 use anyhow::{Context, Result, bail};
-use sea_orm::DatabaseConnection;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
 use sea_orm_migration::MigratorTrait;
 use tracing_subscriber::EnvFilter;
 use wapipe_migrations::Migrator;
-use wapipe_shared::config::Settings;
+use wapipe_shared::config::{Settings, redact_url};
 use wapipe_shared::crypto::SecretKey;
 
-pub fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// How much a process logs when RUST_LOG does not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogDefault {
+    /// Long-running roles and `migrate`: `info`, migrations included.
+    Service,
+    /// One-shot commands (`config`, `send`, `status`, …): they print their
+    /// own output and their errors, so only warnings and errors are logged
+    /// (no "Applying all pending migrations" on every run).
+    Command,
+}
+
+impl LogDefault {
+    fn filter(self) -> &'static str {
+        match self {
+            LogDefault::Service => "info",
+            LogDefault::Command => "warn",
+        }
+    }
+}
+
+pub fn init_logging(json: bool, default: LogDefault) {
+    let mut filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default.filter()));
+    // sea-orm's connect span records its options, the database URL and its
+    // password included, at trace level: never enable that level there,
+    // whatever RUST_LOG says.
+    if let Ok(cap) = "sea_orm::driver=debug".parse() {
+        filter = filter.add_directive(cap);
+    }
     // Logs go to stderr so stdout stays for results (`config add` prints an id).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -20,20 +47,6 @@ pub fn init_logging(json: bool) {
     } else {
         builder.try_init()
     };
-}
-
-/// The URL with any password masked, for messages.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }
 
 pub async fn connect(settings: &Settings) -> Result<DatabaseConnection> {
@@ -93,4 +106,22 @@ pub fn secret_key(settings: &Settings) -> Result<SecretKey> {
             settings.secret_key_file.display()
         )
     })
+}
+
+/// After `make run` with no number configured the receiver accepts nothing;
+/// say once what to do next. A failed count says nothing: this is a hint,
+/// and the roles report database trouble themselves.
+pub async fn hint_if_unconfigured(db: &DatabaseConnection) {
+    use wapipe_shared::entities::whatsapp_configs::{Column, Entity};
+    let active = Entity::find()
+        .filter(Column::IsDeleted.eq(false))
+        .filter(Column::IsActive.eq(true))
+        .count(db)
+        .await;
+    if let Ok(0) = active {
+        tracing::info!(
+            "no WhatsApp number is configured yet: add one with `wapipe config add` \
+             (`--help` lists its flags), or try wapipe against a fake Meta with `make sim`"
+        );
+    }
 }

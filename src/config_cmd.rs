@@ -14,6 +14,7 @@ use crate::app;
 pub enum ConfigCommand {
     /// Add a WhatsApp number; prints the new config's id as the last line.
     Add {
+        /// The business this number belongs to (shown in `config list`).
         #[arg(long)]
         company: String,
         /// Meta's phone number id (digits).
@@ -31,8 +32,10 @@ pub enum ConfigCommand {
         /// The Graph API access token used for sends.
         #[arg(long, env = "WAPIPE_ACCESS_TOKEN", hide_env_values = true)]
         access_token: String,
+        /// The number as customers see it, e.g. +15550001111 (informational).
         #[arg(long)]
         display_phone_number: Option<String>,
+        /// A label for this number, e.g. "Support" (informational).
         #[arg(long)]
         name: Option<String>,
         /// Messages per second Meta allows this number.
@@ -52,25 +55,34 @@ pub enum ConfigCommand {
     Update {
         /// The config's id (a UUID).
         id: String,
+        /// New business name.
         #[arg(long)]
         company: Option<String>,
+        /// New label for the number.
         #[arg(long)]
         name: Option<String>,
+        /// New WhatsApp Business Account id (digits).
         #[arg(long)]
         waba_id: Option<String>,
+        /// New display form of the number, e.g. +15550001111.
         #[arg(long)]
         display_phone_number: Option<String>,
+        /// New Meta app secret (stored encrypted).
         #[arg(long)]
         app_secret: Option<String>,
+        /// New verification-handshake token (stored encrypted).
         #[arg(long)]
         verify_token: Option<String>,
+        /// New Graph API access token (stored encrypted).
         #[arg(long)]
         access_token: Option<String>,
+        /// New messages-per-second limit.
         #[arg(long)]
         max_mps: Option<i32>,
         /// Stop routing webhooks and sends for this number without removing it.
         #[arg(long, conflicts_with = "activate")]
         deactivate: bool,
+        /// Route webhooks and sends for this number again.
         #[arg(long)]
         activate: bool,
         /// Clear a flag set after Meta refused the token or locked the account.

@@ -14,7 +14,7 @@ use wapipe_shared::config::Settings;
     name = "wapipe",
     version,
     about = "Queue-driven WhatsApp Cloud API webhook pipeline",
-    long_about = "Queue-driven WhatsApp Cloud API webhook pipeline.\n\nEvery option is also an environment variable (shown as [env: ...]). With no DATABASE_URL and no AMQP_URL, wapipe runs embedded: SQLite in ./data and an in-process queue."
+    long_about = "Queue-driven WhatsApp Cloud API webhook pipeline.\n\nEvery option is also an environment variable (shown as [env: ...]; values that may hold a secret are not shown). With no DATABASE_URL and no AMQP_URL, wapipe runs embedded: SQLite in ./data and an in-process queue."
 )]
 struct Cli {
     #[command(flatten)]
@@ -54,9 +54,27 @@ enum Command {
     Status(send_cmd::StatusArgs),
 }
 
+impl Command {
+    /// Roles and `migrate` log their progress; one-shot commands print only
+    /// their output and their errors.
+    fn log_default(&self) -> app::LogDefault {
+        match self {
+            Command::Serve | Command::Ingest | Command::Workers { .. } | Command::Migrate => {
+                app::LogDefault::Service
+            }
+            Command::Replay(_)
+            | Command::Dlq(_)
+            | Command::Topology(_)
+            | Command::Config(_)
+            | Command::Send(_)
+            | Command::Status(_) => app::LogDefault::Command,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    app::init_logging(cli.settings.log_json);
+    app::init_logging(cli.settings.log_json, cli.command.log_default());
     // One TLS crypto backend for every client (sqlx, lapin, reqwest): ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -113,5 +131,34 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path} {id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+
+    #[test]
+    fn every_flag_and_argument_has_a_help_text() {
+        Cli::command().debug_assert();
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "wapipe", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
     }
 }

@@ -30,18 +30,22 @@ pub struct ReplayArgs {
 pub enum DlqCommand {
     /// Show the jobs in a worker's dead-letter queue.
     List {
+        /// The worker whose dead letters to show (e.g. parse, outbound).
         #[arg(long)]
         queue: String,
+        /// Show at most this many jobs.
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
     /// Move every job of a dead-letter queue back to its work queue.
     Redrive {
+        /// The worker whose dead letters go back to work.
         #[arg(long)]
         queue: String,
     },
     /// Delete every job of a dead-letter queue.
     Purge {
+        /// The worker whose dead letters to delete.
         #[arg(long)]
         queue: String,
     },

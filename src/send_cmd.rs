@@ -119,6 +119,7 @@ pub struct StatusArgs {
     /// Poll until the message reaches this status (or fails), up to --timeout-secs.
     #[arg(long, value_name = "STATUS")]
     pub wait: Option<String>,
+    /// With --wait: give up after this many seconds.
     #[arg(long, default_value_t = 30)]
     pub timeout_secs: u64,
 }

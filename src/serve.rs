@@ -186,6 +186,10 @@ pub async fn start(
     let handle = metrics_server::install_recorder();
     let key = Arc::new(app::secret_key(&settings)?);
     let db = app::connect_ready(&settings).await?;
+    if roles.ingest {
+        // A new user's first `make run`: say what to do next.
+        app::hint_if_unconfigured(&db).await;
+    }
     let broker = connect_broker(&settings, db.clone()).await?;
 
     let (http_listener, metrics_listener) = match listeners {

@@ -1,6 +1,10 @@
 //! Every setting of wapipe: an env var with a documented default, shown in
 //! `wapipe --help` and in the README's configuration table. The binary
 //! flattens [`Settings`] into its CLI so flags and env vars are one thing.
+//!
+//! Settings that may carry a credential (URLs, keys) never show their
+//! environment value in `--help`, and [`redact_url`] masks a URL's password
+//! wherever one is printed or logged.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,11 +19,17 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/wapipe.sqlite?mode=rwc";
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
     /// Database URL: `sqlite://…` (embedded) or `postgres://…` (production).
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true, hide_env_values = true, help_heading = "Database")]
     pub database_url: String,
 
     /// RabbitMQ URL (`amqp://user:pass@host:5672/vhost`). Unset: the embedded in-process queue.
-    #[arg(long, env = "AMQP_URL", global = true)]
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        global = true,
+        hide_env_values = true,
+        help_heading = "Broker"
+    )]
     pub amqp_url: Option<String>,
 
     /// Address of the webhook receiver (and /healthz, /readyz).
@@ -27,20 +37,32 @@ pub struct Settings {
         long,
         env = "WAPIPE_LISTEN",
         default_value = "127.0.0.1:8080",
-        global = true
+        global = true,
+        help_heading = "Service settings"
     )]
     pub listen: SocketAddr,
 
     /// Address of the ops listener (`/metrics`, `/healthz`, `/readyz`).
     /// Default: 127.0.0.1:9464 for `serve` and `ingest`, 127.0.0.1:9465
     /// for `workers`, so both start side by side on one host.
-    #[arg(long, env = "WAPIPE_METRICS_LISTEN", global = true)]
+    #[arg(
+        long,
+        env = "WAPIPE_METRICS_LISTEN",
+        global = true,
+        help_heading = "Service settings"
+    )]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Base64 of the 32-byte key that encrypts secrets at rest (AES-256-GCM).
     /// Embedded mode generates one into WAPIPE_SECRET_KEY_FILE when unset;
     /// with Postgres it is required.
-    #[arg(long, env = "WAPIPE_SECRET_KEY", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "WAPIPE_SECRET_KEY",
+        hide_env_values = true,
+        global = true,
+        help_heading = "Service settings"
+    )]
     pub secret_key: Option<String>,
 
     /// Where embedded mode keeps its generated secret key (mode 0600).
@@ -48,7 +70,8 @@ pub struct Settings {
         long,
         env = "WAPIPE_SECRET_KEY_FILE",
         default_value = "./data/secret.key",
-        global = true
+        global = true,
+        help_heading = "Service settings"
     )]
     pub secret_key_file: PathBuf,
 
@@ -57,7 +80,9 @@ pub struct Settings {
         long,
         env = "GRAPH_API_BASE",
         default_value = "https://graph.facebook.com",
-        global = true
+        global = true,
+        hide_env_values = true,
+        help_heading = "Service settings"
     )]
     pub graph_api_base: String,
 
@@ -66,7 +91,8 @@ pub struct Settings {
         long,
         env = "GRAPH_API_VERSION",
         default_value = "v23.0",
-        global = true
+        global = true,
+        help_heading = "Service settings"
     )]
     pub graph_api_version: String,
 
@@ -75,16 +101,29 @@ pub struct Settings {
         long,
         env = "WAPIPE_QUEUE_PREFIX",
         default_value = "wapipe",
-        global = true
+        global = true,
+        help_heading = "Broker"
     )]
     pub queue_prefix: String,
 
     /// Ordered lanes per worker queue (jobs of one customer share a lane).
-    #[arg(long, env = "WAPIPE_LANES", default_value_t = 8, global = true)]
+    #[arg(
+        long,
+        env = "WAPIPE_LANES",
+        default_value_t = 8,
+        global = true,
+        help_heading = "Broker"
+    )]
     pub lanes: u16,
 
     /// Unacked deliveries per lane consumer (RabbitMQ basic_qos).
-    #[arg(long, env = "WAPIPE_PREFETCH", default_value_t = 32, global = true)]
+    #[arg(
+        long,
+        env = "WAPIPE_PREFETCH",
+        default_value_t = 32,
+        global = true,
+        help_heading = "Broker"
+    )]
     pub prefetch: u16,
 
     /// First retry delay of a failed job, in milliseconds.
@@ -92,7 +131,8 @@ pub struct Settings {
         long,
         env = "WAPIPE_RETRY_MIN_DELAY_MS",
         default_value_t = 1000,
-        global = true
+        global = true,
+        help_heading = "Broker"
     )]
     pub retry_min_delay_ms: u64,
 
@@ -101,7 +141,8 @@ pub struct Settings {
         long,
         env = "WAPIPE_RETRY_MAX_DELAY_MS",
         default_value_t = 300_000,
-        global = true
+        global = true,
+        help_heading = "Broker"
     )]
     pub retry_max_delay_ms: u64,
 
@@ -110,7 +151,8 @@ pub struct Settings {
         long,
         env = "WAPIPE_RETRY_MAX_ATTEMPTS",
         default_value_t = 8,
-        global = true
+        global = true,
+        help_heading = "Broker"
     )]
     pub retry_max_attempts: u32,
 
@@ -119,12 +161,13 @@ pub struct Settings {
         long,
         env = "WAPIPE_RELAY_GRACE_SECS",
         default_value_t = 30,
-        global = true
+        global = true,
+        help_heading = "Service settings"
     )]
     pub relay_grace_secs: u64,
 
     /// Largest webhook body accepted, in bytes (Meta sends up to 3 MB).
-    #[arg(long, env = "WAPIPE_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024, global = true)]
+    #[arg(long, env = "WAPIPE_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024, global = true, help_heading = "Service settings")]
     pub max_body_bytes: usize,
 
     /// Group commit: longest wait for more requests before a batch commits, in milliseconds.
@@ -132,21 +175,90 @@ pub struct Settings {
         long,
         env = "WAPIPE_BATCH_WINDOW_MS",
         default_value_t = 2,
-        global = true
+        global = true,
+        help_heading = "Service settings"
     )]
     pub batch_window_ms: u64,
 
     /// Group commit: most webhook bodies in one transaction.
-    #[arg(long, env = "WAPIPE_BATCH_MAX", default_value_t = 256, global = true)]
+    #[arg(
+        long,
+        env = "WAPIPE_BATCH_MAX",
+        default_value_t = 256,
+        global = true,
+        help_heading = "Service settings"
+    )]
     pub batch_max: usize,
 
     /// Database pool size.
-    #[arg(long, env = "WAPIPE_DB_POOL", default_value_t = 16, global = true)]
+    #[arg(
+        long,
+        env = "WAPIPE_DB_POOL",
+        default_value_t = 16,
+        global = true,
+        help_heading = "Database"
+    )]
     pub db_pool: u32,
 
-    /// Log as JSON lines instead of text (filter with RUST_LOG, default `info`).
-    #[arg(long, env = "WAPIPE_LOG_JSON", default_value_t = false, global = true)]
+    /// Log as JSON lines instead of text (filter with RUST_LOG; by default `info` for
+    /// serve, ingest, workers and migrate, `warn` for the other commands).
+    #[arg(
+        long,
+        env = "WAPIPE_LOG_JSON",
+        default_value_t = false,
+        global = true,
+        help_heading = "Service settings"
+    )]
     pub log_json: bool,
+}
+
+/// The URL with its password masked (`scheme://user:***@host/…`), and any
+/// query parameter that names a credential (`?password=…`) masked too, so a
+/// URL can go into a log line or an error message.
+pub fn redact_url(url: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match head.find("://") {
+        Some(s) => {
+            let rest = &head[s + 3..];
+            // The authority ends at the first '/'; a '@' after it is in the path.
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => {
+                    let user = rest[..at].split_once(':').map_or(&rest[..at], |(u, _)| u);
+                    let masked = if rest[..at].contains(':') {
+                        format!("{user}:***")
+                    } else {
+                        user.to_owned()
+                    };
+                    format!("{}{masked}{}", &head[..s + 3], &rest[at..])
+                }
+                None => head.to_owned(),
+            }
+        }
+        None => head.to_owned(),
+    };
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if is_secret_param(k) => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+fn is_secret_param(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "passwd", "pass", "secret", "token", "key"]
+        .iter()
+        .any(|s| k.contains(s))
 }
 
 #[derive(clap::Parser)]
@@ -181,5 +293,37 @@ impl Settings {
             lanes: self.lanes.max(1),
             prefetch: self.prefetch.max(1),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_masked_and_the_rest_kept() {
+        assert_eq!(
+            redact_url("postgres://u:s3cret@127.0.0.1:5432/db"),
+            "postgres://u:***@127.0.0.1:5432/db"
+        );
+        assert_eq!(
+            redact_url("amqp://guest:p%40ss@rabbit/%2f"),
+            "amqp://guest:***@rabbit/%2f"
+        );
+        // A password holding '@' is masked whole.
+        assert_eq!(
+            redact_url("postgres://u:a@b@host/db"),
+            "postgres://u:***@host/db"
+        );
+        assert_eq!(
+            redact_url("postgres://host/db?user=u&password=s3cret&sslmode=require"),
+            "postgres://host/db?user=u&password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://u@host/db"), "postgres://u@host/db");
+        assert_eq!(
+            redact_url("sqlite://./data/wapipe.sqlite?mode=rwc"),
+            "sqlite://./data/wapipe.sqlite?mode=rwc"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
     }
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 
 /// Opens a pool. SQLite gets WAL and a busy timeout because `serve` runs every
@@ -22,20 +23,24 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
     .min_connections(1)
     .connect_timeout(Duration::from_secs(5))
     .acquire_timeout(Duration::from_secs(5))
-    .sqlx_logging(false);
-    let db = Database::connect(opts).await?;
-    if db.get_database_backend() == DbBackend::Sqlite {
-        for pragma in [
-            "PRAGMA journal_mode = WAL",
-            "PRAGMA synchronous = NORMAL",
-            "PRAGMA busy_timeout = 5000",
-            "PRAGMA foreign_keys = ON",
-        ] {
-            db.execute_unprepared(pragma).await?;
-        }
-    }
-    Ok(db)
+    .sqlx_logging(false)
+    // PRAGMAs other than journal_mode hold per connection, so they go in
+    // the connect options: sqlx runs them on every connection it opens,
+    // including those the pool opens later or reopens after an error.
+    .map_sqlx_sqlite_opts(sqlite_pragmas);
+    Database::connect(opts).await
 }
+
+/// The PRAGMAs every SQLite connection runs with.
+fn sqlite_pragmas(opts: SqliteConnectOptions) -> SqliteConnectOptions {
+    opts.journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+        .foreign_keys(true)
+}
+
+/// How long a SQLite writer waits for the file lock before `SQLITE_BUSY`.
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Splits rows for multi-row statements into chunks whose sizes are powers
 /// of two (at most `max`, rounded down to one), largest first.
@@ -224,5 +229,60 @@ mod shape_tests {
         assert_eq!(pad_pow2(vec![1, 2, 3]), [1, 2, 3, 3]);
         assert_eq!(pad_pow2(vec![1, 2]), [1, 2]);
         assert!(pad_pow2(Vec::<u8>::new()).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod pragma_tests {
+    use super::{SQLITE_BUSY_TIMEOUT, connect, testing::fresh_sqlite_url};
+    use sea_orm::sqlx::{self, Row};
+
+    async fn pragma(conn: &mut sqlx::SqliteConnection, sql: &'static str) -> String {
+        let row = sqlx::query(sql)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        // journal_mode answers text, the others integers.
+        row.try_get::<String, _>(0)
+            .or_else(|_| row.try_get::<i64, _>(0).map(|v| v.to_string()))
+            .unwrap_or_else(|e| panic!("{sql} value: {e}"))
+    }
+
+    /// Every connection of the pool, not only the first, runs with the
+    /// PRAGMAs: the pool is held at its size so each one is a distinct
+    /// connection, opened after `connect` returned.
+    #[tokio::test]
+    async fn every_pooled_sqlite_connection_has_the_pragmas() {
+        let (url, _dir) = fresh_sqlite_url().expect("temp dir");
+        let db = connect(&url, 4).await.expect("connect");
+        let pool = db.get_sqlite_connection_pool();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(pool.acquire().await.expect("acquire"));
+        }
+        assert_eq!(pool.size(), 4, "four distinct connections are open");
+        for (i, conn) in held.iter_mut().enumerate() {
+            assert_eq!(
+                pragma(conn, "PRAGMA journal_mode").await,
+                "wal",
+                "connection {i}"
+            );
+            // NORMAL is 1 (the SQLite default is FULL, 2).
+            assert_eq!(
+                pragma(conn, "PRAGMA synchronous").await,
+                "1",
+                "connection {i}"
+            );
+            assert_eq!(
+                pragma(conn, "PRAGMA busy_timeout").await,
+                SQLITE_BUSY_TIMEOUT.as_millis().to_string(),
+                "connection {i}"
+            );
+            assert_eq!(
+                pragma(conn, "PRAGMA foreign_keys").await,
+                "1",
+                "connection {i}"
+            );
+        }
     }
 }

@@ -72,7 +72,6 @@ pub struct OutboundWorker {
     inner: Arc<Inner>,
 }
 
-
 fn job_err(e: impl Into<OutboxError>) -> JobError {
     let e: OutboxError = e.into();
     match e {
@@ -382,7 +381,9 @@ impl OutboundWorker {
                                 .cool_down_pair(&config.phone_number_id, recipient),
                             _ => {}
                         }
-                        self.release(claim, now, true).await.map_err(JobError::from)?;
+                        self.release(claim, now, true)
+                            .await
+                            .map_err(JobError::from)?;
                         count("retry", &e.code);
                         Err(JobError::Retryable(format!(
                             "Meta error {}: {}",
@@ -415,7 +416,9 @@ impl OutboundWorker {
                 }
             }
             GraphOutcome::NotSent(reason) => {
-                self.release(claim, now, true).await.map_err(JobError::from)?;
+                self.release(claim, now, true)
+                    .await
+                    .map_err(JobError::from)?;
                 count("retry", "none");
                 Err(JobError::Retryable(format!("not sent: {reason}")))
             }

@@ -85,7 +85,6 @@ pub fn batch_size(db: &DatabaseConnection) -> usize {
     }
 }
 
-
 /// Processes one raw event, as a batch of one. Idempotent: an event no
 /// longer `received` is left alone, and re-processing a `received` one
 /// changes no count.

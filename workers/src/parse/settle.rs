@@ -15,8 +15,8 @@ use wapipe_shared::db::with_values;
 use wapipe_shared::entities::webhook_events::{self, Column, EventStatus};
 
 use super::extract::clean_json;
-use super::summary::{METRIC_EVENTS_TOTAL, Summary};
 use super::now;
+use super::summary::{METRIC_EVENTS_TOTAL, Summary};
 use crate::runtime::JobError;
 
 /// What the worker made of an event.
