@@ -5,3 +5,4 @@
 //! the clock and the decrypted config cache live here.
 
 pub mod clock;
+pub mod scenarios;

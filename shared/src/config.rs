@@ -150,6 +150,16 @@ pub struct Settings {
     /// Log as JSON lines instead of text (filter with RUST_LOG, default `info`).
     #[arg(long, env = "WAPIPE_LOG_JSON", default_value_t = false, global = true)]
     pub log_json: bool,
+
+    /// The chatbot does not answer a message older than this many seconds when
+    /// it is processed (after an outage, silence beats a late answer).
+    #[arg(
+        long,
+        env = "WAPIPE_SCENARIO_MAX_AGE_S",
+        default_value_t = 300,
+        global = true
+    )]
+    pub scenario_max_age_s: u64,
 }
 
 #[derive(clap::Parser)]
