@@ -43,3 +43,18 @@ pub(crate) fn fallback(scenario: &str) {
 pub(crate) fn handoff(scenario: &str) {
     metrics::counter!(HANDOFFS, "scenario" => scenario.to_owned()).increment(1);
 }
+
+/// Makes every series exist from the start (at 0, without labels), so
+/// dashboards and alert rules find them before the first scenario runs.
+pub fn register() {
+    for name in [
+        RUNS_STARTED,
+        RUNS_CONTINUED,
+        RUNS_REFUSED,
+        RUNS_FINISHED,
+        FALLBACKS,
+        HANDOFFS,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+}

@@ -26,6 +26,8 @@ pub const REGISTRATION: Registration = Registration {
 pub const METRIC_FAULTS_TOTAL: &str = "wapipe_scenario_faults_total";
 
 fn build(deps: &Deps) -> Result<Arc<dyn Worker>, BuildError> {
+    wapipe_domain::scenarios::metrics::register();
+    metrics::counter!(METRIC_FAULTS_TOTAL).increment(0);
     Ok(typed(ScenarioWorker {
         deps: deps.clone(),
         settings: EngineSettings {
