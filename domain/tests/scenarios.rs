@@ -365,7 +365,10 @@ async fn keywords_start_scenarios(b: Backend) {
     assert_eq!(done(&env.handle(m).await), (Action::Started, 1));
     let r = env.replies(m).await;
     assert_eq!(r[0]["interactive"]["type"], "button");
-    assert_eq!(r[0]["interactive"]["body"]["text"], "Bonjour ! Que voulez-vous ?");
+    assert_eq!(
+        r[0]["interactive"]["body"]["text"],
+        "Bonjour ! Que voulez-vous ?"
+    );
     assert_eq!(option_ids(&r[0]).len(), 3);
     let runs = env.runs(who.0).await;
     assert_eq!(runs[1].status, "waiting");
@@ -465,9 +468,16 @@ async fn fallback_twice_then_the_end(b: Backend) {
     let menu = option_ids(&env.replies(m).await[0]);
     for n in 1..=2 {
         let m = env.text(who, "euh… je sais pas").await;
-        assert_eq!(done(&env.handle(m).await), (Action::Fallback, 2), "fallback {n}");
+        assert_eq!(
+            done(&env.handle(m).await),
+            (Action::Fallback, 2),
+            "fallback {n}"
+        );
         let r = env.replies(m).await;
-        assert_eq!(text_of(&r[0]), "Je n'ai pas compris, choisissez une option.");
+        assert_eq!(
+            text_of(&r[0]),
+            "Je n'ai pas compris, choisissez une option."
+        );
         assert_eq!(option_ids(&r[1]), menu, "the same options again");
         assert_eq!(env.runs(who.0).await[0].fallback_count, n);
     }
@@ -538,9 +548,12 @@ async fn handoff(b: Backend) {
         .await
         .expect("query");
     assert_eq!(audit.len(), 1);
-    assert_eq!(audit[0].entity_id.as_deref(), Some(who.1.to_string().as_str()));
-    let events: Vec<Value> = serde_json::from_slice(&rt.try_recv().expect("a real-time event"))
-        .expect("json");
+    assert_eq!(
+        audit[0].entity_id.as_deref(),
+        Some(who.1.to_string().as_str())
+    );
+    let events: Vec<Value> =
+        serde_json::from_slice(&rt.try_recv().expect("a real-time event")).expect("json");
     assert_eq!(events[0]["event"], "chat.updated");
     assert_eq!(events[0]["chat_id"], who.1.to_string());
     assert_eq!(events[0]["data"]["handoff"], true);
@@ -549,7 +562,10 @@ async fn handoff(b: Backend) {
     let m = env.text(who, "bonjour").await;
     assert_eq!(env.handle(m).await, Outcome::Refused(Refusal::HandedOff));
     chats::Entity::update_many()
-        .col_expr(chats::Column::ResolvedAt, Expr::value(at + chrono::Duration::seconds(1)))
+        .col_expr(
+            chats::Column::ResolvedAt,
+            Expr::value(at + chrono::Duration::seconds(1)),
+        )
         .col_expr(chats::Column::Status, Expr::value("resolved"))
         .filter(chats::Column::Id.eq(who.1))
         .exec(&env.db)
@@ -566,9 +582,15 @@ async fn silences(b: Backend) {
 
     // Blocked: no reply (the message is still stored, by parse).
     let blocked = env.customer(env.config_id, "33600000001").await;
-    blocking::block(&env.db, env.config_id, "+33600000001", Some("spam".into()), Actor::CLI)
-        .await
-        .expect("block");
+    blocking::block(
+        &env.db,
+        env.config_id,
+        "+33600000001",
+        Some("spam".into()),
+        Actor::CLI,
+    )
+    .await
+    .expect("block");
     let m = env.text(blocked, "bonjour").await;
     assert_eq!(env.handle(m).await, Outcome::Refused(Refusal::Blocked));
     assert!(env.replies(m).await.is_empty());

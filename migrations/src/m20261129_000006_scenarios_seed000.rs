@@ -104,7 +104,12 @@ fn new_shape(table: &str, suffix: &str) -> TableCreateStatement {
                 .col(timestamp_with_time_zone("updated_at"))
                 .primary_key(Index::create().col("customer_id").col("scenario_id"))
                 .to_owned();
-            fk(&mut t, "customer_id", "customers", ForeignKeyAction::Cascade);
+            fk(
+                &mut t,
+                "customer_id",
+                "customers",
+                ForeignKeyAction::Cascade,
+            );
             fk(&mut t, "scenario_id", &scenarios, ForeignKeyAction::Cascade);
             t
         }
@@ -171,7 +176,12 @@ fn new_shape(table: &str, suffix: &str) -> TableCreateStatement {
                 ForeignKeyAction::Cascade,
             );
             fk(&mut t, "scenario_id", &scenarios, ForeignKeyAction::Cascade);
-            fk(&mut t, "customer_id", "customers", ForeignKeyAction::Cascade);
+            fk(
+                &mut t,
+                "customer_id",
+                "customers",
+                ForeignKeyAction::Cascade,
+            );
             t
         }
         _ => unreachable!("not a rebuilt table: {table}"),
@@ -253,7 +263,12 @@ fn old_shape(table: &str, suffix: &str) -> TableCreateStatement {
                 .col(timestamp_with_time_zone("last_step_at"))
                 .col(timestamp_with_time_zone_null("completed_at"));
             fk(&mut t, "scenario_id", &scenarios, ForeignKeyAction::Cascade);
-            fk(&mut t, "customer_id", "customers", ForeignKeyAction::Cascade);
+            fk(
+                &mut t,
+                "customer_id",
+                "customers",
+                ForeignKeyAction::Cascade,
+            );
             t
         }
         _ => unreachable!("not a rebuilt table: {table}"),
@@ -395,7 +410,11 @@ fn new_indexes() -> Vec<IndexCreateStatement> {
             .and_where(Expr::col("config_id").is_null())
             .to_owned(),
     );
-    let mut u = index("scenario_items", "ux_scenario_items_ref", &["scenario_id", "ref"]);
+    let mut u = index(
+        "scenario_items",
+        "ux_scenario_items_ref",
+        &["scenario_id", "ref"],
+    );
     out.push(u.unique().to_owned());
     let mut u = index(
         "template_scenarios",
@@ -412,7 +431,11 @@ fn new_indexes() -> Vec<IndexCreateStatement> {
     );
     out.push(u.unique().to_owned());
     // A customer waits in at most one run.
-    let mut u = index("scenario_runs", "ux_scenario_runs_waiting", &["customer_id"]);
+    let mut u = index(
+        "scenario_runs",
+        "ux_scenario_runs_waiting",
+        &["customer_id"],
+    );
     out.push(
         u.unique()
             .and_where(Expr::col("status").eq("waiting"))
@@ -423,7 +446,11 @@ fn new_indexes() -> Vec<IndexCreateStatement> {
 
 fn old_indexes() -> Vec<IndexCreateStatement> {
     vec![
-        index("scenarios", "ix_scenarios_active", &["config_id", "is_active"]),
+        index(
+            "scenarios",
+            "ix_scenarios_active",
+            &["config_id", "is_active"],
+        ),
         index(
             "scenario_items",
             "ix_scenario_items_scenario",
@@ -475,7 +502,7 @@ async fn rebuild(
     manager: &SchemaManager<'_>,
     suffix: &str,
     shape: fn(&str, &str) -> TableCreateStatement,
-    copy: &dyn Fn(&str) -> String,
+    copy: &(dyn Fn(&str) -> String + Sync),
 ) -> Result<(), DbErr> {
     let db = manager.get_connection();
     for t in TABLES {

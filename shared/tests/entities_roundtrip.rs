@@ -722,9 +722,7 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         header: Some("En-tête".to_owned()),
         body: Some("Corps 📦".to_owned()),
         footer: Some("Pied".to_owned()),
-        sections: Some(
-            json!([{"title": "Top", "product_items": ["sku-1", "sku-2"]}]),
-        ),
+        sections: Some(json!([{"title": "Top", "product_items": ["sku-1", "sku-2"]}])),
     };
     roundtrip::<template_scenarios::Entity, _>(
         db,

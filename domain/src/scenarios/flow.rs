@@ -44,7 +44,7 @@ pub struct FlowSettings {
     pub list_button: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ScenarioType {
     /// Belongs to the config it is imported into.
@@ -296,7 +296,11 @@ fn object<'v>(
     known: &[&str],
 ) -> Result<&'v serde_json::Map<String, Value>, FlowFault> {
     let Value::Object(o) = v else {
-        return Err(FlowFault::new(path, FaultKind::Syntax, "expected an object"));
+        return Err(FlowFault::new(
+            path,
+            FaultKind::Syntax,
+            "expected an object",
+        ));
     };
     for k in o.keys() {
         if !known.contains(&k.as_str()) {
@@ -375,16 +379,19 @@ impl FlowFile {
                 object(
                     s,
                     "settings",
-                    &["fallback", "exit_keywords", "default_scenario", "list_button"],
+                    &[
+                        "fallback",
+                        "exit_keywords",
+                        "default_scenario",
+                        "list_button",
+                    ],
                 )?;
                 Some(piece::<FlowSettings>(s, "settings")?)
             }
         };
         let scenarios = list(o.get("scenarios"), "scenarios", scenario_at)?;
-        let template_scenarios = list(
-            o.get("template_scenarios"),
-            "template_scenarios",
-            |x, p| {
+        let template_scenarios =
+            list(o.get("template_scenarios"), "template_scenarios", |x, p| {
                 let t = object(
                     x,
                     p,
@@ -402,8 +409,7 @@ impl FlowFile {
                     piece::<FlowSection>(s, sp)
                 })?;
                 piece::<FlowTemplate>(x, p)
-            },
-        )?;
+            })?;
         Ok(FlowFile {
             settings,
             scenarios,
@@ -461,7 +467,12 @@ impl FlowFile {
             for (j, s) in t.sections.iter().enumerate() {
                 let sp = format!("{p}.sections[{j}]");
                 non_empty(f, &format!("{sp}.title"), &s.title);
-                max_len(f, &format!("{sp}.title"), Some(&s.title), limits::LIST_ROW_TITLE);
+                max_len(
+                    f,
+                    &format!("{sp}.title"),
+                    Some(&s.title),
+                    limits::LIST_ROW_TITLE,
+                );
                 for (k, id) in s.product_items.iter().enumerate() {
                     non_empty(f, &format!("{sp}.product_items[{k}]"), id);
                 }
@@ -502,7 +513,12 @@ impl FlowFile {
         if let Some(st) = &self.settings {
             // A default scenario may be stored from an earlier import: the
             // importer checks it against the database.
-            max_len(f, "settings.fallback", st.fallback.as_deref(), limits::TEXT_BODY);
+            max_len(
+                f,
+                "settings.fallback",
+                st.fallback.as_deref(),
+                limits::TEXT_BODY,
+            );
             max_len(
                 f,
                 "settings.list_button",
@@ -527,7 +543,11 @@ impl FlowFile {
 
 fn non_empty(f: &mut Vec<FlowFault>, path: &str, v: &str) {
     if v.trim().is_empty() {
-        f.push(FlowFault::new(path, FaultKind::Missing, "must not be empty"));
+        f.push(FlowFault::new(
+            path,
+            FaultKind::Missing,
+            "must not be empty",
+        ));
     }
 }
 
@@ -547,7 +567,11 @@ fn max_len(f: &mut Vec<FlowFault>, path: &str, v: Option<&str>, max: usize) {
 /// Refs end up in reply ids and in exports: short and printable.
 fn check_ref(f: &mut Vec<FlowFault>, path: &str, r: &str) {
     if r.trim().is_empty() {
-        f.push(FlowFault::new(path, FaultKind::Missing, "must not be empty"));
+        f.push(FlowFault::new(
+            path,
+            FaultKind::Missing,
+            "must not be empty",
+        ));
     } else if r.chars().count() > 64 || r.chars().any(char::is_control) {
         f.push(FlowFault::new(
             path,
@@ -635,7 +659,12 @@ fn check_items(
         match kind {
             Some(ItemType::Text) | Some(ItemType::Handoff) => {
                 non_empty(f, &format!("{ip}.label"), label);
-                max_len(f, &format!("{ip}.label"), it.label.as_deref(), limits::TEXT_BODY);
+                max_len(
+                    f,
+                    &format!("{ip}.label"),
+                    it.label.as_deref(),
+                    limits::TEXT_BODY,
+                );
             }
             Some(k) if k.is_media() => {
                 match it.url.as_deref() {
@@ -658,7 +687,12 @@ fn check_items(
                         "audio messages take no caption",
                     ));
                 }
-                max_len(f, &format!("{ip}.label"), it.label.as_deref(), limits::CAPTION);
+                max_len(
+                    f,
+                    &format!("{ip}.label"),
+                    it.label.as_deref(),
+                    limits::CAPTION,
+                );
             }
             Some(k) if k.offers_options() => {
                 non_empty(f, &format!("{ip}.label"), label);
@@ -872,7 +906,11 @@ mod tests {
     fn dangling_child() {
         let mut v = ok_file();
         v["scenarios"][0]["items"][0]["children"][1] = json!("nowhere");
-        one(v, FaultKind::DanglingRef, "scenarios[0].items[0].children[1]");
+        one(
+            v,
+            FaultKind::DanglingRef,
+            "scenarios[0].items[0].children[1]",
+        );
         let mut v = ok_file();
         v["scenarios"][0]["items"][1]["template_scenarios"][0] = json!("winter");
         one(
@@ -935,7 +973,11 @@ mod tests {
             items.push(json!({"ref": r, "type": "text", "title": r, "label": r}));
         }
         items[0]["children"] = json!(refs);
-        one(v, FaultKind::TooManyOptions, "scenarios[0].items[0].children");
+        one(
+            v,
+            FaultKind::TooManyOptions,
+            "scenarios[0].items[0].children",
+        );
     }
 
     #[test]

@@ -81,7 +81,10 @@ mod tests {
         assert!(matches("BONJOUR", "Bonjour"));
         assert!(matches("ça va ?", "ca va"));
         assert!(matches("Crème brûlée", "creme brulee"));
-        assert!(matches("ｈｅｌｌｏ", "hello"), "full-width letters fold too");
+        assert!(
+            matches("ｈｅｌｌｏ", "hello"),
+            "full-width letters fold too"
+        );
     }
 
     #[test]
@@ -96,10 +99,16 @@ mod tests {
 
     #[test]
     fn phrases_match_only_as_phrases() {
-        assert!(matches("je voudrais les horaires d'ouverture", "horaires d'ouverture"));
+        assert!(matches(
+            "je voudrais les horaires d'ouverture",
+            "horaires d'ouverture"
+        ));
         assert!(matches("Horaires, d'ouverture ?", "horaires d ouverture"));
         assert!(!matches("ouverture des horaires", "horaires ouverture"));
-        assert!(!matches("les horaires de la boutique", "horaires ouverture"));
+        assert!(!matches(
+            "les horaires de la boutique",
+            "horaires ouverture"
+        ));
         assert!(!matches("horaires", "horaires ouverture"));
     }
 

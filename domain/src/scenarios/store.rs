@@ -13,8 +13,8 @@ use std::collections::{HashMap, HashSet};
 
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -169,7 +169,10 @@ pub async fn settings<C: ConnectionTrait>(
 }
 
 async fn check_config<C: ConnectionTrait>(db: &C, config_id: Uuid) -> Result<(), ScenarioError> {
-    match whatsapp_configs::Entity::find_by_id(config_id).one(db).await? {
+    match whatsapp_configs::Entity::find_by_id(config_id)
+        .one(db)
+        .await?
+    {
         Some(c) if !c.is_deleted => Ok(()),
         _ => Err(ScenarioError::UnknownConfig(config_id)),
     }
@@ -185,7 +188,11 @@ async fn find_by_title<C: ConnectionTrait>(
     let q = scenarios::Entity::find().filter(scenarios::Column::Title.eq(title));
     match owner {
         Some(c) => q.filter(scenarios::Column::ConfigId.eq(c)).one(db).await,
-        None => q.filter(scenarios::Column::ConfigId.is_null()).one(db).await,
+        None => {
+            q.filter(scenarios::Column::ConfigId.is_null())
+                .one(db)
+                .await
+        }
     }
 }
 
@@ -200,7 +207,10 @@ pub async fn import(
 ) -> Result<ImportReport, ScenarioError> {
     file.validate()?;
     check_config(db, config_id).await?;
-    if let Some(d) = file.settings.as_ref().and_then(|s| s.default_scenario.as_ref())
+    if let Some(d) = file
+        .settings
+        .as_ref()
+        .and_then(|s| s.default_scenario.as_ref())
         && !file.scenarios.iter().any(|s| &s.title == d)
         && find_by_title(db, Some(config_id), d).await?.is_none()
         && find_by_title(db, None, d).await?.is_none()
@@ -434,8 +444,8 @@ pub async fn list(
             .filter(scenario_items::Column::ScenarioId.eq(s.id))
             .count(db)
             .await?;
-        let mut runs = scenario_runs::Entity::find()
-            .filter(scenario_runs::Column::ScenarioId.eq(s.id));
+        let mut runs =
+            scenario_runs::Entity::find().filter(scenario_runs::Column::ScenarioId.eq(s.id));
         if s.config_id.is_none() {
             runs = runs.filter(scenario_runs::Column::ConfigId.eq(config_id));
         }
