@@ -86,7 +86,10 @@ fn ok(o: Output) -> String {
 fn fails_with(o: Output, needle: &str) {
     assert!(!o.status.success(), "should fail: {}", stdout(&o));
     let err = stderr(&o);
-    assert!(err.contains(needle), "stderr {err:?} should mention {needle:?}");
+    assert!(
+        err.contains(needle),
+        "stderr {err:?} should mention {needle:?}"
+    );
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
     assert!(!err.contains("panicked"), "must not panic: {err}");
 }
@@ -120,7 +123,10 @@ async fn round_trip_and_errors(env: Env) {
 
     let out = ok(env.run(&["scenarios", "import", "--config", &config, &flow]));
     assert!(out.contains("created"), "{out}");
-    assert!(out.contains("imported 2 scenarios, 1 template scenarios, settings"), "{out}");
+    assert!(
+        out.contains("imported 2 scenarios, 1 template scenarios, settings"),
+        "{out}"
+    );
     let list = ok(env.run(&["scenarios", "list", "--config", &config]));
     let accueil = list.find("Accueil").expect("Accueil listed");
     let aide = list.find("Aide").expect("Aide listed");
@@ -140,7 +146,10 @@ async fn round_trip_and_errors(env: Env) {
     assert_eq!(env.count("SELECT COUNT(*) FROM scenarios").await, 2);
 
     // Bad input: one line, non-zero exit, nothing written.
-    let broken = FLOW.replace(r#""children": ["offers", "human"]"#, r#""children": ["offers", "nobody"]"#);
+    let broken = FLOW.replace(
+        r#""children": ["offers", "human"]"#,
+        r#""children": ["offers", "nobody"]"#,
+    );
     let broken = env.file("broken.json", &broken);
     fails_with(
         env.run(&["scenarios", "import", "--config", &config, &broken]),
@@ -155,12 +164,18 @@ async fn round_trip_and_errors(env: Env) {
         env.run(&["scenarios", "import", "--config", &config, &cyclic]),
         "scenarios[0].items[2].children[0]",
     );
-    let unknown = env.file("unknown.json", &FLOW.replace(r#""type": "handoff""#, r#""type": "human""#));
+    let unknown = env.file(
+        "unknown.json",
+        &FLOW.replace(r#""type": "handoff""#, r#""type": "human""#),
+    );
     fails_with(
         env.run(&["scenarios", "import", "--config", &config, &unknown]),
         "scenarios[0].items[2].type",
     );
-    let extra = env.file("extra.json", &FLOW.replace(r#""priority": 5,"#, r#""priority": 5, "colour": "red","#));
+    let extra = env.file(
+        "extra.json",
+        &FLOW.replace(r#""priority": 5,"#, r#""priority": 5, "colour": "red","#),
+    );
     fails_with(
         env.run(&["scenarios", "import", "--config", &config, &extra]),
         "scenarios[0].colour",
@@ -174,11 +189,23 @@ async fn round_trip_and_errors(env: Env) {
         "scenarios[0].items[1].title",
     );
     fails_with(
-        env.run(&["scenarios", "import", "--config", &config, &env.file("x.json", "{not json")]),
+        env.run(&[
+            "scenarios",
+            "import",
+            "--config",
+            &config,
+            &env.file("x.json", "{not json"),
+        ]),
         "not JSON",
     );
     fails_with(
-        env.run(&["scenarios", "import", "--config", &config, "/nonexistent/flow.json"]),
+        env.run(&[
+            "scenarios",
+            "import",
+            "--config",
+            &config,
+            "/nonexistent/flow.json",
+        ]),
         "cannot read",
     );
     fails_with(
@@ -194,18 +221,45 @@ async fn round_trip_and_errors(env: Env) {
         ]),
         "no WhatsApp config",
     );
-    assert_eq!(second, ok(env.run(&["scenarios", "export", "--config", &config])));
+    assert_eq!(
+        second,
+        ok(env.run(&["scenarios", "export", "--config", &config]))
+    );
 
     // Blocked numbers, each change in the audit log.
     ok(env.run(&[
-        "block", "add", "--config", &config, "--phone", "+33612345678", "--reason", "spam",
+        "block",
+        "add",
+        "--config",
+        &config,
+        "--phone",
+        "+33612345678",
+        "--reason",
+        "spam",
     ]));
     let list = ok(env.run(&["block", "list", "--config", &config]));
-    assert!(list.contains("33612345678") && list.contains("spam"), "{list}");
-    ok(env.run(&["block", "remove", "--config", &config, "--phone", "33612345678"]));
+    assert!(
+        list.contains("33612345678") && list.contains("spam"),
+        "{list}"
+    );
+    ok(env.run(&[
+        "block",
+        "remove",
+        "--config",
+        &config,
+        "--phone",
+        "33612345678",
+    ]));
     assert!(!ok(env.run(&["block", "list", "--config", &config])).contains("33612345678"));
     fails_with(
-        env.run(&["block", "remove", "--config", &config, "--phone", "33612345678"]),
+        env.run(&[
+            "block",
+            "remove",
+            "--config",
+            &config,
+            "--phone",
+            "33612345678",
+        ]),
         "is not blocked",
     );
     fails_with(
@@ -220,26 +274,46 @@ async fn round_trip_and_errors(env: Env) {
 
     // Deny and allow a scenario.
     let out = ok(env.run(&[
-        "customers", "deny-scenario", "--config", &config, "--phone", "33612345678",
-        "--scenario", "Accueil",
+        "customers",
+        "deny-scenario",
+        "--config",
+        &config,
+        "--phone",
+        "33612345678",
+        "--scenario",
+        "Accueil",
     ]));
     assert!(out.contains("denied"), "{out}");
     assert_eq!(
-        env.count("SELECT COUNT(*) FROM customer_blocked_scenarios").await,
+        env.count("SELECT COUNT(*) FROM customer_blocked_scenarios")
+            .await,
         1
     );
     ok(env.run(&[
-        "customers", "allow-scenario", "--config", &config, "--phone", "33612345678",
-        "--scenario", "Accueil",
+        "customers",
+        "allow-scenario",
+        "--config",
+        &config,
+        "--phone",
+        "33612345678",
+        "--scenario",
+        "Accueil",
     ]));
     assert_eq!(
-        env.count("SELECT COUNT(*) FROM customer_blocked_scenarios").await,
+        env.count("SELECT COUNT(*) FROM customer_blocked_scenarios")
+            .await,
         0
     );
     fails_with(
         env.run(&[
-            "customers", "deny-scenario", "--config", &config, "--phone", "33612345678",
-            "--scenario", "Nope",
+            "customers",
+            "deny-scenario",
+            "--config",
+            &config,
+            "--phone",
+            "33612345678",
+            "--scenario",
+            "Nope",
         ]),
         "no scenario titled \"Nope\"",
     );

@@ -55,7 +55,10 @@ fn phone(p: &str) -> Result<String, BlockError> {
 }
 
 async fn check_config<C: ConnectionTrait>(db: &C, config_id: Uuid) -> Result<(), BlockError> {
-    match whatsapp_configs::Entity::find_by_id(config_id).one(db).await? {
+    match whatsapp_configs::Entity::find_by_id(config_id)
+        .one(db)
+        .await?
+    {
         Some(c) if !c.is_deleted => Ok(()),
         _ => Err(BlockError::UnknownConfig(config_id)),
     }
@@ -276,25 +279,24 @@ pub async fn deny_scenario(
         .one(&txn)
         .await?
         .ok_or_else(|| sea_orm::DbErr::RecordNotFound("customer after upsert".into()))?;
-    let inserted = customer_blocked_scenarios::Entity::insert(
-        customer_blocked_scenarios::ActiveModel {
+    let inserted =
+        customer_blocked_scenarios::Entity::insert(customer_blocked_scenarios::ActiveModel {
             customer_id: Set(customer.id),
             scenario_id: Set(scenario.id),
             config_id: Set(config_id),
             created_at: Set(now),
             updated_at: Set(now),
-        },
-    )
-    .on_conflict(
-        OnConflict::columns([
-            customer_blocked_scenarios::Column::CustomerId,
-            customer_blocked_scenarios::Column::ScenarioId,
-        ])
-        .do_nothing()
-        .to_owned(),
-    )
-    .exec_without_returning(&txn)
-    .await?;
+        })
+        .on_conflict(
+            OnConflict::columns([
+                customer_blocked_scenarios::Column::CustomerId,
+                customer_blocked_scenarios::Column::ScenarioId,
+            ])
+            .do_nothing()
+            .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
     let changed = inserted > 0;
     if changed {
         audit(

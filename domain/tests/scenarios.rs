@@ -524,7 +524,7 @@ both_backends!(exit_keywords);
 async fn handoff(b: Backend) {
     let env = env(b).await;
     env.import(&flow()).await;
-    let mut rt = env.embedded.subscribe_realtime();
+    let mut rt = env.embedded.subscribe_realtime().await.expect("subscribe");
     let who = env.customer(env.config_id, "33612345678").await;
     let m = env.text(who, "bonjour").await;
     env.handle(m).await;

@@ -218,7 +218,10 @@ mod tests {
         }
     }
 
-    fn graph(n: usize, kind: &str) -> (scenario_items::Model, HashMap<Uuid, scenario_items::Model>) {
+    fn graph(
+        n: usize,
+        kind: &str,
+    ) -> (scenario_items::Model, HashMap<Uuid, scenario_items::Model>) {
         let kids: Vec<scenario_items::Model> = (0..n)
             .map(|i| item(&format!("c{i}"), "text", &format!("Option {i}"), &[]))
             .collect();
@@ -253,7 +256,10 @@ mod tests {
         let (root, all) = graph(7, "button");
         let c = options(&root, &all, "Menu").expect("options");
         c.validate().expect("Meta accepts it");
-        let OutboundContent::List { sections, button, .. } = c else {
+        let OutboundContent::List {
+            sections, button, ..
+        } = c
+        else {
             panic!("list expected")
         };
         assert_eq!(button, "Menu");

@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -365,10 +365,12 @@ async fn not_allowed<C: ConnectionTrait>(
     customer_id: Uuid,
     scenario_id: Uuid,
 ) -> Result<bool, sea_orm::DbErr> {
-    Ok(customer_blocked_scenarios::Entity::find_by_id((customer_id, scenario_id))
-        .one(db)
-        .await?
-        .is_some())
+    Ok(
+        customer_blocked_scenarios::Entity::find_by_id((customer_id, scenario_id))
+            .one(db)
+            .await?
+            .is_some(),
+    )
 }
 
 async fn runs_of<C: ConnectionTrait>(
@@ -397,7 +399,9 @@ pub async fn handle(
         return Ok(Outcome::Unknown);
     }
     let (Some(customer), Some(chat)) = (
-        customers::Entity::find_by_id(msg.customer_id).one(db).await?,
+        customers::Entity::find_by_id(msg.customer_id)
+            .one(db)
+            .await?,
         chats::Entity::find_by_id(msg.chat_id).one(db).await?,
     ) else {
         return Ok(Outcome::Unknown);
@@ -529,9 +533,7 @@ async fn choose(
     let Some(scenario) = scenarios::Entity::find_by_id(item.scenario_id)
         .one(db)
         .await?
-        .filter(|s| {
-            !s.is_deleted && s.active && s.config_id.is_none_or(|c| c == msg.config_id)
-        })
+        .filter(|s| !s.is_deleted && s.active && s.config_id.is_none_or(|c| c == msg.config_id))
     else {
         return Ok(None);
     };
