@@ -6,5 +6,6 @@ pub mod app;
 pub mod config_cmd;
 pub mod metrics_server;
 pub mod ops_cmd;
+pub mod scenarios_cmd;
 pub mod send_cmd;
 pub mod serve;

@@ -2,7 +2,7 @@
 //! role (serve, ingest, workers) and per operator task (migrate, config,
 //! replay, dlq). Errors print as one clear line on stderr with a non-zero exit.
 
-use wapipe::{app, config_cmd, ops_cmd, send_cmd, serve};
+use wapipe::{app, config_cmd, ops_cmd, scenarios_cmd, send_cmd, serve};
 
 use std::process::ExitCode;
 
@@ -52,6 +52,15 @@ enum Command {
     Send(send_cmd::SendArgs),
     /// Show a message's status (and wait for one with --wait).
     Status(send_cmd::StatusArgs),
+    /// Import, export or list the chatbot's scenarios (flow files).
+    #[command(subcommand)]
+    Scenarios(scenarios_cmd::ScenariosCommand),
+    /// Block, unblock or list numbers the chatbot must not answer.
+    #[command(subcommand)]
+    Block(scenarios_cmd::BlockCommand),
+    /// Deny or allow a scenario for one customer.
+    #[command(subcommand)]
+    Customers(scenarios_cmd::CustomersCommand),
 }
 
 impl Command {
@@ -67,7 +76,10 @@ impl Command {
             | Command::Topology(_)
             | Command::Config(_)
             | Command::Send(_)
-            | Command::Status(_) => app::LogDefault::Command,
+            | Command::Status(_)
+            | Command::Scenarios(_)
+            | Command::Block(_)
+            | Command::Customers(_) => app::LogDefault::Command,
         }
     }
 }
@@ -123,6 +135,9 @@ fn main() -> ExitCode {
             Command::Config(cmd) => config_cmd::run(&cli.settings, cmd).await,
             Command::Send(args) => send_cmd::run(&cli.settings, args).await,
             Command::Status(args) => send_cmd::status(&cli.settings, args).await,
+            Command::Scenarios(cmd) => scenarios_cmd::scenarios(&cli.settings, cmd).await,
+            Command::Block(cmd) => scenarios_cmd::block(&cli.settings, cmd).await,
+            Command::Customers(cmd) => scenarios_cmd::customers(&cli.settings, cmd).await,
         }
     });
     match result {

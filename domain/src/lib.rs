@@ -5,10 +5,12 @@
 //! ([`receipts`]), the lane key, the [`clock`] and the decrypted config
 //! cache ([`configs`]).
 
+pub mod blocking;
 pub mod clock;
 pub mod configs;
 pub mod outbox;
 pub mod receipts;
+pub mod scenarios;
 
 /// The lane key of a customer's work, built in one place.
 pub use wapipe_shared::jobs::lane_key;

@@ -8,6 +8,7 @@ mod m20261121_000001_init;
 mod m20261121_000003_outbound;
 mod m20261121_000004_effects_and_plans;
 mod m20261129_000005_outbox_answers;
+mod m20261129_000006_scenarios_seed000;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000003_outbound::Migration),
             Box::new(m20261121_000004_effects_and_plans::Migration),
             Box::new(m20261129_000005_outbox_answers::Migration),
+            Box::new(m20261129_000006_scenarios_seed000::Migration),
         ]
     }
 }

@@ -210,6 +210,16 @@ pub struct Settings {
         help_heading = "Service settings"
     )]
     pub log_json: bool,
+
+    /// The chatbot does not answer a message older than this many seconds when
+    /// it is processed (after an outage, silence beats a late answer).
+    #[arg(
+        long,
+        env = "WAPIPE_SCENARIO_MAX_AGE_S",
+        default_value_t = 300,
+        global = true
+    )]
+    pub scenario_max_age_s: u64,
 }
 
 /// The URL with its password masked (`scheme://user:***@host/…`), and any

@@ -118,6 +118,7 @@ async fn schema_matches_entities(db: &DatabaseConnection) {
         messages,
         scenario_items,
         scenario_runs,
+        scenario_settings,
         scenarios,
         team_notes,
         template_scenarios,
@@ -374,6 +375,7 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         is_muted: true,
         first_response_at: Some(ts(16)),
         resolved_at: Some(ts(17)),
+        handoff_at: Some(ts(16)),
         is_deleted: true,
         deleted_at: Some(ts(18)),
     };
@@ -663,14 +665,14 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         id: id(),
         created_at: ts(67),
         updated_at: ts(68),
-        config_id: config.id,
-        name: format!("Accueil {HELLO}"),
+        config_id: Some(config.id),
+        title: format!("Accueil {HELLO}"),
+        r#type: "client".to_owned(),
         description: Some("welcome flow".to_owned()),
         keywords: Some(json!(["bonjour", "hello", "👋"])),
-        is_active: false,
-        start_item_id: Some(id()),
+        active: false,
+        repeat_count: 3,
         priority: 5,
-        max_runs_per_customer: Some(3),
         is_deleted: true,
         deleted_at: Some(ts(69)),
     };
@@ -696,15 +698,16 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         id: id(),
         created_at: ts(72),
         updated_at: ts(73),
-        config_id: config.id,
+        config_id: Some(config.id),
         scenario_id: scenario.id,
-        r#type: "buttons".to_owned(),
+        r#ref: format!("menu-{HELLO}"),
+        r#type: "button".to_owned(),
+        label: Some("Choisissez 👇".to_owned()),
+        url: Some("https://example.com/menu.jpg".to_owned()),
         title: Some(HELLO.to_owned()),
-        content: Some("Choisissez 👇".to_owned()),
-        trigger: Some("menu".to_owned()),
-        payload: Some(json!({"buttons": [{"id": "a", "title": "A"}, {"id": "b", "title": "B"}]})),
         parents: Some(json!([id().to_string()])),
         children: Some(json!([id().to_string(), id().to_string()])),
+        template_scenario_ids: Some(json!([id().to_string()])),
         position: 2,
     };
     let item =
@@ -714,17 +717,14 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         id: id(),
         created_at: ts(74),
         updated_at: ts(75),
-        config_id: config.id,
-        scenario_id: Some(scenario.id),
-        scenario_item_id: Some(item.id),
-        name: format!("Catalogue {HELLO}"),
+        config_id: Some(config.id),
+        r#ref: format!("Catalogue {HELLO}"),
+        thumbnail_id: Some("sku-0".to_owned()),
+        catalog_id: Some("1537358196820123".to_owned()),
         header: Some("En-tête".to_owned()),
         body: Some("Corps 📦".to_owned()),
         footer: Some("Pied".to_owned()),
-        catalog_id: Some("1537358196820123".to_owned()),
-        sections: Some(
-            json!([{"title": "Top", "product_items": [{"product_retailer_id": "sku-1"}]}]),
-        ),
+        sections: Some(json!([{"title": "Top", "product_items": ["sku-1", "sku-2"]}])),
     };
     roundtrip::<template_scenarios::Entity, _>(
         db,
@@ -743,13 +743,32 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         customer_id: customer.id,
         chat_id: Some(chat.id),
         current_item_id: Some(item.id),
-        status: "completed".to_owned(),
-        run_count: 3,
+        status: "finished".to_owned(),
+        fallback_count: 2,
+        start_message_id: Some(id()),
+        last_message_id: Some(id()),
         started_at: ts(78),
         last_step_at: ts(79),
-        completed_at: Some(ts(80)),
+        ended_at: Some(ts(80)),
     };
     roundtrip::<scenario_runs::Entity, _>(db, "scenario_runs", run.clone(), run.id).await;
+
+    let scenario_settings = scenario_settings::Model {
+        config_id: config.id,
+        created_at: ts(80),
+        updated_at: ts(80),
+        fallback: Some(format!("Je n'ai pas compris {HELLO}")),
+        exit_keywords: Some(json!(["stop", "menu", "arrêt"])),
+        default_scenario: Some(format!("Accueil {HELLO}")),
+        list_button: Some("Options".to_owned()),
+    };
+    roundtrip::<scenario_settings::Entity, _>(
+        db,
+        "scenario_settings",
+        scenario_settings.clone(),
+        scenario_settings.config_id,
+    )
+    .await;
 
     let audit = audit_log::Model {
         id: id(),

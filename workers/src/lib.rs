@@ -9,6 +9,7 @@ pub mod outbound;
 pub mod parse;
 pub mod registry;
 pub mod runtime;
+pub mod scenario;
 pub mod start;
 pub mod status;
 

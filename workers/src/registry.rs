@@ -85,6 +85,7 @@ pub fn no_background(_: &Deps, _: CancellationToken) -> Background {
 pub const REGISTRY: &[Registration] = &[
     crate::parse::REGISTRATION,
     crate::status::REGISTRATION,
+    crate::scenario::REGISTRATION,
     crate::outbound::REGISTRATION,
 ];
 

@@ -34,6 +34,9 @@ pub struct Model {
     pub is_muted: bool,
     pub first_response_at: Option<DateTimeUtc>,
     pub resolved_at: Option<DateTimeUtc>,
+    /// When a scenario handed the chat to a human. Until an agent resolves
+    /// it (`resolved_at` after this), the bot does not answer.
+    pub handoff_at: Option<DateTimeUtc>,
     pub is_deleted: bool,
     pub deleted_at: Option<DateTimeUtc>,
 }

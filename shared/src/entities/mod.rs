@@ -18,6 +18,7 @@ pub mod message_status_events;
 pub mod messages;
 pub mod scenario_items;
 pub mod scenario_runs;
+pub mod scenario_settings;
 pub mod scenarios;
 pub mod team_notes;
 pub mod template_scenarios;
@@ -45,6 +46,7 @@ pub mod prelude {
     pub use super::messages::Entity as Messages;
     pub use super::scenario_items::Entity as ScenarioItems;
     pub use super::scenario_runs::Entity as ScenarioRuns;
+    pub use super::scenario_settings::Entity as ScenarioSettings;
     pub use super::scenarios::Entity as Scenarios;
     pub use super::team_notes::Entity as TeamNotes;
     pub use super::template_scenarios::Entity as TemplateScenarios;

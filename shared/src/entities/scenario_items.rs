@@ -1,6 +1,6 @@
 //! seed 000 scenario_items: the steps of a scenario. Items form a graph:
-//! `parents` and `children` hold item ids; `trigger` is the reply id or
-//! keyword that leads to the item.
+//! `parents` and `children` hold item ids (JSON arrays of UUID strings); a
+//! button or list item offers its children as options.
 
 use sea_orm::entity::prelude::*;
 use serde::Serialize;
@@ -12,16 +12,24 @@ pub struct Model {
     pub id: Uuid,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
-    pub config_id: Uuid,
+    /// The scenario's config; `None` for the items of a generic scenario.
+    pub config_id: Option<Uuid>,
     pub scenario_id: Uuid,
-    /// What the step sends; default `text`.
+    /// The flow file's name of the item, unique per scenario.
+    pub r#ref: String,
+    /// text, image, video, audio, document, button, list, product_list or handoff.
     pub r#type: String,
+    /// The text, caption or body.
+    pub label: Option<String>,
+    /// The media link of an image, video, audio or document item.
+    pub url: Option<String>,
+    /// The short text shown on the parent's reply button or list row.
     pub title: Option<String>,
-    pub content: Option<String>,
-    pub trigger: Option<String>,
-    pub payload: Option<Json>,
     pub parents: Option<Json>,
     pub children: Option<Json>,
+    /// seed 000 `template_scenatio_id` (sic): the template scenarios a
+    /// product_list item sends, a JSON array of UUID strings.
+    pub template_scenario_ids: Option<Json>,
     pub position: i32,
 }
 

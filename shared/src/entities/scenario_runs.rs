@@ -1,6 +1,6 @@
 //! Who ran which scenario, how often, and where they stand in it: one row
-//! per (scenario, customer), so `max_runs_per_customer` is enforced by
-//! counting `run_count`.
+//! per run, so a scenario's `repeat_count` is enforced by counting rows.
+//! A customer has at most one `waiting` run (a partial unique index).
 
 use sea_orm::entity::prelude::*;
 use serde::Serialize;
@@ -16,14 +16,23 @@ pub struct Model {
     pub scenario_id: Uuid,
     pub customer_id: Uuid,
     pub chat_id: Option<Uuid>,
-    /// The step the customer stands at (no foreign key in the schema).
+    /// The item whose options the run waits on (no foreign key: an import
+    /// may replace the items).
     pub current_item_id: Option<Uuid>,
-    /// Default `active`.
+    /// `waiting` (for a choice), `finished`, `exited` (an exit keyword),
+    /// `abandoned` (no valid answer after the fallbacks), `replaced` (another
+    /// scenario started), `handoff`.
     pub status: String,
-    pub run_count: i32,
+    /// Unknown answers while waiting, each answered by the fallback.
+    pub fallback_count: i32,
+    /// The inbound message that started the run (unique).
+    pub start_message_id: Option<Uuid>,
+    /// The last inbound message the run consumed: a redelivered job finds
+    /// it consumed and changes nothing.
+    pub last_message_id: Option<Uuid>,
     pub started_at: DateTimeUtc,
     pub last_step_at: DateTimeUtc,
-    pub completed_at: Option<DateTimeUtc>,
+    pub ended_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

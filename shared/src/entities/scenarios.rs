@@ -1,6 +1,8 @@
-//! seed 000 scenarios: keyword-triggered chatbot flows. The scenario worker
-//! matches inbound messages against `keywords` (highest `priority` first)
-//! and walks the flow from `start_item_id`.
+//! seed 000 scenarios: keyword-triggered chatbot flows. A `client`
+//! scenario belongs to one config; a `generic` one (`config_id` NULL)
+//! serves every config. The scenario worker matches inbound texts against
+//! `keywords` (the config's scenarios before generic ones, then highest
+//! `priority` first) and starts at the items without parents.
 
 use sea_orm::entity::prelude::*;
 use serde::Serialize;
@@ -12,16 +14,20 @@ pub struct Model {
     pub id: Uuid,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
-    pub config_id: Uuid,
-    pub name: String,
+    /// `None` for a generic scenario.
+    pub config_id: Option<Uuid>,
+    /// Unique per config (and among generic scenarios): the flow file
+    /// names scenarios by title.
+    pub title: String,
+    /// `client` or `generic`.
+    pub r#type: String,
     pub description: Option<String>,
+    /// A JSON array of strings.
     pub keywords: Option<Json>,
-    pub is_active: bool,
-    /// The first `scenario_items` row of the flow (no foreign key in the schema).
-    pub start_item_id: Option<Uuid>,
+    pub active: bool,
+    /// How many runs one customer may have; 0 means unlimited.
+    pub repeat_count: i32,
     pub priority: i32,
-    /// `None`: no limit.
-    pub max_runs_per_customer: Option<i32>,
     pub is_deleted: bool,
     pub deleted_at: Option<DateTimeUtc>,
 }
@@ -36,8 +42,6 @@ pub enum Relation {
     Config,
     #[sea_orm(has_many = "super::scenario_items::Entity")]
     Items,
-    #[sea_orm(has_many = "super::template_scenarios::Entity")]
-    TemplateScenarios,
     #[sea_orm(has_many = "super::scenario_runs::Entity")]
     Runs,
     #[sea_orm(has_many = "super::customer_blocked_scenarios::Entity")]
@@ -53,12 +57,6 @@ impl Related<super::whatsapp_configs::Entity> for Entity {
 impl Related<super::scenario_items::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Items.def()
-    }
-}
-
-impl Related<super::template_scenarios::Entity> for Entity {
-    fn to() -> RelationDef {
-        Relation::TemplateScenarios.def()
     }
 }
 

@@ -1,5 +1,7 @@
-//! seed 000 template_scenarios: an interactive product-list message a
-//! scenario step sends (header, body, footer, catalog and `sections`).
+//! seed 000 template_scenarios: the products a product_list item sends
+//! (`thumbnail_id`, `sections` of product retailer ids), with the catalog
+//! and the texts Meta's product-list message needs. Items point at them
+//! (`scenario_items.template_scenario_ids`).
 
 use sea_orm::entity::prelude::*;
 use serde::Serialize;
@@ -11,15 +13,16 @@ pub struct Model {
     pub id: Uuid,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
-    pub config_id: Uuid,
-    pub scenario_id: Option<Uuid>,
-    /// The step that sends it (no foreign key in the schema).
-    pub scenario_item_id: Option<Uuid>,
-    pub name: String,
+    pub config_id: Option<Uuid>,
+    /// The flow file's name of the template, unique per config.
+    pub r#ref: String,
+    /// Meta's product retailer id of the thumbnail product.
+    pub thumbnail_id: Option<String>,
+    pub catalog_id: Option<String>,
     pub header: Option<String>,
     pub body: Option<String>,
     pub footer: Option<String>,
-    pub catalog_id: Option<String>,
+    /// `[{"title": …, "product_items": ["retailer id", …]}]`.
     pub sections: Option<Json>,
 }
 
@@ -31,23 +34,11 @@ pub enum Relation {
         to = "super::whatsapp_configs::Column::Id"
     )]
     Config,
-    #[sea_orm(
-        belongs_to = "super::scenarios::Entity",
-        from = "Column::ScenarioId",
-        to = "super::scenarios::Column::Id"
-    )]
-    Scenario,
 }
 
 impl Related<super::whatsapp_configs::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Config.def()
-    }
-}
-
-impl Related<super::scenarios::Entity> for Entity {
-    fn to() -> RelationDef {
-        Relation::Scenario.def()
     }
 }
 

@@ -102,6 +102,7 @@ fn new_chat(id: Uuid, customer: &customers::Model, now: DateTime<Utc>) -> chats:
         is_muted: Set(false),
         first_response_at: Set(None),
         resolved_at: Set(None),
+        handoff_at: Set(None),
         is_deleted: Set(false),
         deleted_at: Set(None),
     }

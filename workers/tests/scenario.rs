@@ -1,0 +1,150 @@
+//! The scenario worker end to end on PostgreSQL and SQLite: a webhook is
+//! parsed, its `message.inbound` job runs through the `scenario` role (as
+//! the registry builds it), and the bot's replies go out through the
+//! outbound worker to the fake Graph API (`wapipe-sim`). The same job
+//! delivered twice, and the webhook replayed, still make one reply.
+
+#[macro_use]
+mod support;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use support::*;
+use wapipe_domain::scenarios::{self, FlowFile};
+use wapipe_shared::crypto::SecretKey;
+use wapipe_shared::jobs::MESSAGE_INBOUND;
+use wapipe_shared::retry::RetryPolicy;
+use wapipe_sim::{GraphConfig, GraphHandle, spawn_graph};
+use wapipe_workers::Deps;
+use wapipe_workers::outbound::{OutboundSettings, OutboundWorker};
+use wapipe_workers::runtime::{self, Outcome, Worker};
+
+fn deps(env: &Env) -> Deps {
+    Deps::new(
+        env.db.clone(),
+        env.broker.clone(),
+        wapipe_shared::config::Settings::from_defaults().expect("settings"),
+        Arc::new(SecretKey::from_base64(KEY).expect("key")),
+    )
+}
+
+async fn sim() -> GraphHandle {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    spawn_graph(
+        listener,
+        GraphConfig {
+            token: Some("EAAG".into()),
+            phone_number_id: Some(PHONE.into()),
+            ..GraphConfig::default()
+        },
+    )
+    .await
+    .expect("sim")
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        min_delay: std::time::Duration::from_millis(10),
+        max_delay: std::time::Duration::from_millis(50),
+        max_attempts: 3,
+    }
+}
+
+/// Runs every waiting job of `queue` once through `worker`.
+async fn drain(env: &Env, queue: &str, worker: &dyn Worker) -> usize {
+    let jobs = env.deliveries(queue).await;
+    let n = jobs.len();
+    for d in jobs {
+        assert_eq!(
+            runtime::run_one(worker, &policy(), d).await.expect("settle"),
+            Outcome::Ok
+        );
+    }
+    n
+}
+
+fn flow() -> Value {
+    json!({
+        "scenarios": [{"title": "Accueil", "keywords": ["bonjour"], "items": [
+            {"ref": "hello", "type": "button", "label": "Bonjour ! Que voulez-vous ?",
+             "children": ["offers", "hours"]},
+            {"ref": "offers", "type": "text", "title": "Offres", "label": "Nos offres."},
+            {"ref": "hours", "type": "text", "title": "Horaires", "label": "9h-19h."}]}]
+    })
+}
+
+async fn a_keyword_then_a_button_reach_the_graph_once(backend: Backend) {
+    let env = env(backend).await;
+    let graph = sim().await;
+    let flow = FlowFile::from_value(&flow()).expect("flow");
+    scenarios::import(&env.db, env.config_id, &flow)
+        .await
+        .expect("import");
+    let deps = deps(&env);
+    let scenario = (wapipe_workers::scenario::REGISTRATION.build)(&deps).expect("scenario role");
+    let outbound = runtime::typed(
+        OutboundWorker::new(deps.clone(), OutboundSettings::new(&graph.base_url(), "v23.0"))
+            .expect("outbound role"),
+    );
+
+    let now = Utc::now().timestamp();
+    let event = env
+        .post(&text_event("wamid.IN1", CUSTOMER, now, "Bonjour !"))
+        .await;
+    // The same message.inbound job delivered twice: one reply.
+    let jobs = env.deliveries("scenario").await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].event, MESSAGE_INBOUND);
+    scenario.handle(&jobs[0]).await.expect("first delivery");
+    scenario.handle(&jobs[0]).await.expect("second delivery");
+    for d in jobs {
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(drain(&env, "outbound", outbound.as_ref()).await, 1);
+    let sent = graph.sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].to, CUSTOMER);
+    assert_eq!(sent[0].kind, "interactive");
+    let buttons = sent[0].body["interactive"]["action"]["buttons"]
+        .as_array()
+        .expect("buttons")
+        .clone();
+    assert_eq!(buttons.len(), 2);
+
+    // The webhook replayed (wapipe replay): parse publishes the message
+    // again, the worker finds it consumed.
+    env.reset(event).await;
+    env.process(event).await;
+    assert_eq!(drain(&env, "scenario", scenario.as_ref()).await, 1);
+    assert_eq!(drain(&env, "outbound", outbound.as_ref()).await, 0);
+    assert_eq!(graph.sent().len(), 1);
+
+    // The customer taps "Horaires": the next reply.
+    let tap = envelope(messages_value(
+        json!([{"profile": {"name": "Erika"}, "wa_id": CUSTOMER}]),
+        json!([{"from": CUSTOMER, "id": "wamid.IN2", "timestamp": now.to_string(),
+                "type": "interactive", "interactive": {"type": "button_reply",
+                "button_reply": {"id": buttons[1]["reply"]["id"], "title": "Horaires"}}}]),
+    ));
+    env.post(&tap).await;
+    assert_eq!(drain(&env, "scenario", scenario.as_ref()).await, 1);
+    assert_eq!(drain(&env, "outbound", outbound.as_ref()).await, 1);
+    let sent = graph.sent();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1].body["text"]["body"], "9h-19h.");
+
+    // A message from yesterday (say, after an outage) gets no reply.
+    let old = Utc::now().timestamp() - 86_400;
+    env.post(&text_event("wamid.IN3", CUSTOMER, old, "bonjour"))
+        .await;
+    assert_eq!(drain(&env, "scenario", scenario.as_ref()).await, 1);
+    assert_eq!(drain(&env, "outbound", outbound.as_ref()).await, 0);
+    assert_eq!(graph.sent().len(), 2);
+}
+both_backends!(a_keyword_then_a_button_reach_the_graph_once);
+
