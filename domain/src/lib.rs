@@ -4,4 +4,6 @@
 //! 24-hour window, receipts that came before their message, the lane key,
 //! the clock and the decrypted config cache live here.
 
+pub mod agents;
 pub mod clock;
+pub mod followups;

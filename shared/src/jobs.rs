@@ -160,9 +160,43 @@ impl InboundMessages {
     }
 }
 
+/// Body of `followup.due`: a follow-up a scheduler claimed (its row holds
+/// the claim; see `wapipe_domain::followups`). The follow-up worker reminds
+/// its agent once, however many times the job is delivered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FollowupDue {
+    pub follow_up_id: Uuid,
+    pub config_id: Uuid,
+    /// `followup:{follow_up_id}`: reminders need no order between them, so
+    /// they spread over every lane.
+    pub lane_key: String,
+}
+
+impl FollowupDue {
+    pub fn new(follow_up_id: Uuid, config_id: Uuid) -> Self {
+        Self {
+            follow_up_id,
+            config_id,
+            lane_key: format!("followup:{follow_up_id}"),
+        }
+    }
+
+    pub fn job(&self) -> crate::broker::OutboundJob {
+        crate::broker::OutboundJob {
+            event: FOLLOWUP_DUE.to_owned(),
+            lane_key: self.lane_key.clone(),
+            message_id: format!("followup:{}", self.follow_up_id),
+            // Serialising ids and a short string cannot fail.
+            body: serde_json::to_vec(self).unwrap_or_default(),
+        }
+    }
+}
+
 pub const REALTIME_MESSAGE_CREATED: &str = "message.created";
 pub const REALTIME_MESSAGE_STATUS: &str = "message.status";
 pub const REALTIME_CHAT_UPDATED: &str = "chat.updated";
+/// A follow-up fell due and its agent was reminded.
+pub const REALTIME_FOLLOWUP_REMINDER: &str = "followup.reminder";
 
 /// One real-time update for the WebSocket clients: the event name, the ids
 /// it is about, and a small summary in `data` (enough to update a list
