@@ -78,14 +78,14 @@ pub async fn replay(settings: &Settings, args: ReplayArgs) -> Result<()> {
     Ok(())
 }
 
-fn check_queue(queue: &str) -> Result<&str> {
-    if broker::event_for_worker(queue).is_none() {
-        bail!(
+fn check_queue(queue: &str) -> Result<broker::Queue> {
+    match broker::Queue::from_name(queue) {
+        Some(q) => Ok(q),
+        None => bail!(
             "unknown queue {queue:?}; queues are: {}",
-            broker::worker_names().join(", ")
-        );
+            broker::Queue::names()
+        ),
     }
-    Ok(queue)
 }
 
 pub async fn dlq(settings: &Settings, cmd: DlqCommand) -> Result<()> {

@@ -9,10 +9,10 @@
 
 use anyhow::{Context, Result, anyhow};
 use uuid::Uuid;
+use wapipe_domain::outbox::content::Template;
+use wapipe_domain::outbox::{self as outbound, NewOutbound, OutboundContent, OutboxError};
 use wapipe_shared::config::Settings;
 use wapipe_shared::entities::messages::Origin;
-use wapipe_workers::outbound::content::Template;
-use wapipe_workers::outbound::{self, NewOutbound, OutboundContent, OutboundError};
 
 use crate::{app, serve};
 
@@ -76,7 +76,7 @@ pub async fn run(settings: &Settings, args: SendArgs) -> Result<()> {
     })?;
     let to = outbound::normalize_wa_id(&args.to)?;
     let content = args.content()?;
-    content.validate().map_err(OutboundError::from)?;
+    content.validate().map_err(OutboxError::from)?;
 
     let db = app::connect_ready(settings).await?;
     let queued = outbound::queue_message(
@@ -89,6 +89,7 @@ pub async fn run(settings: &Settings, args: SendArgs) -> Result<()> {
             origin: Origin::Admin,
             sender_type: "agent".into(),
             sender_id: None,
+            answers: None,
         },
     )
     .await?;

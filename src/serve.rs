@@ -1,23 +1,27 @@
 //! Running roles: `serve` (everything in one process), `ingest` (receiver +
-//! relay) and `workers` (consumers). One code path for embedded and
-//! production mode; only the URLs differ.
+//! relay) and `workers` (consumers), as switches over the roles' entry
+//! points (`wapipe_ingest::start`, `wapipe_workers::start`). One code path
+//! for embedded and production mode; only the URLs differ. One
+//! cancellation token stops everything.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use wapipe_ingest::configs::ConfigCache;
-use wapipe_ingest::publisher::Publisher;
-use wapipe_ingest::relay::{self, RelaySettings};
+use tokio_util::sync::CancellationToken;
+use wapipe_domain::configs::{ConfigCache, DEFAULT_TTL};
+use wapipe_ingest::relay::RelaySettings;
 use wapipe_ingest::store::BatchSettings;
-use wapipe_ingest::{ReceiverSettings, metrics_server};
+use wapipe_ingest::{IngestDeps, IngestSettings, ReceiverSettings};
 use wapipe_shared::broker::{self, Broker};
 use wapipe_shared::config::Settings;
 
 use crate::app;
+use crate::metrics_server::{self, Health, METRIC_BUILD_INFO};
 
+/// The roles one process runs.
 #[derive(Debug, Clone)]
 pub struct Roles {
     pub ingest: bool,
@@ -25,71 +29,86 @@ pub struct Roles {
 }
 
 impl Roles {
+    /// Everything: what `wapipe serve` runs.
     pub fn all() -> Self {
         Self {
             ingest: true,
-            workers: wapipe_workers::ALL_ROLES
+            workers: wapipe_workers::REGISTRY
                 .iter()
-                .map(|s| s.to_string())
+                .map(|r| r.name().to_owned())
                 .collect(),
         }
     }
 
+    /// `--roles parse,status`, checked against the worker registry.
     pub fn parse_workers(list: &str) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        for r in list.split(',').map(str::trim).filter(|r| !r.is_empty()) {
-            if !wapipe_workers::ALL_ROLES.contains(&r) {
-                bail!(
-                    "unknown worker role {r:?}; known roles: {}",
-                    wapipe_workers::ALL_ROLES.join(", ")
-                );
-            }
-            if !out.iter().any(|o| o == r) {
-                out.push(r.to_owned());
-            }
+        let roles = wapipe_workers::Roles::parse(list)?;
+        Ok(roles.names().split(',').map(str::to_owned).collect())
+    }
+
+    fn worker_roles(&self) -> Result<wapipe_workers::Roles> {
+        if self.workers.is_empty() {
+            return Ok(wapipe_workers::Roles::none());
         }
-        if out.is_empty() {
-            bail!("--roles names no worker");
+        Ok(wapipe_workers::Roles::parse(&self.workers.join(","))?)
+    }
+
+    /// The process's role for its default metrics port and `build_info`.
+    fn kind(&self) -> &'static str {
+        match (self.ingest, self.workers.is_empty()) {
+            (true, false) => "serve",
+            (true, true) => "ingest",
+            (false, _) => "workers",
         }
-        Ok(out)
+    }
+
+    fn label(&self) -> String {
+        let mut parts = Vec::new();
+        if self.ingest {
+            parts.push("ingest".to_owned());
+        }
+        parts.extend(self.workers.iter().cloned());
+        parts.join(",")
     }
 }
 
-/// Flips to true on SIGTERM or Ctrl-C.
-pub fn shutdown_signal() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
+/// The metrics listener of a process running `roles`: WAPIPE_METRICS_LISTEN
+/// when set, else a port per kind of process, so `wapipe ingest` and
+/// `wapipe workers` start side by side on one host as the README shows.
+pub fn metrics_listen(settings: &Settings, roles: &Roles) -> SocketAddr {
+    if let Some(addr) = settings.metrics_listen {
+        return addr;
+    }
+    let port = match roles.kind() {
+        "workers" => 9465,
+        _ => 9464,
+    };
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Cancelled on SIGTERM or Ctrl-C.
+pub fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
     tokio::spawn(async move {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => {
-                        let _ = ctrl_c.await;
-                        let _ = tx.send(true);
-                        return;
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {}
+                        _ = term.recv() => {}
                     }
-                };
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
+                }
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
             }
         }
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
         tracing::info!("shutdown requested: finishing accepted requests and in-flight jobs");
-        let _ = tx.send(true);
-    });
-    rx
-}
-
-/// The worker runtime stops on a cancellation token; tie one to the signal.
-fn cancel_on(mut shutdown: watch::Receiver<bool>) -> tokio_util::sync::CancellationToken {
-    let token = tokio_util::sync::CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let _ = shutdown.wait_for(|s| *s).await;
         t.cancel();
     });
     token
@@ -145,10 +164,10 @@ pub struct Listeners {
 }
 
 /// A started service: where it listens, and a task that ends after a
-/// graceful shutdown once `shutdown` flips.
+/// graceful shutdown once `shutdown` is cancelled.
 pub struct Running {
-    pub addr: Option<std::net::SocketAddr>,
-    pub metrics_addr: std::net::SocketAddr,
+    pub addr: Option<SocketAddr>,
+    pub metrics_addr: SocketAddr,
     pub db: sea_orm::DatabaseConnection,
     pub broker: Arc<dyn Broker>,
     pub join: tokio::task::JoinHandle<()>,
@@ -158,8 +177,12 @@ pub async fn start(
     settings: Settings,
     roles: Roles,
     listeners: Option<Listeners>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Result<Running> {
+    let worker_roles = roles.worker_roles()?;
+    if !roles.ingest && worker_roles.is_empty() {
+        bail!("no role to run");
+    }
     let handle = metrics_server::install_recorder();
     let key = Arc::new(app::secret_key(&settings)?);
     let db = app::connect_ready(&settings).await?;
@@ -168,11 +191,13 @@ pub async fn start(
     let (http_listener, metrics_listener) = match listeners {
         Some(l) => (Some(l.http), l.metrics),
         None => {
-            let metrics = TcpListener::bind(settings.metrics_listen)
-                .await
-                .with_context(|| {
-                    format!("cannot listen for metrics on {}", settings.metrics_listen)
-                })?;
+            let at = metrics_listen(&settings, &roles);
+            let metrics = TcpListener::bind(at).await.with_context(|| {
+                format!(
+                    "cannot listen for metrics on {at} (set WAPIPE_METRICS_LISTEN to another \
+                     address for each process on one host)"
+                )
+            })?;
             let http = if roles.ingest {
                 Some(
                     TcpListener::bind(settings.listen)
@@ -190,9 +215,18 @@ pub async fn start(
         Some(l) if roles.ingest => Some(l.local_addr()?),
         _ => None,
     };
+    metrics::gauge!(METRIC_BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "mode" => broker.mode(),
+        "roles" => roles.label())
+    .set(1.0);
     tokio::spawn(metrics_server::serve(
         metrics_listener,
         handle,
+        Health {
+            db: db.clone(),
+            broker: broker.clone(),
+        },
         shutdown.clone(),
     ));
     tokio::spawn(broker::report_depths(
@@ -200,80 +234,27 @@ pub async fn start(
         Duration::from_secs(10),
     ));
 
-    let mut tasks = tokio::task::JoinSet::new();
-    let worker_ctx = wapipe_workers::Context {
+    let configs = Arc::new(ConfigCache::new(db.clone(), Some(key), DEFAULT_TTL));
+    let settings = Arc::new(settings);
+    let deps = wapipe_workers::Deps {
         db: db.clone(),
         broker: broker.clone(),
+        settings: settings.clone(),
+        configs: configs.clone(),
     };
-    let outbound =
-        wapipe_workers::outbound::OutboundSettings::from_settings(&settings, key.clone());
-    for role in &roles.workers {
-        let worker = wapipe_workers::make_with(role, worker_ctx.clone(), &outbound)
-            .with_context(|| format!("unknown worker role {role}"))?;
-        for task in wapipe_workers::background_tasks(
-            role,
-            &worker_ctx,
-            &outbound,
-            cancel_on(shutdown.clone()),
-        ) {
-            tokio::spawn(task);
-        }
-        let broker = broker.clone();
-        let policy = settings.retry_policy();
-        let token = cancel_on(shutdown.clone());
-        tasks.spawn(async move {
-            if let Err(e) = wapipe_workers::runtime::run(broker, worker, policy, token).await {
-                tracing::error!(error = %e, "worker stopped");
-            }
-        });
-    }
-    if roles.workers.iter().any(|r| r == "parse") {
-        // Windows close by the clock, not only when the next message comes.
-        let db = db.clone();
-        let mut rx = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Err(e) = wapipe_workers::parse::expire_conversations(&db).await {
-                    tracing::debug!(error = %e, "conversation expiry sweep failed");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-                    _ = rx.changed() => return,
-                }
-            }
-        });
-    }
+    let mut workers = wapipe_workers::start(
+        &worker_roles,
+        &deps,
+        settings.retry_policy(),
+        shutdown.clone(),
+    )?;
 
     let ingest = match (roles.ingest, http_listener) {
         (true, Some(listener)) => {
-            let (publisher, stamp_task) = Publisher::start(db.clone(), broker.clone());
-            let (store, store_task) = wapipe_ingest::start_store(
-                db.clone(),
-                publisher.clone(),
-                BatchSettings {
-                    window: Duration::from_millis(settings.batch_window_ms),
-                    max: settings.batch_max,
-                    in_flight: 4,
-                },
-            );
-            let configs = ConfigCache::load(db.clone(), key.clone()).await?;
-            tokio::spawn(configs.clone().run_refresher(shutdown.clone()));
-            tokio::spawn(relay::run(
-                db.clone(),
-                broker.clone(),
-                RelaySettings::from_grace(Duration::from_secs(settings.relay_grace_secs)),
-                shutdown.clone(),
-            ));
-            let receiver = Arc::new(wapipe_ingest::Receiver {
-                db: db.clone(),
-                broker: broker.clone(),
-                configs,
-                store,
-                settings: ReceiverSettings {
-                    max_body_bytes: settings.max_body_bytes,
-                    ..ReceiverSettings::default()
-                },
-            });
+            configs
+                .refresh(Duration::ZERO)
+                .await
+                .context("cannot load the WhatsApp configs")?;
             tracing::info!(
                 listen = %listener.local_addr()?,
                 metrics = %metrics_addr,
@@ -281,25 +262,43 @@ pub async fn start(
                 database = if settings.is_postgres() { "postgres" } else { "sqlite" },
                 "wapipe ingest listening"
             );
-            Some((listener, receiver, publisher, stamp_task, store_task))
+            Some(wapipe_ingest::start(
+                IngestDeps {
+                    db: db.clone(),
+                    broker: broker.clone(),
+                    configs,
+                },
+                IngestSettings {
+                    receiver: ReceiverSettings {
+                        max_body_bytes: settings.max_body_bytes,
+                        ..ReceiverSettings::default()
+                    },
+                    batch: BatchSettings {
+                        window: Duration::from_millis(settings.batch_window_ms),
+                        max: settings.batch_max,
+                        in_flight: 4,
+                    },
+                    relay: RelaySettings::from_grace(Duration::from_secs(
+                        settings.relay_grace_secs,
+                    )),
+                },
+                listener,
+                shutdown.clone(),
+            ))
         }
         _ => None,
     };
+    if !worker_roles.is_empty() {
+        tracing::info!(roles = %worker_roles.names(), metrics = %metrics_addr, "workers started");
+    }
 
     let join = tokio::spawn(async move {
-        if let Some((listener, receiver, publisher, stamp_task, store_task)) = ingest {
-            wapipe_ingest::serve(listener, receiver, shutdown.clone()).await;
-            // The receiver is gone, so its store handle is dropped: the batcher
-            // commits what it holds and ends; then publishes get a moment to confirm.
-            let _ = tokio::time::timeout(Duration::from_secs(10), store_task).await;
-            publisher.drain(Duration::from_secs(5)).await;
-            drop(publisher);
-            let _ = tokio::time::timeout(Duration::from_secs(2), stamp_task).await;
+        if let Some(ingest) = ingest {
+            let _ = ingest.await;
         } else {
-            let mut rx = shutdown.clone();
-            let _ = rx.wait_for(|s| *s).await;
+            shutdown.cancelled().await;
         }
-        while tasks.join_next().await.is_some() {}
+        while workers.join_next().await.is_some() {}
     });
     Ok(Running {
         addr,

@@ -22,7 +22,7 @@ use wapipe_shared::entities::messages::{self, MessageStatus};
 use wapipe_shared::retry::RetryPolicy;
 use wapipe_sim::payloads::Business;
 use wapipe_sim::{GraphConfig, GraphHandle, spawn_graph};
-use wapipe_workers::Context;
+use wapipe_workers::Deps;
 use wapipe_workers::outbound::OutboundSettings;
 use wapipe_workers::runtime;
 
@@ -100,18 +100,18 @@ async fn outbound_role(app: &TestApp, grace: Duration) -> Outbound {
     )
     .await
     .expect("fake graph");
-    // What `serve` does for the outbound role (see `wapipe_workers::make_with`).
+    // What the outbound role's registration builds, with a faster sweep.
     let key = Arc::new(SecretKey::from_base64(KEY).expect("key"));
     let mut process = app.settings.clone();
     process.graph_api_base = graph.base_url();
-    let mut settings = OutboundSettings::from_settings(&process, key);
+    let mut settings = OutboundSettings::from_settings(&process);
     settings.sweep.interval = Duration::from_millis(100);
     settings.sweep.grace = grace;
-    let ctx = Context {
-        db: app.db.clone(),
-        broker: app.broker.clone(),
-    };
-    let worker = wapipe_workers::make_with("outbound", ctx.clone(), &settings).expect("worker");
+    let deps = Deps::new(app.db.clone(), app.broker.clone(), process, key);
+    let worker = wapipe_workers::runtime::typed(
+        wapipe_workers::outbound::OutboundWorker::new(deps.clone(), settings.clone())
+            .expect("worker"),
+    );
     let token = CancellationToken::new();
     let mut tasks = Vec::new();
     let (broker, t) = (app.broker.clone(), token.clone());
@@ -123,7 +123,7 @@ async fn outbound_role(app: &TestApp, grace: Duration) -> Outbound {
     tasks.push(tokio::spawn(async move {
         let _ = runtime::run(broker, worker, policy, t).await;
     }));
-    for task in wapipe_workers::background_tasks("outbound", &ctx, &settings, token.clone()) {
+    for task in wapipe_workers::outbound::background_tasks(&deps, &settings, token.clone()) {
         tasks.push(tokio::spawn(task));
     }
     Outbound {

@@ -239,6 +239,8 @@ async fn replay_changes_no_count(mode: Mode) {
         is_deleted: Set(false),
         deleted_at: Set(None),
         effect_target: Set(None),
+        answers_message_id: Set(None),
+        answer_seq: Set(None),
     }
     .insert(&app.db)
     .await

@@ -43,8 +43,8 @@ impl Routing {
     /// Jobs of one (number, customer) share a lane so they run in order.
     pub fn lane_key(&self, fallback: &str) -> String {
         match (&self.phone_number_id, &self.customer) {
-            (Some(p), Some(c)) => format!("{p}:{c}"),
-            (Some(p), None) => format!("{p}:{fallback}"),
+            (Some(p), Some(c)) => wapipe_shared::jobs::lane_key(p, c),
+            (Some(p), None) => wapipe_shared::jobs::lane_key(p, fallback),
             _ => fallback.to_owned(),
         }
     }

@@ -5,9 +5,7 @@
 //! (DESIGN invariant 1). Publishing to the broker happens after, off the
 //! answer's path; the relay re-publishes whatever did not make it.
 
-pub mod configs;
 pub mod envelope;
-pub mod metrics_server;
 pub mod publisher;
 pub mod relay;
 pub mod store;
@@ -27,15 +25,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+use wapipe_domain::configs::ConfigCache;
 use wapipe_shared::broker::Broker;
 use wapipe_shared::crypto::{parse_signature_header, sha256_hex};
 use wapipe_shared::entities::webhook_events::EventStatus;
 use wapipe_shared::metrics::{self as m, outcome};
 
-use crate::configs::ConfigCache;
 use crate::publisher::Publisher;
+use crate::relay::RelaySettings;
 use crate::store::{GroupCommit, NewEvent, StoreError, Stored};
 
 pub const WEBHOOK_PATH: &str = "/api/whatsapp/webhooks";
@@ -350,13 +349,63 @@ pub fn start_store(
     GroupCommit::start(db, batch, on_commit)
 }
 
-/// Serves until `shutdown` flips, then stops accepting and lets accepted
-/// requests finish (bounded by `shutdown_grace`).
-pub async fn serve(
+/// What the ingest role is given.
+#[derive(Clone)]
+pub struct IngestDeps {
+    pub db: DatabaseConnection,
+    pub broker: Arc<dyn Broker>,
+    pub configs: Arc<ConfigCache>,
+}
+
+/// The ingest role's settings.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub receiver: ReceiverSettings,
+    pub batch: store::BatchSettings,
+    pub relay: RelaySettings,
+}
+
+/// The ingest role: the receiver on `listener`, its group commit and
+/// publisher, the config refresher and the relay. Runs until `shutdown` is
+/// cancelled, then stops accepting, answers what was accepted, commits the
+/// last batch, lets the publishes confirm, and ends.
+pub fn start(
+    deps: IngestDeps,
+    settings: IngestSettings,
     listener: TcpListener,
-    receiver: Arc<Receiver>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (publisher, stamp_task) = Publisher::start(deps.db.clone(), deps.broker.clone());
+    let (store, store_task) = start_store(deps.db.clone(), publisher.clone(), settings.batch);
+    tokio::spawn(deps.configs.clone().run_refresher(shutdown.clone()));
+    tokio::spawn(relay::run(
+        deps.db.clone(),
+        deps.broker.clone(),
+        settings.relay,
+        shutdown.clone(),
+    ));
+    let receiver = Arc::new(Receiver {
+        db: deps.db,
+        broker: deps.broker,
+        configs: deps.configs,
+        store,
+        settings: settings.receiver,
+    });
+    tokio::spawn(async move {
+        serve(listener, receiver, shutdown).await;
+        // The receiver is gone, so its store handle is dropped: the batcher
+        // commits what it holds and ends; then publishes get a moment to
+        // confirm.
+        let _ = tokio::time::timeout(Duration::from_secs(10), store_task).await;
+        publisher.drain(Duration::from_secs(5)).await;
+        drop(publisher);
+        let _ = tokio::time::timeout(Duration::from_secs(2), stamp_task).await;
+    })
+}
+
+/// Serves until `shutdown` is cancelled, then stops accepting and lets
+/// accepted requests finish (bounded by `shutdown_grace`).
+pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, shutdown: CancellationToken) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -368,7 +417,7 @@ pub async fn serve(
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = shutdown.changed() => break,
+            () = shutdown.cancelled() => break,
         };
         let (stream, _peer): (_, SocketAddr) = match accepted {
             Ok(x) => x,

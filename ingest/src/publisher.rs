@@ -14,7 +14,7 @@ use tokio::sync::{Semaphore, mpsc};
 use uuid::Uuid;
 use wapipe_shared::broker::Broker;
 use wapipe_shared::entities::webhook_events::{self, Column};
-use wapipe_shared::jobs::WebhookReceived;
+use wapipe_shared::jobs::{Job, WebhookReceived};
 
 /// Publishes waiting for a confirm at once; past this, events are left to
 /// the relay rather than piling up tasks while the broker is slow or down.
@@ -62,7 +62,7 @@ impl Publisher {
         let stamped = self.stamped.clone();
         tokio::spawn(async move {
             match broker
-                .publish(WebhookReceived::job(event_id, lane_key))
+                .publish(WebhookReceived { event_id, lane_key }.to_outbound())
                 .await
             {
                 Ok(()) => {

@@ -15,11 +15,10 @@ use sea_orm::{
     ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
     QueryOrder, QuerySelect,
 };
-use tokio::sync::watch;
 use uuid::Uuid;
 use wapipe_shared::broker::Broker;
 use wapipe_shared::entities::webhook_events::{self, Column, EventStatus};
-use wapipe_shared::jobs::WebhookReceived;
+use wapipe_shared::jobs::{Job, WebhookReceived};
 use wapipe_shared::metrics as m;
 
 use crate::envelope;
@@ -71,7 +70,11 @@ pub async fn publish_events(
     let sends = events.into_iter().map(|(id, raw)| {
         let broker = broker.clone();
         async move {
-            let job = WebhookReceived::job(id, lane_key_of(id, &raw));
+            let job = WebhookReceived {
+                event_id: id,
+                lane_key: lane_key_of(id, &raw),
+            }
+            .to_outbound();
             broker.publish(job).await.ok().map(|_| id)
         }
     });
@@ -156,7 +159,7 @@ pub async fn run(
     db: DatabaseConnection,
     broker: Arc<dyn Broker>,
     settings: RelaySettings,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: tokio_util::sync::CancellationToken,
 ) {
     metrics::counter!(m::RELAY_REPUBLISHED).increment(0);
     // Startup: whatever is still `received` may sit in no queue at all.
@@ -181,7 +184,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
-            _ = shutdown.changed() => return,
+            () = shutdown.cancelled() => return,
         }
     }
 }

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261121_000001_init;
 mod m20261121_000003_outbound;
 mod m20261121_000004_effects_and_plans;
+mod m20261129_000005_outbox_answers;
 mod m20261129_000007_followups_seed002;
 
 pub struct Migrator;
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000001_init::Migration),
             Box::new(m20261121_000003_outbound::Migration),
             Box::new(m20261121_000004_effects_and_plans::Migration),
+            Box::new(m20261129_000005_outbox_answers::Migration),
             Box::new(m20261129_000007_followups_seed002::Migration),
         ]
     }

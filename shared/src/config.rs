@@ -31,14 +31,11 @@ pub struct Settings {
     )]
     pub listen: SocketAddr,
 
-    /// Address of the Prometheus exporter (`/metrics`).
-    #[arg(
-        long,
-        env = "WAPIPE_METRICS_LISTEN",
-        default_value = "127.0.0.1:9464",
-        global = true
-    )]
-    pub metrics_listen: SocketAddr,
+    /// Address of the ops listener (`/metrics`, `/healthz`, `/readyz`).
+    /// Default: 127.0.0.1:9464 for `serve` and `ingest`, 127.0.0.1:9465
+    /// for `workers`, so both start side by side on one host.
+    #[arg(long, env = "WAPIPE_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<SocketAddr>,
 
     /// Base64 of the 32-byte key that encrypts secrets at rest (AES-256-GCM).
     /// Embedded mode generates one into WAPIPE_SECRET_KEY_FILE when unset;

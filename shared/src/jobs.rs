@@ -2,8 +2,11 @@
 //! JSON bodies. Bodies carry ids, not data: the database is the source of
 //! truth, so any job can be rebuilt from it.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::broker::OutboundJob;
 
 pub const WEBHOOK_RECEIVED: &str = "webhook.received";
 pub const STATUS_RECEIPT: &str = "status.receipt";
@@ -11,21 +14,152 @@ pub const MESSAGE_INBOUND: &str = "message.inbound";
 pub const FOLLOWUP_DUE: &str = "followup.due";
 pub const OUTBOUND_SEND: &str = "outbound.send";
 
+/// The work queues: each is consumed by one worker and carries one event.
+/// A new worker adds its variant here and its job body below (the contract
+/// between producers and the consumer), then registers itself in the
+/// workers' registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Queue {
+    Parse,
+    Status,
+    Scenario,
+    Followup,
+    Outbound,
+}
+
+impl Queue {
+    /// Every queue, in pipeline order.
+    pub const ALL: [Queue; 5] = [
+        Queue::Parse,
+        Queue::Status,
+        Queue::Scenario,
+        Queue::Followup,
+        Queue::Outbound,
+    ];
+
+    /// The queue's name: its worker's name, and the `W` of `P.W.N`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Queue::Parse => "parse",
+            Queue::Status => "status",
+            Queue::Scenario => "scenario",
+            Queue::Followup => "followup",
+            Queue::Outbound => "outbound",
+        }
+    }
+
+    /// The one event this queue carries.
+    pub const fn event(self) -> &'static str {
+        match self {
+            Queue::Parse => WEBHOOK_RECEIVED,
+            Queue::Status => STATUS_RECEIPT,
+            Queue::Scenario => MESSAGE_INBOUND,
+            Queue::Followup => FOLLOWUP_DUE,
+            Queue::Outbound => OUTBOUND_SEND,
+        }
+    }
+
+    /// The queue named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Queue> {
+        Queue::ALL.into_iter().find(|q| q.name() == name)
+    }
+
+    /// The queue that carries `event`, if any.
+    pub fn for_event(event: &str) -> Option<Queue> {
+        Queue::ALL.into_iter().find(|q| q.event() == event)
+    }
+
+    /// The queue names, comma separated, for error messages.
+    pub fn names() -> String {
+        Queue::ALL.map(Queue::name).join(", ")
+    }
+}
+
+impl std::fmt::Display for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The lane key of a customer's work: `{phone_number_id}:{customer}`, where
+/// the customer is the `wa_id` (or the business-scoped `user_id` when Meta
+/// sends no number). Every producer builds it here, so a customer's
+/// inbound messages, receipts and sends share one lane (invariant 6), and
+/// the outbound pair limit keys on the same string.
+pub fn lane_key(phone_number_id: &str, customer: &str) -> String {
+    format!("{phone_number_id}:{customer}")
+}
+
+/// The `(phone_number_id, customer)` of a [`lane_key`], if it is one.
+pub fn split_lane_key(key: &str) -> Option<(&str, &str)> {
+    key.split_once(':')
+}
+
+/// A job body that cannot be decoded: a permanent failure of that job.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a {event} job: {reason}")]
+pub struct DecodeError {
+    pub event: &'static str,
+    pub reason: String,
+}
+
+/// One kind of job: its queue (and so its event), how it is keyed and how
+/// it travels. Bodies carry ids, not data.
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
+    const QUEUE: Queue;
+
+    /// Jobs with the same lane key are processed in order (DESIGN
+    /// invariant 6): `{phone_number_id}:{customer}` for customer work.
+    fn lane_key(&self) -> String;
+
+    /// The broker message id: dedup and trace id, kept across retries.
+    fn message_id(&self) -> String;
+
+    /// The event name this job is published under.
+    fn event() -> &'static str {
+        Self::QUEUE.event()
+    }
+
+    /// The job as the broker publishes it.
+    fn to_outbound(&self) -> OutboundJob {
+        OutboundJob {
+            event: Self::QUEUE.event().to_owned(),
+            lane_key: self.lane_key(),
+            message_id: short_id(self.message_id()),
+            // Job bodies are structs of ids, strings and JSON values with
+            // string keys: serialising them cannot fail.
+            body: serde_json::to_vec(self).unwrap_or_default(),
+        }
+    }
+
+    /// The job from a delivery's body.
+    fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        serde_json::from_slice(body).map_err(|e| DecodeError {
+            event: Self::QUEUE.event(),
+            reason: e.to_string(),
+        })
+    }
+}
+
 /// Body of `webhook.received`: a committed row of `webhook_events`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WebhookReceived {
     pub event_id: Uuid,
+    /// `{phone_number_id}:{customer}` of the event's first message or
+    /// status; jobs published before the field existed decode with "".
+    #[serde(default)]
+    pub lane_key: String,
 }
 
-impl WebhookReceived {
-    pub fn job(event_id: Uuid, lane_key: String) -> crate::broker::OutboundJob {
-        crate::broker::OutboundJob {
-            event: WEBHOOK_RECEIVED.to_owned(),
-            lane_key,
-            message_id: event_id.to_string(),
-            // Serialising a struct of one Uuid cannot fail.
-            body: serde_json::to_vec(&WebhookReceived { event_id }).unwrap_or_default(),
-        }
+impl Job for WebhookReceived {
+    const QUEUE: Queue = Queue::Parse;
+
+    fn lane_key(&self) -> String {
+        self.lane_key.clone()
+    }
+
+    fn message_id(&self) -> String {
+        self.event_id.to_string()
     }
 }
 
@@ -55,22 +189,21 @@ pub struct StatusReceipt {
     /// The raw event that carried the receipts, for tracing.
     #[serde(default)]
     pub webhook_event_id: Option<Uuid>,
+    /// `{phone_number_id}:{recipient}`, the lane of that customer's inbound
+    /// messages too.
+    #[serde(default)]
+    pub lane_key: String,
 }
 
-impl StatusReceipt {
-    /// `lane_key` is `{phone_number_id}:{recipient}`, the lane of that
-    /// customer's inbound messages too.
-    pub fn job(&self, lane_key: String) -> crate::broker::OutboundJob {
-        crate::broker::OutboundJob {
-            event: STATUS_RECEIPT.to_owned(),
-            lane_key,
-            message_id: short_id(format!(
-                "status:{}:{}",
-                self.config_id, self.provider_message_id
-            )),
-            // Serialising a struct of ids and a string cannot fail.
-            body: serde_json::to_vec(self).unwrap_or_default(),
-        }
+impl Job for StatusReceipt {
+    const QUEUE: Queue = Queue::Status;
+
+    fn lane_key(&self) -> String {
+        self.lane_key.clone()
+    }
+
+    fn message_id(&self) -> String {
+        format!("status:{}:{}", self.config_id, self.provider_message_id)
     }
 }
 
@@ -103,35 +236,36 @@ pub struct MessageInbound {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct InboundMessages {
     pub messages: Vec<MessageInbound>,
+    /// The `{phone_number_id}:{wa_id or user_id}` of any of the messages:
+    /// they all map to its lane.
+    #[serde(default)]
+    pub lane_key: String,
+}
+
+impl Job for InboundMessages {
+    const QUEUE: Queue = Queue::Scenario;
+
+    fn lane_key(&self) -> String {
+        self.lane_key.clone()
+    }
+
+    fn message_id(&self) -> String {
+        let first = self
+            .messages
+            .first()
+            .map(|m| m.message_id)
+            .unwrap_or_default();
+        format!("inbound:{first}:{}", self.messages.len())
+    }
 }
 
 /// The most messages in one `message.inbound` job.
 pub const INBOUND_BATCH: usize = 256;
 
 impl InboundMessages {
-    /// `lane_key` is the `{phone_number_id}:{wa_id or user_id}` of any of
-    /// the messages: they all map to its lane.
-    pub fn job(&self, lane_key: String) -> crate::broker::OutboundJob {
-        let first = self
-            .messages
-            .first()
-            .map(|m| m.message_id)
-            .unwrap_or_default();
-        crate::broker::OutboundJob {
-            event: MESSAGE_INBOUND.to_owned(),
-            lane_key,
-            message_id: short_id(format!("inbound:{first}:{}", self.messages.len())),
-            // Serialising ids and strings cannot fail.
-            body: serde_json::to_vec(self).unwrap_or_default(),
-        }
-    }
-
     /// Groups `(lane key, message)` pairs by the lane they map to among
     /// `lanes`, keeping their order, at most [`INBOUND_BATCH`] per job.
-    pub fn jobs(
-        items: Vec<(String, MessageInbound)>,
-        lanes: u16,
-    ) -> Vec<crate::broker::OutboundJob> {
+    pub fn jobs(items: Vec<(String, MessageInbound)>, lanes: u16) -> Vec<OutboundJob> {
         let mut order: Vec<u16> = Vec::new();
         let mut by_lane: std::collections::HashMap<u16, (String, Vec<MessageInbound>)> =
             std::collections::HashMap::new();
@@ -150,8 +284,9 @@ impl InboundMessages {
                     jobs.push(
                         InboundMessages {
                             messages: chunk.to_vec(),
+                            lane_key: key.clone(),
                         }
-                        .job(key.clone()),
+                        .to_outbound(),
                     );
                 }
             }
@@ -160,34 +295,103 @@ impl InboundMessages {
     }
 }
 
-/// Body of `followup.due`: a follow-up a scheduler claimed (its row holds
-/// the claim; see `wapipe_domain::followups`). The follow-up worker reminds
-/// its agent once, however many times the job is delivered.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FollowupDue {
-    pub follow_up_id: Uuid,
-    pub config_id: Uuid,
-    /// `followup:{follow_up_id}`: reminders need no order between them, so
-    /// they spread over every lane.
+/// Body of `outbound.send`: what to do, and the lane of the recipient
+/// (`{phone_number_id}:{wa_id}`) so one customer's sends keep their order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundSend {
+    #[serde(flatten)]
+    pub work: OutboundWork,
+    #[serde(default)]
     pub lane_key: String,
 }
 
+/// The two kinds of `outbound.send` work, told apart by their field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OutboundWork {
+    /// Send a queued message of `messages`.
+    Send { message_id: Uuid },
+    /// Mark a customer's message read.
+    MarkRead { mark_read: MarkRead },
+}
+
+/// Marking a customer's message read (and maybe showing typing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkRead {
+    pub config_id: Uuid,
+    /// The customer's message (its wamid).
+    pub provider_message_id: String,
+    /// Also show the typing indicator.
+    #[serde(default)]
+    pub typing: bool,
+}
+
+impl OutboundSend {
+    /// The job of a queued message.
+    pub fn message(message_id: Uuid, lane_key: String) -> Self {
+        Self {
+            work: OutboundWork::Send { message_id },
+            lane_key,
+        }
+    }
+
+    /// The job of a mark-as-read.
+    pub fn mark_read(mark_read: MarkRead, lane_key: String) -> Self {
+        Self {
+            work: OutboundWork::MarkRead { mark_read },
+            lane_key,
+        }
+    }
+}
+
+impl Job for OutboundSend {
+    const QUEUE: Queue = Queue::Outbound;
+
+    fn lane_key(&self) -> String {
+        self.lane_key.clone()
+    }
+
+    fn message_id(&self) -> String {
+        match &self.work {
+            OutboundWork::Send { message_id } => format!("outbound:{message_id}"),
+            OutboundWork::MarkRead { mark_read } => format!(
+                "read:{}:{}",
+                mark_read.config_id, mark_read.provider_message_id
+            ),
+        }
+    }
+}
+
+/// Body of `followup.due`: a follow-up the scheduler claimed as due.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowupDue {
+    pub follow_up_id: Uuid,
+    pub config_id: Uuid,
+    /// Reminders of one follow-up are one lane's work; the follow-up id is
+    /// enough to spread them.
+    #[serde(default)]
+    pub lane_key: String,
+}
+
+impl Job for FollowupDue {
+    const QUEUE: Queue = Queue::Followup;
+
+    fn lane_key(&self) -> String {
+        self.lane_key.clone()
+    }
+
+    fn message_id(&self) -> String {
+        format!("followup:{}", self.follow_up_id)
+    }
+}
+
 impl FollowupDue {
+    /// The job of a claimed follow-up; its lane key is `followup:{id}`.
     pub fn new(follow_up_id: Uuid, config_id: Uuid) -> Self {
         Self {
             follow_up_id,
             config_id,
             lane_key: format!("followup:{follow_up_id}"),
-        }
-    }
-
-    pub fn job(&self) -> crate::broker::OutboundJob {
-        crate::broker::OutboundJob {
-            event: FOLLOWUP_DUE.to_owned(),
-            lane_key: self.lane_key.clone(),
-            message_id: format!("followup:{}", self.follow_up_id),
-            // Serialising ids and a short string cannot fail.
-            body: serde_json::to_vec(self).unwrap_or_default(),
         }
     }
 }
@@ -285,13 +489,68 @@ mod tests {
     }
 
     #[test]
+    fn every_queue_has_one_event() {
+        for q in Queue::ALL {
+            assert_eq!(Queue::for_event(q.event()), Some(q));
+            assert_eq!(Queue::from_name(q.name()), Some(q));
+        }
+        assert_eq!(Queue::for_event("webhook.received"), Some(Queue::Parse));
+        assert_eq!(Queue::for_event("nope"), None);
+        assert_eq!(Queue::from_name("nope"), None);
+    }
+
+    /// Each body round-trips through the broker's bytes under its queue's
+    /// event, and a body of another job does not decode as it.
+    #[test]
+    fn jobs_round_trip_and_refuse_strangers() {
+        let id = Uuid::now_v7();
+        let send = OutboundSend::message(id, "1:2".into());
+        let job = send.to_outbound();
+        assert_eq!(job.event, OUTBOUND_SEND);
+        assert_eq!(job.lane_key, "1:2");
+        assert_eq!(job.message_id, format!("outbound:{id}"));
+        assert_eq!(OutboundSend::decode(&job.body).expect("decode"), send);
+        let mark = OutboundSend::mark_read(
+            MarkRead {
+                config_id: id,
+                provider_message_id: "wamid.X".into(),
+                typing: true,
+            },
+            "1:2".into(),
+        );
+        assert_eq!(
+            OutboundSend::decode(&mark.to_outbound().body).expect("decode"),
+            mark
+        );
+        // Bodies of before the lane key was carried still decode.
+        let old = serde_json::json!({ "message_id": id }).to_string();
+        assert_eq!(
+            OutboundSend::decode(old.as_bytes()).expect("old body").work,
+            OutboundWork::Send { message_id: id }
+        );
+        let hook = WebhookReceived {
+            event_id: id,
+            lane_key: "pn:1".into(),
+        };
+        assert_eq!(hook.to_outbound().event, WEBHOOK_RECEIVED);
+        assert_eq!(
+            WebhookReceived::decode(&hook.to_outbound().body).expect("decode"),
+            hook
+        );
+        let err = StatusReceipt::decode(&hook.to_outbound().body).expect_err("not a receipt");
+        assert_eq!(err.event, STATUS_RECEIPT);
+        assert!(FollowupDue::decode(b"[]").is_err());
+    }
+
+    #[test]
     fn long_wamids_make_short_message_ids() {
         let job = StatusReceipt {
             config_id: Uuid::nil(),
             provider_message_id: "é".repeat(400),
             webhook_event_id: None,
+            lane_key: "k".into(),
         }
-        .job("k".into());
+        .to_outbound();
         assert!(job.message_id.len() <= 255);
         let back: StatusReceipt = serde_json::from_slice(&job.body).expect("round trip");
         assert_eq!(back.provider_message_id.len(), 800);

@@ -269,15 +269,20 @@ impl Contact {
     }
 }
 
-/// One of Meta's error objects (`errors[]` of a value, a message or a
-/// status). `code` is kept as a string whatever Meta sent.
+/// One of Meta's error objects: in webhooks (`errors[]` of a value, a
+/// message or a status) and in Graph API answers (`{"error": {...}}`), the
+/// one type for both. `code` is kept as a string whatever Meta sent.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MetaError {
     pub code: Option<String>,
     pub title: Option<String>,
     pub message: Option<String>,
-    /// `error_data.details`, or a top-level `details` (older payloads).
+    /// `error_data.details`, or a top-level `details` (older payloads),
+    /// or the `error_user_msg` of Graph answers.
     pub details: Option<String>,
+    /// `error_subcode` (Graph answers).
+    pub subcode: Option<String>,
+    /// The object as received.
     pub raw: Value,
 }
 
@@ -288,9 +293,19 @@ impl MetaError {
             title: text(v.get("title")),
             message: text(v.get("message")),
             details: text(v.get("error_data").and_then(|d| d.get("details")))
-                .or_else(|| text(v.get("details"))),
+                .or_else(|| text(v.get("details")))
+                .or_else(|| text(v.get("error_user_msg"))),
+            subcode: lenient_string(v.get("error_subcode")),
             raw: v.clone(),
         }
+    }
+
+    /// `title`, else `message`, else a generic line naming the code.
+    pub fn summary(&self) -> String {
+        self.title
+            .clone()
+            .or_else(|| self.message.clone())
+            .unwrap_or_else(|| format!("Meta error {}", self.code.as_deref().unwrap_or("?")))
     }
 }
 

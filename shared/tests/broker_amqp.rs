@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use wapipe_shared::jobs::Queue;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
@@ -89,7 +90,7 @@ fn job(event: &str, lane_key: &str, id: &str) -> OutboundJob {
 }
 
 /// The consumer of `lane_key`'s lane.
-async fn lane_of(b: &AmqpBroker, worker: &str, lane_key: &str) -> LaneConsumer {
+async fn lane_of(b: &AmqpBroker, worker: Queue, lane_key: &str) -> LaneConsumer {
     let lane = lane_for(lane_key, LANES);
     b.consume(worker)
         .await
@@ -119,7 +120,7 @@ async fn publish_consume_ack_roundtrip() {
     b.publish(job("webhook.received", "cfg:alice", "m1"))
         .await
         .expect("publish");
-    let mut c = lane_of(&b, "parse", "cfg:alice").await;
+    let mut c = lane_of(&b, Queue::Parse, "cfg:alice").await;
     let d = recv(&mut c, Duration::from_secs(10))
         .await
         .expect("delivery");
@@ -134,7 +135,7 @@ async fn publish_consume_ack_roundtrip() {
     assert!(recv(&mut c, Duration::from_millis(500)).await.is_none());
     drop(c);
     // Acked: a new consumer gets nothing either.
-    let mut c = lane_of(&b, "parse", "cfg:alice").await;
+    let mut c = lane_of(&b, Queue::Parse, "cfg:alice").await;
     assert!(recv(&mut c, Duration::from_millis(500)).await.is_none());
     drop(c);
     assert_eq!(b.mode(), "amqp");
@@ -143,13 +144,11 @@ async fn publish_consume_ack_roundtrip() {
 }
 
 #[tokio::test]
-async fn unknown_event_and_worker_are_permanent_errors() {
+async fn unknown_event_and_long_ids_are_permanent_errors() {
     let b = AmqpBroker::with_timeouts(&settings(amqp_url()), quick()).expect("broker");
     let e = b.publish(job("nope", "k", "m")).await.unwrap_err();
     assert!(matches!(e, BrokerError::UnknownEvent(_)));
     assert!(!e.is_transient());
-    let e = b.consume("nope").await.unwrap_err();
-    assert!(matches!(e, BrokerError::UnknownWorker(_)));
     let long = "x".repeat(300);
     let e = b
         .publish(job("webhook.received", "k", &long))
@@ -208,7 +207,7 @@ async fn lane_order_is_kept() {
             .await
             .expect("publish");
     }
-    let mut c = lane_of(&b, "status", "cfg:bob").await;
+    let mut c = lane_of(&b, Queue::Status, "cfg:bob").await;
     for i in 0..100 {
         let d = recv(&mut c, Duration::from_secs(10))
             .await
@@ -256,7 +255,7 @@ async fn retry_is_redelivered_after_the_delay_with_attempt_plus_one() {
     b.publish(job("message.inbound", "cfg:carol", "m1"))
         .await
         .expect("publish");
-    let mut c = lane_of(&b, "scenario", "cfg:carol").await;
+    let mut c = lane_of(&b, Queue::Scenario, "cfg:carol").await;
     let d = recv(&mut c, Duration::from_secs(10)).await.expect("first");
     assert_eq!(d.attempt, 1);
     let delay = Duration::from_millis(300);
@@ -303,7 +302,7 @@ async fn dead_letters_list_redrive_purge() {
     b.publish(job("followup.due", "cfg:dan", "m1"))
         .await
         .expect("publish");
-    let mut c = lane_of(&b, "followup", "cfg:dan").await;
+    let mut c = lane_of(&b, Queue::Followup, "cfg:dan").await;
     let d = recv(&mut c, Duration::from_secs(10))
         .await
         .expect("delivery");
@@ -313,7 +312,7 @@ async fn dead_letters_list_redrive_purge() {
 
     // Listing does not consume.
     for _ in 0..2 {
-        let dead = b.dlq_list("followup", 10).await.expect("list");
+        let dead = b.dlq_list(Queue::Followup, 10).await.expect("list");
         assert_eq!(dead.len(), 1, "{dead:?}");
         let x = &dead[0];
         assert_eq!(x.message_id, "m1");
@@ -332,8 +331,13 @@ async fn dead_letters_list_redrive_purge() {
     );
 
     // Redrive: back on its lane with attempt 1.
-    assert_eq!(b.dlq_redrive("followup").await.expect("redrive"), 1);
-    assert!(b.dlq_list("followup", 10).await.expect("list").is_empty());
+    assert_eq!(b.dlq_redrive(Queue::Followup).await.expect("redrive"), 1);
+    assert!(
+        b.dlq_list(Queue::Followup, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
     let d = recv(&mut c, Duration::from_secs(10))
         .await
         .expect("redriven");
@@ -341,9 +345,14 @@ async fn dead_letters_list_redrive_purge() {
     assert_eq!(d.attempt, 1);
     d.dead_letter("still missing").await.expect("dead letter");
 
-    assert_eq!(b.dlq_purge("followup").await.expect("purge"), 1);
-    assert!(b.dlq_list("followup", 10).await.expect("list").is_empty());
-    assert_eq!(b.dlq_purge("followup").await.expect("purge"), 0);
+    assert_eq!(b.dlq_purge(Queue::Followup).await.expect("purge"), 1);
+    assert!(
+        b.dlq_list(Queue::Followup, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert_eq!(b.dlq_purge(Queue::Followup).await.expect("purge"), 0);
     drop(c);
     b.close().await;
 }
@@ -354,14 +363,14 @@ async fn unsettled_delivery_comes_back_when_its_consumer_goes() {
     b.publish(job("webhook.received", "cfg:erin", "m1"))
         .await
         .expect("publish");
-    let mut c = lane_of(&b, "parse", "cfg:erin").await;
+    let mut c = lane_of(&b, Queue::Parse, "cfg:erin").await;
     let d = recv(&mut c, Duration::from_secs(10))
         .await
         .expect("delivery");
     assert!(!d.redelivered);
     drop(d);
     drop(c);
-    let mut c = lane_of(&b, "parse", "cfg:erin").await;
+    let mut c = lane_of(&b, Queue::Parse, "cfg:erin").await;
     let d = recv(&mut c, Duration::from_secs(10))
         .await
         .expect("redelivery");
@@ -532,7 +541,7 @@ async fn outage(cut: Cut, down_for: Duration) {
     b.publish(job("webhook.received", "cfg:frank", "before"))
         .await
         .expect("publish");
-    let mut c = lane_of(&b, "parse", "cfg:frank").await;
+    let mut c = lane_of(&b, Queue::Parse, "cfg:frank").await;
     let d = recv(&mut c, Duration::from_secs(10)).await.expect("before");
     assert_eq!(d.message_id, "before");
     d.ack().await.expect("ack");
@@ -642,7 +651,7 @@ async fn connections_closed_by_rabbitmq_recover() {
         let depths = b.queue_depths().await.expect("depths");
         depths[0].0.split('.').next().expect("prefix").to_owned()
     };
-    let mut c = lane_of(&b, "parse", "cfg:gina").await;
+    let mut c = lane_of(&b, Queue::Parse, "cfg:gina").await;
     b.publish(job("webhook.received", "cfg:gina", "before"))
         .await
         .expect("publish");
@@ -694,4 +703,37 @@ async fn connections_closed_by_rabbitmq_recover() {
     }
     drop(c);
     b.close().await;
+}
+
+/// Real-time bodies published by one process reach every subscriber of
+/// every other process (each subscription has its own queue on the fanout
+/// exchange), and a dropped subscription stops receiving.
+#[tokio::test]
+async fn realtime_reaches_every_process() {
+    let s = settings(amqp_url());
+    let _guard = Cleanup(s.clone());
+    let publisher = AmqpBroker::with_timeouts(&s, quick()).expect("broker");
+    publisher.declare().await.expect("declare");
+    let other = AmqpBroker::with_timeouts(&s, quick()).expect("second process");
+    let mut a = publisher.subscribe_realtime().await.expect("subscribe a");
+    let mut b = other.subscribe_realtime().await.expect("subscribe b");
+    let c = other.subscribe_realtime().await.expect("subscribe c");
+    drop(c);
+    for n in 0..3u8 {
+        publisher
+            .publish_realtime(vec![b'e', n])
+            .await
+            .expect("publish");
+    }
+    for sub in [&mut a, &mut b] {
+        for n in 0..3u8 {
+            let got = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+                .await
+                .expect("in time")
+                .expect("a body");
+            assert_eq!(got, vec![b'e', n]);
+        }
+    }
+    other.close().await;
+    publisher.close().await;
 }

@@ -453,6 +453,8 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         is_deleted: true,
         deleted_at: Some(ts(32)),
         effect_target: Some("wamid.target".to_owned()),
+        answers_message_id: Some(Uuid::now_v7()),
+        answer_seq: Some(2),
     };
     let message =
         roundtrip::<messages::Entity, _>(db, "messages", message.clone(), message.id).await;
@@ -915,6 +917,8 @@ async fn unique_constraints(db: &DatabaseConnection, rows: &Rows) {
     let first = messages::Model {
         id: id(),
         provider_message_id: Some("wamid.UNIQUE_TEST_1".to_owned()),
+        answers_message_id: None,
+        answer_seq: None,
         ..rows.message.clone()
     };
     let dup = messages::Model {
@@ -932,6 +936,35 @@ async fn unique_constraints(db: &DatabaseConnection, rows: &Rows) {
         vec![
             messages::Column::ConfigId,
             messages::Column::ProviderMessageId,
+        ],
+        first,
+        dup,
+    )
+    .await;
+
+    // messages (answers_message_id, answer_seq): a bot reply is queued
+    // once per inbound message and place.
+    let answers = Uuid::now_v7();
+    let first = messages::Model {
+        id: id(),
+        provider_message_id: None,
+        answers_message_id: Some(answers),
+        answer_seq: Some(0),
+        ..rows.message.clone()
+    };
+    let dup = messages::Model {
+        id: id(),
+        text: Some("another text".to_owned()),
+        ..first.clone()
+    };
+    assert_unique::<messages::Entity>(
+        db,
+        "messages (answers_message_id, answer_seq)",
+        "ux_messages_answer",
+        "messages.answers_message_id, messages.answer_seq",
+        vec![
+            messages::Column::AnswersMessageId,
+            messages::Column::AnswerSeq,
         ],
         first,
         dup,

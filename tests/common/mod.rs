@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
 use sea_orm_migration::MigratorTrait;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use wapipe::serve::{self, Listeners, Roles, Running};
 use wapipe_shared::config::Settings;
@@ -58,7 +58,7 @@ pub struct TestApp {
     /// The service's own broker (in embedded mode, the only one that reaches its workers).
     pub broker: std::sync::Arc<dyn wapipe_shared::broker::Broker>,
     pub http: reqwest::Client,
-    shutdown: watch::Sender<bool>,
+    shutdown: CancellationToken,
     running: Option<Running>,
     pub dir: TempDir,
 }
@@ -140,7 +140,7 @@ impl TestApp {
         init_logs();
         let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (tx, rx) = watch::channel(false);
+        let token = CancellationToken::new();
         let running = serve::start(
             settings.clone(),
             roles,
@@ -148,7 +148,7 @@ impl TestApp {
                 http: http_l,
                 metrics: metrics_l,
             }),
-            rx,
+            token.clone(),
         )
         .await
         .unwrap();
@@ -165,7 +165,7 @@ impl TestApp {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
-            shutdown: tx,
+            shutdown: token,
             running: Some(running),
             dir,
         }
@@ -234,7 +234,7 @@ impl TestApp {
 
     /// Graceful shutdown; returns once every role has stopped.
     pub async fn stop(mut self) -> (DatabaseConnection, Settings, TempDir) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.cancel();
         if let Some(r) = self.running.take() {
             tokio::time::timeout(Duration::from_secs(30), r.join)
                 .await

@@ -22,6 +22,8 @@ use futures::{StreamExt, stream};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use wapipe_domain::outbox::content::Template;
+use wapipe_domain::outbox::{NewOutbound, OutboundContent};
 use wapipe_migrations::{Migrator, MigratorTrait};
 use wapipe_shared::broker::{Broker, BrokerSettings, EmbeddedBroker};
 use wapipe_shared::crypto::SecretKey;
@@ -29,12 +31,9 @@ use wapipe_shared::entities::messages::{self, MessageStatus, Origin};
 use wapipe_shared::retry::RetryPolicy;
 use wapipe_shared::tenants::{self, NewConfig};
 use wapipe_sim::{GraphConfig, spawn_graph};
-use wapipe_workers::Context;
-use wapipe_workers::outbound::content::Template;
-use wapipe_workers::outbound::{
-    self, LimitSettings, NewOutbound, OutboundContent, OutboundSettings, OutboundWorker,
-};
-use wapipe_workers::runtime::{self, Worker};
+use wapipe_workers::Deps;
+use wapipe_workers::outbound::{self, LimitSettings, OutboundSettings, OutboundWorker};
+use wapipe_workers::runtime::{self, Worker, typed};
 
 struct Args {
     db: Option<String>,
@@ -143,7 +142,7 @@ async fn run() -> Result<(), String> {
             let db = db.clone();
             let broker = broker.clone();
             async move {
-                let q = outbound::queue_message(
+                let q = wapipe_domain::outbox::queue_message(
                     &db,
                     NewOutbound {
                         config_id: config.id,
@@ -157,11 +156,12 @@ async fn run() -> Result<(), String> {
                         origin: Origin::System,
                         sender_type: "system".into(),
                         sender_id: None,
+                        answers: None,
                     },
                 )
                 .await
                 .map_err(|e| format!("queue: {e}"))?;
-                outbound::enqueue(&db, broker.as_ref(), &q)
+                wapipe_domain::outbox::enqueue(&db, broker.as_ref(), &q)
                     .await
                     .map_err(|e| format!("enqueue: {e}"))?;
                 Ok::<_, String>(q.message_id)
@@ -172,22 +172,16 @@ async fn run() -> Result<(), String> {
         .await;
     let queued: Vec<_> = queued.into_iter().collect::<Result<_, _>>()?;
 
-    let mut settings = OutboundSettings::new(&graph.base_url(), "v23.0", key);
+    let mut settings = OutboundSettings::new(&graph.base_url(), "v23.0");
     settings.batch_size = args.batch;
     settings.limits = LimitSettings {
         headroom: 1.0,
         ..LimitSettings::default()
     };
-    let worker: Arc<dyn Worker> = Arc::new(
-        OutboundWorker::new(
-            Context {
-                db: db.clone(),
-                broker: broker.clone(),
-            },
-            settings,
-        )
-        .map_err(|e| e.to_string())?,
-    );
+    let process = wapipe_shared::config::Settings::from_defaults().map_err(|e| e.to_string())?;
+    let deps = Deps::new(db.clone(), broker.clone(), process, key);
+    let worker: Arc<dyn Worker> =
+        typed(OutboundWorker::new(deps, settings).map_err(|e| e.to_string())?);
     let token = CancellationToken::new();
     let policy = RetryPolicy {
         min_delay: Duration::from_millis(5),

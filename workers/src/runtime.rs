@@ -14,6 +14,7 @@ use futures::FutureExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wapipe_shared::broker::{Broker, BrokerError, Delivery, LaneConsumer};
+use wapipe_shared::jobs::{Job, Queue};
 use wapipe_shared::retry::RetryPolicy;
 
 pub const METRIC_JOBS_TOTAL: &str = "wapipe_worker_jobs_total";
@@ -23,6 +24,8 @@ pub const METRIC_JOB_ATTEMPTS: &str = "wapipe_worker_job_attempts";
 pub const METRIC_SETTLE_FAILURES_TOTAL: &str = "wapipe_worker_settle_failures_total";
 /// Jobs handled together by a batching worker, per batch.
 pub const METRIC_BATCH_SIZE: &str = "wapipe_worker_batch_size";
+/// Jobs whose body is not their queue's job type (dead-lettered at once).
+pub const METRIC_UNDECODABLE_TOTAL: &str = "wapipe_worker_undecodable_jobs_total";
 
 /// What a worker answers when a job fails.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,11 +54,141 @@ impl JobError {
     }
 }
 
-/// One worker: a name (its queue, see `wapipe_shared::broker::WORKERS`) and
-/// a handler. `handle` must be idempotent: delivery is at-least-once.
+/// A database error is worth retrying: the database is busy, restarting
+/// or unreachable (our writes are idempotent and violate no constraint by
+/// design). The one conversion every worker uses.
+impl From<sea_orm::DbErr> for JobError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        JobError::Retryable(format!("database: {e}"))
+    }
+}
+
+/// A worker of one job type: what a worker module implements. The runtime
+/// decodes each delivery into [`Self::Job`] before calling it (a body that
+/// does not decode is a permanent error, counted and dead-lettered in one
+/// place, [`typed`]), and settles the job from the answer. `handle` must
+/// be idempotent: delivery is at-least-once.
+#[async_trait]
+pub trait JobWorker: Send + Sync + 'static {
+    type Job: Job;
+
+    /// Handles one job; `delivery` carries its attempt and ids for tracing.
+    async fn handle(&self, job: Self::Job, delivery: &Delivery) -> Result<(), JobError>;
+
+    /// The most jobs of one lane [`handle_batch`](Self::handle_batch)
+    /// takes at once; 1 (the default) means the worker does not batch.
+    fn batch_size(&self) -> usize {
+        1
+    }
+
+    /// Several jobs of one lane, in lane order (see [`Worker::handle_batch`]).
+    async fn handle_batch(
+        &self,
+        jobs: Vec<TypedJob<'_, Self::Job>>,
+    ) -> Result<BatchOutcome, JobError> {
+        for j in jobs {
+            self.handle(j.job, j.delivery).await?;
+        }
+        Ok(BatchOutcome::AllDone)
+    }
+
+    /// Called once before the job goes to the dead-letter queue (see
+    /// [`Worker::on_dead_letter`]).
+    async fn on_dead_letter(&self, _job: Self::Job, _error: &str) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+/// A decoded job and the delivery it came in.
+pub struct TypedJob<'a, J> {
+    pub job: J,
+    pub delivery: &'a Delivery,
+}
+
+/// The runtime's view of a [`JobWorker`]: decodes, then delegates.
+struct Typed<W>(W);
+
+/// Wraps a typed worker for the runtime.
+pub fn typed<W: JobWorker>(worker: W) -> Arc<dyn Worker> {
+    Arc::new(Typed(worker))
+}
+
+fn decode<J: Job>(d: &Delivery) -> Result<J, JobError> {
+    J::decode(&d.body).map_err(|e| {
+        metrics::counter!(METRIC_UNDECODABLE_TOTAL, "worker" => J::QUEUE.name()).increment(1);
+        JobError::Permanent(e.to_string())
+    })
+}
+
+#[async_trait]
+impl<W: JobWorker> Worker for Typed<W> {
+    fn queue(&self) -> Queue {
+        W::Job::QUEUE
+    }
+
+    async fn handle(&self, job: &Delivery) -> Result<(), JobError> {
+        self.0.handle(decode(job)?, job).await
+    }
+
+    fn batch_size(&self) -> usize {
+        self.0.batch_size()
+    }
+
+    /// Jobs that do not decode are answered on their own (permanent); the
+    /// others go to the worker as one batch.
+    async fn handle_batch(&self, jobs: &[Delivery]) -> Result<BatchOutcome, JobError> {
+        let mut answers: Vec<Option<Result<(), JobError>>> = Vec::with_capacity(jobs.len());
+        let mut good = Vec::with_capacity(jobs.len());
+        for d in jobs {
+            match decode::<W::Job>(d) {
+                Ok(job) => {
+                    answers.push(None);
+                    good.push(TypedJob { job, delivery: d });
+                }
+                Err(e) => answers.push(Some(Err(e))),
+            }
+        }
+        if good.len() == jobs.len() {
+            return self.0.handle_batch(good).await;
+        }
+        let n = good.len();
+        let inner = if good.is_empty() {
+            Vec::new()
+        } else {
+            match self.0.handle_batch(good).await? {
+                BatchOutcome::AllDone => vec![Ok(()); n],
+                BatchOutcome::Each(results) => results,
+            }
+        };
+        let mut inner = inner.into_iter();
+        Ok(BatchOutcome::Each(
+            answers
+                .into_iter()
+                .map(|a| a.or_else(|| inner.next()).unwrap_or(Ok(())))
+                .collect(),
+        ))
+    }
+
+    async fn on_dead_letter(&self, job: &Delivery, error: &str) -> Result<(), JobError> {
+        match W::Job::decode(&job.body) {
+            Ok(decoded) => self.0.on_dead_letter(decoded, error).await,
+            // Not this worker's job at all: nothing of ours to record.
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// The runtime's interface to a worker, on raw deliveries. Worker modules
+/// implement [`JobWorker`] and are wrapped by [`typed`]; this trait is
+/// public for the runtime's own tests and tools.
 #[async_trait]
 pub trait Worker: Send + Sync + 'static {
-    fn name(&self) -> &'static str;
+    /// The queue it consumes.
+    fn queue(&self) -> Queue;
+    /// Its name in logs and metrics: the queue's name.
+    fn name(&self) -> &'static str {
+        self.queue().name()
+    }
     async fn handle(&self, job: &Delivery) -> Result<(), JobError>;
     /// The most jobs of one lane [`handle_batch`](Self::handle_batch) takes
     /// at once; 1 (the default) means the worker does not batch.
@@ -139,13 +272,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     let name = worker.name();
-    let consumers = broker
-        .consume(name)
-        .await
-        .map_err(|source| RuntimeError::Broker {
-            worker: name,
-            source,
-        })?;
+    let consumers =
+        broker
+            .consume(worker.queue())
+            .await
+            .map_err(|source| RuntimeError::Broker {
+                worker: name,
+                source,
+            })?;
     tracing::info!(worker = name, lanes = consumers.len(), "worker started");
     let mut lanes = JoinSet::new();
     for consumer in consumers {

@@ -15,25 +15,26 @@ use sea_orm::{
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+use wapipe_domain::outbox::content::{
+    ButtonSubType, ListRow, ListSection, MediaKind, MediaSource, ProductSection, ReplyButton,
+    Template, TemplateComponent, TemplateParam,
+};
+use wapipe_domain::outbox::{NewOutbound, OutboundContent, OutboxError};
 use wapipe_migrations::{Migrator, MigratorTrait};
 use wapipe_shared::broker::{Broker, BrokerSettings, EmbeddedBroker};
 use wapipe_shared::crypto::SecretKey;
 use wapipe_shared::db::{self, testing};
 use wapipe_shared::entities::messages::{self, MessageStatus, Origin};
 use wapipe_shared::entities::{conversations, customers, message_status_events, whatsapp_configs};
+use wapipe_shared::jobs::MarkRead;
 use wapipe_shared::retry::RetryPolicy;
 use wapipe_shared::tenants::{self, NewConfig};
 use wapipe_sim::{ErrorRule, GraphConfig, GraphHandle, spawn_graph};
-use wapipe_workers::Context;
-use wapipe_workers::outbound::content::{
-    ButtonSubType, ListRow, ListSection, MediaKind, MediaSource, ProductSection, ReplyButton,
-    Template, TemplateComponent, TemplateParam,
-};
+use wapipe_workers::Deps;
 use wapipe_workers::outbound::{
-    self, LimitSettings, MarkRead, NewOutbound, OutboundContent, OutboundSettings, OutboundWorker,
-    SendOutcome, SweepSettings,
+    self, LimitSettings, OutboundSettings, OutboundWorker, SendOutcome, SweepSettings,
 };
-use wapipe_workers::runtime::{self, JobError, Worker};
+use wapipe_workers::runtime::{self, JobError, typed};
 use wiremock::matchers::{body_partial_json, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -139,8 +140,8 @@ async fn env(backend: Backend, max_mps: i32) -> Env {
 
 /// Settings for tests: short cool-downs, a generous pair limit (tests that
 /// are not about it send many messages to one customer).
-fn settings(env: &Env, base_url: &str) -> OutboundSettings {
-    let mut s = OutboundSettings::new(base_url, "v23.0", env.key.clone());
+fn settings(_env: &Env, base_url: &str) -> OutboundSettings {
+    let mut s = OutboundSettings::new(base_url, "v23.0");
     s.limits = LimitSettings {
         pair_burst: 1000,
         number_cooldown: Duration::from_millis(30),
@@ -151,15 +152,17 @@ fn settings(env: &Env, base_url: &str) -> OutboundSettings {
     s
 }
 
-fn worker(env: &Env, settings: OutboundSettings) -> OutboundWorker {
-    OutboundWorker::new(
-        Context {
-            db: env.db.clone(),
-            broker: env.broker.clone(),
-        },
-        settings,
+fn deps(env: &Env) -> Deps {
+    Deps::new(
+        env.db.clone(),
+        env.broker.clone(),
+        wapipe_shared::config::Settings::from_defaults().expect("settings"),
+        env.key.clone(),
     )
-    .expect("worker")
+}
+
+fn worker(env: &Env, settings: OutboundSettings) -> OutboundWorker {
+    OutboundWorker::new(deps(env), settings).expect("worker")
 }
 
 async fn sim(rules: Vec<ErrorRule>) -> GraphHandle {
@@ -204,7 +207,7 @@ impl Env {
     }
 
     async fn queue(&self, to: &str, content: OutboundContent, reply_to: Option<&str>) -> Uuid {
-        outbound::queue_message(
+        wapipe_domain::outbox::queue_message(
             &self.db,
             NewOutbound {
                 config_id: self.config_id,
@@ -214,6 +217,7 @@ impl Env {
                 origin: Origin::Admin,
                 sender_type: "agent".into(),
                 sender_id: None,
+                answers: None,
             },
         )
         .await
@@ -223,7 +227,7 @@ impl Env {
 
     /// Queues and publishes, as every producer does.
     async fn queue_and_publish(&self, to: &str, content: OutboundContent) -> Uuid {
-        let q = outbound::queue_message(
+        let q = wapipe_domain::outbox::queue_message(
             &self.db,
             NewOutbound {
                 config_id: self.config_id,
@@ -233,11 +237,12 @@ impl Env {
                 origin: Origin::Bot,
                 sender_type: "bot".into(),
                 sender_id: None,
+                answers: None,
             },
         )
         .await
         .expect("queue");
-        outbound::enqueue(&self.db, self.broker.as_ref(), &q)
+        wapipe_domain::outbox::enqueue(&self.db, self.broker.as_ref(), &q)
             .await
             .expect("enqueue");
         q.message_id
@@ -289,7 +294,7 @@ impl Env {
     ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
         let token = CancellationToken::new();
         let broker = self.broker.clone();
-        let worker: Arc<dyn Worker> = Arc::new(w.clone());
+        let worker = typed(w.clone());
         let t = token.clone();
         let h = tokio::spawn(async move {
             let _ = runtime::run(broker, worker, policy, t).await;
@@ -1451,16 +1456,11 @@ async fn background_sweep_delivers_a_message_queued_elsewhere(backend: Backend) 
     s.sweep.grace = Duration::from_millis(100);
     let w = worker(&env, s.clone());
     let (token, handle) = env.run(&w, fast_policy());
-    let ctx = Context {
-        db: env.db.clone(),
-        broker: env.broker.clone(),
-    };
-    let tasks: Vec<_> = wapipe_workers::background_tasks("outbound", &ctx, &s, token.clone())
+    let tasks: Vec<_> = outbound::background_tasks(&deps(&env), &s, token.clone())
         .into_iter()
         .map(tokio::spawn)
         .collect();
     assert_eq!(tasks.len(), 1);
-    assert!(wapipe_workers::background_tasks("parse", &ctx, &s, token.clone()).is_empty());
     let id = env.queue("4915100000041", template("hello"), None).await;
     assert!(graph.wait_for_sent(1, Duration::from_secs(10)).await);
     token.cancel();
@@ -1485,11 +1485,12 @@ async fn queueing_validates_and_upserts(backend: Backend) {
         origin: Origin::Admin,
         sender_type: "agent".into(),
         sender_id: None,
+        answers: None,
     };
-    let a = outbound::queue_message(&env.db, new("+4915100000050", text("one")))
+    let a = wapipe_domain::outbox::queue_message(&env.db, new("+4915100000050", text("one")))
         .await
         .expect("queue");
-    let b = outbound::queue_message(&env.db, new("4915100000050", text("two")))
+    let b = wapipe_domain::outbox::queue_message(&env.db, new("4915100000050", text("two")))
         .await
         .expect("queue");
     // Same customer and chat: upserted, not duplicated.
@@ -1502,19 +1503,19 @@ async fn queueing_validates_and_upserts(backend: Backend) {
     assert_eq!(m.text.as_deref(), Some("two"));
     for bad in ["12ab", "+123", "1234567890123456"] {
         assert!(matches!(
-            outbound::queue_message(&env.db, new(bad, text("x"))).await,
-            Err(outbound::OutboundError::BadPhone(_))
+            wapipe_domain::outbox::queue_message(&env.db, new(bad, text("x"))).await,
+            Err(OutboxError::BadPhone(_))
         ));
     }
     assert!(matches!(
-        outbound::queue_message(&env.db, new("4915100000050", text(""))).await,
-        Err(outbound::OutboundError::Content(_))
+        wapipe_domain::outbox::queue_message(&env.db, new("4915100000050", text(""))).await,
+        Err(OutboxError::Content(_))
     ));
     let mut unknown = new("4915100000050", text("x"));
     unknown.config_id = Uuid::now_v7();
     assert!(matches!(
-        outbound::queue_message(&env.db, unknown).await,
-        Err(outbound::OutboundError::UnknownConfig(_))
+        wapipe_domain::outbox::queue_message(&env.db, unknown).await,
+        Err(OutboxError::UnknownConfig(_))
     ));
 }
 both_backends!(queueing_validates_and_upserts);

@@ -734,7 +734,7 @@ both_backends!(statuses_are_stored_in_the_parse_transaction);
 async fn fan_out_jobs_and_realtime(b: Backend) {
     let env = env(b).await;
     add_config(&env.db, "15550000002", WABA, "Test Co").await;
-    let mut rt = env.embedded.subscribe_realtime();
+    let mut rt = env.embedded.subscribe_realtime().await.expect("subscribe");
     let id = env.store(&fixture("batch.json")).await;
     env.process(id).await;
     let events = Env::drain_realtime(&mut rt);
@@ -761,6 +761,12 @@ async fn fan_out_jobs_and_realtime(b: Backend) {
         "15550000002:34600000003",
     ];
     let jobs = env.take_jobs("scenario").await;
+    if !wapipe_workers::registry::consumes(wapipe_shared::jobs::Queue::Scenario) {
+        // No worker reads `message.inbound` in this build: nothing may be
+        // left to pile up in its queue.
+        assert!(jobs.is_empty(), "{jobs:?}");
+        return;
+    }
     // One job per lane, each carrying its lane's messages in order.
     let lanes = env.broker.lanes();
     let mut want_lanes: Vec<u16> = customers.iter().map(|k| lane_for(k, lanes)).collect();

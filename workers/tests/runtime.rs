@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use wapipe_shared::jobs::Queue;
 
 use async_trait::async_trait;
 use sea_orm::Database;
@@ -130,8 +131,8 @@ struct TestWorker {
 
 #[async_trait]
 impl Worker for TestWorker {
-    fn name(&self) -> &'static str {
-        "parse"
+    fn queue(&self) -> Queue {
+        Queue::Parse
     }
 
     async fn handle(&self, job: &Delivery) -> Result<(), JobError> {
@@ -207,7 +208,7 @@ async fn next_seen(rx: &mut mpsc::UnboundedReceiver<Seen>, within: Duration) -> 
 async fn dlq_until(b: &Arc<dyn Broker>, n: usize) -> Vec<wapipe_shared::broker::DeadLetter> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let dead = b.dlq_list("parse", 10).await.expect("dlq list");
+        let dead = b.dlq_list(Queue::Parse, 10).await.expect("dlq list");
         if dead.len() >= n || Instant::now() > deadline {
             return dead;
         }
@@ -243,7 +244,7 @@ async fn ok_jobs_are_acked_in_lane_order(t: TestBroker) {
     let running = start(&b, &w);
     assert_eq!(next_seen(&mut rx, Duration::from_millis(700)).await, None);
     running.stop().await;
-    assert!(b.dlq_list("parse", 10).await.expect("dlq").is_empty());
+    assert!(b.dlq_list(Queue::Parse, 10).await.expect("dlq").is_empty());
 }
 
 async fn poison_job_is_dead_lettered_after_max_attempts(t: TestBroker) {
@@ -289,7 +290,7 @@ async fn poison_job_is_dead_lettered_after_max_attempts(t: TestBroker) {
 
     // Redrive: back to the work queue with attempt 1, and the whole cycle
     // again, into the DLQ again.
-    assert_eq!(b.dlq_redrive("parse").await.expect("redrive"), 1);
+    assert_eq!(b.dlq_redrive(Queue::Parse).await.expect("redrive"), 1);
     for attempt in 1..=policy().max_attempts {
         assert_eq!(
             next_seen(&mut rx, Duration::from_secs(10)).await,
@@ -303,8 +304,8 @@ async fn poison_job_is_dead_lettered_after_max_attempts(t: TestBroker) {
     let dead = dlq_until(&b, 1).await;
     assert_eq!(dead.len(), 1);
     running.stop().await;
-    assert_eq!(b.dlq_purge("parse").await.expect("purge"), 1);
-    assert!(b.dlq_list("parse", 10).await.expect("dlq").is_empty());
+    assert_eq!(b.dlq_purge(Queue::Parse).await.expect("purge"), 1);
+    assert!(b.dlq_list(Queue::Parse, 10).await.expect("dlq").is_empty());
 }
 
 async fn permanent_error_goes_straight_to_the_dlq(t: TestBroker) {
@@ -348,7 +349,7 @@ async fn a_panicking_job_is_retried(t: TestBroker) {
         Some(Seen::Done("panic-1".into(), 2))
     );
     running.stop().await;
-    assert!(b.dlq_list("parse", 10).await.expect("dlq").is_empty());
+    assert!(b.dlq_list(Queue::Parse, 10).await.expect("dlq").is_empty());
 }
 
 async fn shutdown_lets_the_job_in_progress_finish(t: TestBroker) {
@@ -416,7 +417,7 @@ async fn run_one_settles_a_single_job(t: TestBroker) {
         .expect("publish");
     let lane = lane_for("cfg:fay", LANES);
     let mut consumer = b
-        .consume("parse")
+        .consume(Queue::Parse)
         .await
         .expect("consume")
         .into_iter()
@@ -451,8 +452,8 @@ struct BatchWorker {
 
 #[async_trait]
 impl Worker for BatchWorker {
-    fn name(&self) -> &'static str {
-        "parse"
+    fn queue(&self) -> Queue {
+        Queue::Parse
     }
 
     fn batch_size(&self) -> usize {
@@ -552,8 +553,8 @@ impl EachWorker {
 
 #[async_trait]
 impl Worker for EachWorker {
-    fn name(&self) -> &'static str {
-        "parse"
+    fn queue(&self) -> Queue {
+        Queue::Parse
     }
 
     fn batch_size(&self) -> usize {

@@ -13,10 +13,11 @@ use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use serde_json::json;
 use support::*;
 use uuid::Uuid;
+use wapipe_domain::receipts::apply_pending_receipts;
 use wapipe_shared::entities::messages::{self, Direction, MessageStatus, Origin};
 use wapipe_shared::retry::RetryPolicy;
-use wapipe_workers::runtime::{Outcome, run_one};
-use wapipe_workers::status::{StatusWorker, apply_pending_receipts};
+use wapipe_workers::runtime::{Outcome, run_one, typed};
+use wapipe_workers::status::StatusWorker;
 
 /// An outbound message row with `wamid`, in the chat of `CUSTOMER`.
 async fn outbound(env: &Env, wamid: &str, status: MessageStatus) -> Uuid {
@@ -73,6 +74,8 @@ async fn outbound(env: &Env, wamid: &str, status: MessageStatus) -> Uuid {
         is_deleted: Set(false),
         deleted_at: Set(None),
         effect_target: Set(None),
+        answers_message_id: Set(None),
+        answer_seq: Set(None),
     }
     .insert(&env.db)
     .await
@@ -90,17 +93,14 @@ fn policy() -> RetryPolicy {
 
 /// Runs every waiting `status.receipt` job through the real worker.
 async fn run_status_jobs(env: &Env) -> usize {
-    let worker = StatusWorker {
-        ctx: wapipe_workers::Context {
-            db: env.db.clone(),
-            broker: env.broker.clone(),
-        },
-    };
+    let worker = typed(StatusWorker { deps: env.deps() });
     let deliveries = env.deliveries("status").await;
     let n = deliveries.len();
     for d in deliveries {
         assert_eq!(
-            run_one(&worker, &policy(), d).await.expect("settle"),
+            run_one(worker.as_ref(), &policy(), d)
+                .await
+                .expect("settle"),
             Outcome::Ok
         );
     }
@@ -337,7 +337,7 @@ async fn status_worker_publishes_message_status(b: Backend) {
     env.post(&text_event("wamid.in", CUSTOMER, 1_760_000_000, "hi"))
         .await;
     outbound(&env, "wamid.rt", MessageStatus::Sent).await;
-    let mut rt = env.embedded.subscribe_realtime();
+    let mut rt = env.embedded.subscribe_realtime().await.expect("subscribe");
     env.post(&receipt("wamid.rt", MessageStatus::Read, 1_760_000_030))
         .await;
     run_status_jobs(&env).await;

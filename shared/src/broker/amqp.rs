@@ -50,9 +50,10 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKin
 
 use super::{
     Broker, BrokerError, BrokerSettings, DeadLetter, Delivery, LaneConsumer, LaneSource,
-    METRIC_PUBLISH_CONFIRM_SECONDS, METRIC_PUBLISH_TOTAL, OutboundJob, Parts, Settle, WORKERS,
-    event_for_worker, known_worker, lane_for, resubscribe_delay, worker_for_event,
+    METRIC_PUBLISH_CONFIRM_SECONDS, METRIC_PUBLISH_TOTAL, OutboundJob, Parts, RealtimeSubscription,
+    Settle, lane_for, resubscribe_delay,
 };
+use crate::jobs::Queue;
 
 /// Redeliveries of one job after which RabbitMQ dead-letters it: a job that
 /// kills its worker every time must not block its lane forever. High, as
@@ -196,7 +197,7 @@ impl AmqpBroker {
         let core = &self.core;
         let ch = core.admin_channel().await?;
         let s = &core.settings;
-        for (worker, _) in WORKERS {
+        for worker in Queue::ALL.map(Queue::name) {
             let mut queues: Vec<String> = (0..s.lane_count())
                 .map(|n| s.lane_queue(worker, n))
                 .collect();
@@ -269,6 +270,47 @@ impl Core {
     /// A short-lived channel on the publishing connection, for topology and
     /// DLQ management. Kept apart from the publish channel because a
     /// failed passive declare closes its channel.
+    /// A consumer of a server-named, exclusive, auto-deleted queue bound
+    /// to `P.realtime`: every subscriber gets every body, and the queue
+    /// goes away with its connection. No acks: real-time is best effort.
+    async fn realtime_consumer(
+        &self,
+    ) -> Result<(Arc<Connection>, Channel, lapin::Consumer), BrokerError> {
+        let live = self.consume.get(self).await?;
+        let channel = self.op(live.conn.create_channel()).await?;
+        let queue = self
+            .op(channel.queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            ))
+            .await?;
+        self.op(channel.queue_bind(
+            queue.name().clone(),
+            self.realtime_exchange().as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ))
+        .await?;
+        let consumer = self
+            .op(channel.basic_consume(
+                queue.name().clone(),
+                format!("wapipe-realtime-{}", uuid::Uuid::now_v7().simple()).into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            ))
+            .await?;
+        Ok((live.conn, channel, consumer))
+    }
+
     async fn admin_channel(&self) -> Result<Channel, BrokerError> {
         let live = self.publish.get(self).await?;
         self.op(live.conn.create_channel()).await
@@ -343,7 +385,7 @@ impl Core {
     }
 
     async fn publish_job(&self, job: &OutboundJob) -> Result<(), BrokerError> {
-        if worker_for_event(&job.event).is_none() {
+        if Queue::for_event(&job.event).is_none() {
             metrics::counter!(METRIC_PUBLISH_TOTAL, "result" => "error").increment(1);
             return Err(BrokerError::UnknownEvent(job.event.clone()));
         }
@@ -469,9 +511,9 @@ impl Broker for AmqpBroker {
         // One channel per worker, declared concurrently: quorum queues take
         // a few ms each to create.
         let results = futures::future::join_all(
-            WORKERS
+            Queue::ALL
                 .iter()
-                .map(|(worker, event)| core.declare_worker(worker, event)),
+                .map(|q| core.declare_worker(q.name(), q.event())),
         )
         .await;
         results.into_iter().collect()
@@ -491,8 +533,63 @@ impl Broker for AmqpBroker {
             .await
     }
 
-    async fn consume(&self, worker: &str) -> Result<Vec<LaneConsumer>, BrokerError> {
-        let worker = known_worker(worker)?;
+    async fn subscribe_realtime(&self) -> Result<RealtimeSubscription, BrokerError> {
+        let (tx, sub) = RealtimeSubscription::channel();
+        let core = self.core.clone();
+        // The first binding is made before returning, so nothing published
+        // after this call is missed; later ones after each reconnect.
+        let first = core.realtime_consumer().await?;
+        tokio::spawn(async move {
+            let mut current = Some(first);
+            let mut failures = 0u32;
+            loop {
+                let (conn, channel, mut consumer) = match current.take() {
+                    Some(c) => c,
+                    None => {
+                        tokio::select! {
+                            () = tx.closed() => return,
+                            () = tokio::time::sleep(resubscribe_delay(failures)) => {}
+                        }
+                        match core.realtime_consumer().await {
+                            Ok(c) => {
+                                failures = 0;
+                                c
+                            }
+                            Err(e) => {
+                                failures = failures.saturating_add(1);
+                                tracing::debug!(error = %e, "real-time resubscribe failed");
+                                continue;
+                            }
+                        }
+                    }
+                };
+                loop {
+                    let next = tokio::select! {
+                        () = tx.closed() => {
+                            let _ = channel.close(200, "OK".into()).await;
+                            return;
+                        }
+                        () = until_unhealthy(&conn, &channel) => None,
+                        next = consumer.next() => next,
+                    };
+                    match next {
+                        // A full subscriber misses this body (best effort).
+                        Some(Ok(d)) => {
+                            let _ = tx.try_send(d.data);
+                        }
+                        Some(Err(_)) | None => {
+                            failures = failures.saturating_add(1);
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(sub)
+    }
+
+    async fn consume(&self, queue: Queue) -> Result<Vec<LaneConsumer>, BrokerError> {
+        let worker = queue.name();
         let s = &self.core.settings;
         Ok((0..s.lane_count())
             .map(|lane| {
@@ -512,8 +609,8 @@ impl Broker for AmqpBroker {
             .collect())
     }
 
-    async fn dlq_list(&self, worker: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
-        let worker = known_worker(worker)?;
+    async fn dlq_list(&self, queue: Queue, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        let worker = queue.name();
         let core = &self.core;
         let ch = core.admin_channel().await?;
         let queue = core.settings.dlq_queue(worker);
@@ -530,8 +627,8 @@ impl Broker for AmqpBroker {
         Ok(out)
     }
 
-    async fn dlq_redrive(&self, worker: &str) -> Result<u64, BrokerError> {
-        let worker = known_worker(worker)?;
+    async fn dlq_redrive(&self, target: Queue) -> Result<u64, BrokerError> {
+        let worker = target.name();
         let core = &self.core;
         let ch = core.admin_channel().await?;
         let queue = core.settings.dlq_queue(worker);
@@ -546,7 +643,7 @@ impl Broker for AmqpBroker {
             let Some(msg) = got else { break };
             let d = &msg.delivery;
             let dead = dead_letter_of(worker, d);
-            if worker_for_event(&dead.event) != Some(worker) {
+            if Queue::for_event(&dead.event) != Some(target) {
                 tracing::warn!(worker, message_id = %dead.message_id, event = %dead.event,
                     "dead letter without a routable event left in the DLQ");
                 continue; // stays unacked: back in the DLQ when the channel closes
@@ -568,8 +665,8 @@ impl Broker for AmqpBroker {
         Ok(moved)
     }
 
-    async fn dlq_purge(&self, worker: &str) -> Result<u64, BrokerError> {
-        let worker = known_worker(worker)?;
+    async fn dlq_purge(&self, queue: Queue) -> Result<u64, BrokerError> {
+        let worker = queue.name();
         let core = &self.core;
         let ch = core.admin_channel().await?;
         let n = core
@@ -586,7 +683,7 @@ impl Broker for AmqpBroker {
         let core = &self.core;
         let s = &core.settings;
         let mut queues = Vec::new();
-        for (worker, _) in WORKERS {
+        for worker in Queue::ALL.map(Queue::name) {
             queues.extend((0..s.lane_count()).map(|n| (s.lane_queue(worker, n), false)));
             queues.extend(
                 DELAY_BUCKETS_MS
@@ -1004,7 +1101,7 @@ impl AmqpLane {
     fn delivery(&self, d: lapin::message::Delivery) -> Delivery {
         let headers = d.properties.headers().clone().unwrap_or_default();
         let event = header_str(&headers, H_EVENT)
-            .or_else(|| event_for_worker(self.worker).map(str::to_owned))
+            .or_else(|| Queue::from_name(self.worker).map(|q| q.event().to_owned()))
             .unwrap_or_default();
         let parts = Parts {
             worker: self.worker,
@@ -1241,7 +1338,7 @@ fn dead_letter_of(worker: &str, d: &lapin::message::Delivery) -> DeadLetter {
         id: message_id.clone(),
         worker: worker.to_owned(),
         event: header_str(&headers, H_EVENT)
-            .or_else(|| event_for_worker(worker).map(str::to_owned))
+            .or_else(|| Queue::from_name(worker).map(|q| q.event().to_owned()))
             .unwrap_or_default(),
         lane_key: header_str(&headers, H_LANE_KEY).unwrap_or_default(),
         message_id,

@@ -38,10 +38,10 @@ use uuid::Uuid;
 
 use super::{
     Broker, BrokerError, BrokerSettings, DeadLetter, Delivery, LaneConsumer, LaneSource,
-    METRIC_PUBLISH_TOTAL, OutboundJob, Parts, Settle, WORKER_NAMES, known_worker, lane_for,
-    worker_for_event,
+    METRIC_PUBLISH_TOTAL, OutboundJob, Parts, RealtimeSubscription, Settle, lane_for,
 };
 use crate::entities::dead_letters;
+use crate::jobs::Queue;
 
 /// How often a consuming process looks for redrives requested by the CLI.
 const REDRIVE_POLL: Duration = Duration::from_secs(1);
@@ -127,16 +127,16 @@ impl EmbeddedBroker {
     /// (the migrations must have run).
     pub fn new(settings: &BrokerSettings, db: DatabaseConnection) -> Self {
         let lanes = settings.lane_count();
-        let workers = WORKER_NAMES
+        let workers = Queue::ALL
             .iter()
-            .map(|name| WorkerQueues {
-                name,
+            .map(|q| WorkerQueues {
+                name: q.name(),
                 lanes: (0..lanes).map(|_| Arc::new(Lane::new())).collect(),
                 delayed: Arc::new(AtomicU64::new(0)),
                 consumed: AtomicBool::new(false),
             })
             .collect();
-        let (realtime, _) = broadcast::channel(1024);
+        let (realtime, _) = broadcast::channel(super::REALTIME_BUFFER);
         Self {
             inner: Arc::new(Inner {
                 db,
@@ -146,18 +146,11 @@ impl EmbeddedBroker {
             }),
         }
     }
-
-    /// Receives what [`Broker::publish_realtime`] sends from now on. Slow
-    /// receivers miss messages (bounded buffer), as real-time updates are
-    /// best effort.
-    pub fn subscribe_realtime(&self) -> broadcast::Receiver<Vec<u8>> {
-        self.inner.realtime.subscribe()
-    }
 }
 
 impl Inner {
-    fn worker(&self, name: &str) -> Result<&WorkerQueues, BrokerError> {
-        let name = known_worker(name)?;
+    fn worker(&self, queue: Queue) -> Result<&WorkerQueues, BrokerError> {
+        let name = queue.name();
         self.workers
             .iter()
             .find(|w| w.name == name)
@@ -211,9 +204,9 @@ impl Inner {
 /// workers. Returns how many rows were marked.
 pub async fn request_embedded_redrive(
     db: &DatabaseConnection,
-    worker: &str,
+    queue: Queue,
 ) -> Result<u64, BrokerError> {
-    let worker = known_worker(worker)?;
+    let worker = queue.name();
     let now = Utc::now();
     let res = dead_letters::Entity::update_many()
         .col_expr(dead_letters::Column::RedriveRequestedAt, Expr::value(now))
@@ -224,7 +217,8 @@ pub async fn request_embedded_redrive(
     Ok(res.rows_affected)
 }
 
-fn spawn_redrive_poller(inner: Weak<Inner>, worker: &'static str) {
+fn spawn_redrive_poller(inner: Weak<Inner>, queue: Queue) {
+    let worker = queue.name();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(REDRIVE_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -232,7 +226,7 @@ fn spawn_redrive_poller(inner: Weak<Inner>, worker: &'static str) {
             tick.tick().await;
             // The broker is gone: nothing to enqueue into.
             let Some(inner) = inner.upgrade() else { break };
-            let Ok(queues) = inner.worker(worker) else {
+            let Ok(queues) = inner.worker(queue) else {
                 break;
             };
             if let Err(e) = inner.claim_and_enqueue(queues, true).await {
@@ -254,11 +248,11 @@ impl Broker for EmbeddedBroker {
         // The embedded "confirm" is the enqueue itself; recording it keeps
         // one set of metric names (and dashboards) for both modes.
         let started = std::time::Instant::now();
-        let Some(worker) = worker_for_event(&job.event) else {
+        let Some(queue) = Queue::for_event(&job.event) else {
             metrics::counter!(METRIC_PUBLISH_TOTAL, "result" => "error").increment(1);
             return Err(BrokerError::UnknownEvent(job.event));
         };
-        let queues = self.inner.worker(worker)?;
+        let queues = self.inner.worker(queue)?;
         let (_, lane) = self.inner.lane_of(queues, &job.lane_key);
         lane.push_back(Msg {
             event: job.event,
@@ -280,10 +274,14 @@ impl Broker for EmbeddedBroker {
         Ok(())
     }
 
-    async fn consume(&self, worker: &str) -> Result<Vec<LaneConsumer>, BrokerError> {
-        let queues = self.inner.worker(worker)?;
+    async fn subscribe_realtime(&self) -> Result<RealtimeSubscription, BrokerError> {
+        Ok(RealtimeSubscription::local(self.inner.realtime.subscribe()))
+    }
+
+    async fn consume(&self, queue: Queue) -> Result<Vec<LaneConsumer>, BrokerError> {
+        let queues = self.inner.worker(queue)?;
         if !queues.consumed.swap(true, Ordering::SeqCst) {
-            spawn_redrive_poller(Arc::downgrade(&self.inner), queues.name);
+            spawn_redrive_poller(Arc::downgrade(&self.inner), queue);
         }
         Ok(queues
             .lanes
@@ -308,8 +306,8 @@ impl Broker for EmbeddedBroker {
             .collect())
     }
 
-    async fn dlq_list(&self, worker: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
-        let worker = known_worker(worker)?;
+    async fn dlq_list(&self, queue: Queue, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        let worker = queue.name();
         let rows = dead_letters::Entity::find()
             .filter(dead_letters::Column::Queue.eq(worker))
             .order_by_asc(dead_letters::Column::CreatedAt)
@@ -333,19 +331,19 @@ impl Broker for EmbeddedBroker {
             .collect())
     }
 
-    async fn dlq_redrive(&self, worker: &str) -> Result<u64, BrokerError> {
-        let queues = self.inner.worker(worker)?;
+    async fn dlq_redrive(&self, queue: Queue) -> Result<u64, BrokerError> {
+        let queues = self.inner.worker(queue)?;
         if queues.consumed.load(Ordering::SeqCst) {
             self.inner.claim_and_enqueue(queues, false).await
         } else {
             // Jobs enqueued here would sit in the memory of a process that
             // never runs them: hand them to the process that does.
-            request_embedded_redrive(&self.inner.db, queues.name).await
+            request_embedded_redrive(&self.inner.db, queue).await
         }
     }
 
-    async fn dlq_purge(&self, worker: &str) -> Result<u64, BrokerError> {
-        let worker = known_worker(worker)?;
+    async fn dlq_purge(&self, queue: Queue) -> Result<u64, BrokerError> {
+        let worker = queue.name();
         let res = dead_letters::Entity::delete_many()
             .filter(dead_letters::Column::Queue.eq(worker))
             .exec(&self.inner.db)

@@ -29,50 +29,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+pub use crate::jobs::Queue;
+
 pub use amqp::AmqpBroker;
 pub use embedded::{EmbeddedBroker, request_embedded_redrive};
-
-/// Each worker (queue) and the one event it consumes. Publishing is by
-/// event name; the broker maps the event to its worker.
-pub const WORKERS: &[(&str, &str)] = &[
-    ("parse", "webhook.received"),
-    ("status", "status.receipt"),
-    ("scenario", "message.inbound"),
-    ("followup", "followup.due"),
-    ("outbound", "outbound.send"),
-];
-
-const WORKER_NAMES: &[&str] = &["parse", "status", "scenario", "followup", "outbound"];
 
 /// Metric names of the broker (DESIGN §7).
 pub const METRIC_PUBLISH_TOTAL: &str = "wapipe_broker_publish_total";
 pub const METRIC_PUBLISH_CONFIRM_SECONDS: &str = "wapipe_broker_publish_confirm_seconds";
 pub const METRIC_QUEUE_DEPTH: &str = "wapipe_queue_depth";
 pub const METRIC_DEAD_LETTER_DEPTH: &str = "wapipe_queue_dead_letter_depth";
-
-/// The worker names, in pipeline order.
-pub fn worker_names() -> &'static [&'static str] {
-    WORKER_NAMES
-}
-
-/// The worker that consumes `event`, if any.
-pub fn worker_for_event(event: &str) -> Option<&'static str> {
-    WORKERS.iter().find(|(_, e)| *e == event).map(|(w, _)| *w)
-}
-
-/// The event that `worker` consumes, if `worker` exists.
-pub fn event_for_worker(worker: &str) -> Option<&'static str> {
-    WORKERS.iter().find(|(w, _)| *w == worker).map(|(_, e)| *e)
-}
-
-/// The static name of a worker, or `UnknownWorker`.
-pub(crate) fn known_worker(worker: &str) -> Result<&'static str, BrokerError> {
-    WORKER_NAMES
-        .iter()
-        .find(|w| **w == worker)
-        .copied()
-        .ok_or_else(|| BrokerError::UnknownWorker(worker.to_owned()))
-}
 
 /// The lane of a job (DESIGN invariant 6). FNV-1a 64 over the key's bytes:
 /// stable across processes, builds and platforms (std's hasher is seeded
@@ -131,7 +97,7 @@ impl BrokerSettings {
 /// A job to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundJob {
-    /// One of the events of [`WORKERS`]; it selects the worker.
+    /// The event of one [`Queue`]; it selects the queue.
     pub event: String,
     /// Jobs with the same key are processed in order, e.g. `{config}:{customer}`.
     pub lane_key: String,
@@ -394,16 +360,21 @@ pub trait Broker: Send + Sync {
     async fn publish(&self, job: OutboundJob) -> Result<(), BrokerError>;
     /// Best-effort real-time fan-out (WebSocket updates).
     async fn publish_realtime(&self, body: Vec<u8>) -> Result<(), BrokerError>;
-    /// One consumer per lane of `worker`, each yielding deliveries in order.
-    async fn consume(&self, worker: &str) -> Result<Vec<LaneConsumer>, BrokerError>;
-    /// Up to `limit` dead letters of `worker`, oldest first, without
+    /// What any process publishes with [`publish_realtime`](Self::publish_realtime)
+    /// from now on (AMQP: a queue of this subscriber's own, bound to
+    /// `P.realtime`, re-made after a reconnect). Best effort: a subscriber
+    /// that falls [`REALTIME_BUFFER`] bodies behind misses the oldest.
+    async fn subscribe_realtime(&self) -> Result<RealtimeSubscription, BrokerError>;
+    /// One consumer per lane of `queue`, each yielding deliveries in order.
+    async fn consume(&self, queue: Queue) -> Result<Vec<LaneConsumer>, BrokerError>;
+    /// Up to `limit` dead letters of `queue`, oldest first, without
     /// removing them.
-    async fn dlq_list(&self, worker: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError>;
-    /// Moves the dead letters of `worker` back to its lanes with the
+    async fn dlq_list(&self, queue: Queue, limit: usize) -> Result<Vec<DeadLetter>, BrokerError>;
+    /// Moves the dead letters of `queue` back to its lanes with the
     /// attempt count reset to 1. Returns how many.
-    async fn dlq_redrive(&self, worker: &str) -> Result<u64, BrokerError>;
-    /// Deletes the dead letters of `worker`. Returns how many.
-    async fn dlq_purge(&self, worker: &str) -> Result<u64, BrokerError>;
+    async fn dlq_redrive(&self, queue: Queue) -> Result<u64, BrokerError>;
+    /// Deletes the dead letters of `queue`. Returns how many.
+    async fn dlq_purge(&self, queue: Queue) -> Result<u64, BrokerError>;
     /// `(queue, ready messages, is_dlq)` for every queue, for the depth
     /// gauges. Ready excludes deliveries in progress.
     async fn queue_depths(&self) -> Result<Vec<(String, u64, bool)>, BrokerError>;
@@ -414,6 +385,80 @@ pub trait Broker: Send + Sync {
     /// Lanes per worker queue: jobs whose lane keys give the same
     /// [`lane_for`] travel one queue, in order.
     fn lanes(&self) -> u16;
+}
+
+/// Real-time bodies a subscriber may hold before it misses some.
+pub const REALTIME_BUFFER: usize = 1024;
+
+/// One subscriber's stream of real-time bodies. Dropping it unsubscribes.
+pub struct RealtimeSubscription {
+    source: RealtimeSource,
+}
+
+enum RealtimeSource {
+    /// The embedded broker's in-process fan-out.
+    Local(tokio::sync::broadcast::Receiver<Vec<u8>>),
+    /// Fed by a task that consumes RabbitMQ; it stops when this is dropped.
+    Fed(tokio::sync::mpsc::Receiver<Vec<u8>>),
+}
+
+impl RealtimeSubscription {
+    /// A subscription fed through the returned sender; the feeding task
+    /// stops when [`Sender::closed`](tokio::sync::mpsc::Sender::closed)
+    /// resolves.
+    pub(crate) fn channel() -> (tokio::sync::mpsc::Sender<Vec<u8>>, Self) {
+        let (tx, rx) = tokio::sync::mpsc::channel(REALTIME_BUFFER);
+        (
+            tx,
+            Self {
+                source: RealtimeSource::Fed(rx),
+            },
+        )
+    }
+
+    pub(crate) fn local(rx: tokio::sync::broadcast::Receiver<Vec<u8>>) -> Self {
+        Self {
+            source: RealtimeSource::Local(rx),
+        }
+    }
+
+    /// The next body, or `None` once the broker is gone. A subscriber that
+    /// fell behind skips what it missed.
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        match &mut self.source {
+            RealtimeSource::Fed(rx) => rx.recv().await,
+            RealtimeSource::Local(rx) => loop {
+                match rx.recv().await {
+                    Ok(body) => return Some(body),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(missed = n, "real-time subscriber lagged");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            },
+        }
+    }
+
+    /// A body that is here already, without waiting.
+    pub fn try_recv(&mut self) -> Option<Vec<u8>> {
+        match &mut self.source {
+            RealtimeSource::Fed(rx) => rx.try_recv().ok(),
+            RealtimeSource::Local(rx) => loop {
+                match rx.try_recv() {
+                    Ok(body) => return Some(body),
+                    Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
+                    Err(_) => return None,
+                }
+            },
+        }
+    }
+}
+
+impl fmt::Debug for RealtimeSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RealtimeSubscription")
+            .finish_non_exhaustive()
+    }
 }
 
 /// The broker `settings` ask for: RabbitMQ when `amqp_url` is set, else the
@@ -470,17 +515,6 @@ pub(crate) fn resubscribe_delay(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_worker_has_one_event() {
-        for w in worker_names() {
-            let e = event_for_worker(w).expect("event");
-            assert_eq!(worker_for_event(e), Some(*w));
-        }
-        assert_eq!(worker_for_event("webhook.received"), Some("parse"));
-        assert_eq!(worker_for_event("nope"), None);
-        assert_eq!(WORKERS.len(), WORKER_NAMES.len());
-    }
 
     #[test]
     fn lanes_are_stable_and_spread() {

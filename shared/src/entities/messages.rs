@@ -265,6 +265,11 @@ pub struct Model {
     /// A reaction, edit or revoke whose target is not stored yet: the
     /// target's wamid, until the parse worker applies it. NULL otherwise.
     pub effect_target: Option<String>,
+    /// For a bot reply: the inbound message it answers, and its place
+    /// among that message's replies. Unique together: a replayed inbound
+    /// message cannot queue the same reply twice.
+    pub answers_message_id: Option<Uuid>,
+    pub answer_seq: Option<i32>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

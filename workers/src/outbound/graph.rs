@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
+use wapipe_shared::whatsapp::MetaError;
 
 /// Histogram of Graph call latency, seconds.
 pub const METRIC_GRAPH_SECONDS: &str = "wapipe_outbound_graph_seconds";
@@ -41,19 +42,18 @@ impl Default for GraphSettings {
     }
 }
 
-/// Meta's error object, as much as we use of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetaError {
+/// Meta's refusal of a call: its error object (the same [`MetaError`]
+/// webhooks carry), with the code the decision is made on and the title
+/// we store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
     /// `error.code`, kept as a string whether Meta sent a number or a string.
     pub code: String,
     /// `error.title`, else `error.message`.
     pub title: String,
-    /// `error.error_data.details`.
-    pub details: Option<String>,
-    pub subcode: Option<String>,
     pub http_status: u16,
-    /// The `error` object as received, stored in `messages.errors`.
-    pub raw: Value,
+    /// The error object; its `raw` is stored in `messages.errors`.
+    pub error: MetaError,
 }
 
 /// What a call to `/messages` came to.
@@ -64,7 +64,7 @@ pub enum GraphOutcome {
     /// A call without a message id that succeeded (mark-as-read).
     Success,
     /// Meta refused, with its error object.
-    Refused(MetaError),
+    Refused(Refusal),
     /// Nothing reached Meta, or Meta certainly did not act on it (connect
     /// failure, an error status without Meta's error body): safe to resend.
     NotSent(String),
@@ -106,40 +106,16 @@ pub enum GraphClientError {
     Build(String),
 }
 
-/// Meta's numbers and strings alike, as a string.
-fn code_string(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::Number(n) => Some(n.to_string()),
-        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
-        _ => None,
-    }
-}
-
 /// Reads Meta's error shape `{"error": {...}}` out of an answer body.
-pub fn parse_meta_error(http_status: u16, body: &[u8]) -> Option<MetaError> {
+pub fn parse_meta_error(http_status: u16, body: &[u8]) -> Option<Refusal> {
     let v: Value = serde_json::from_slice(body).ok()?;
-    let e = v.get("error")?;
-    let code = code_string(e.get("code"))?;
-    let text = |k: &str| {
-        e.get(k)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-    };
-    Some(MetaError {
-        title: text("title")
-            .or_else(|| text("message"))
-            .unwrap_or_else(|| format!("Meta error {code}")),
-        details: e
-            .get("error_data")
-            .and_then(|d| d.get("details"))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .or_else(|| text("error_user_msg")),
-        subcode: code_string(e.get("error_subcode")),
+    let error = MetaError::from_value(v.get("error")?);
+    let code = error.code.clone()?;
+    Some(Refusal {
+        title: error.summary(),
         code,
         http_status,
-        raw: e.clone(),
+        error,
     })
 }
 
@@ -249,13 +225,16 @@ impl GraphClient {
             // Retrying cannot repair a token with control characters; the
             // answer Meta would give (190) is the honest one.
             Err(_) => {
-                return GraphOutcome::Refused(MetaError {
+                let title = "the access token is not a valid header value";
+                return GraphOutcome::Refused(Refusal {
                     code: "190".into(),
-                    title: "the access token is not a valid header value".into(),
-                    details: None,
-                    subcode: None,
+                    title: title.into(),
                     http_status: 0,
-                    raw: Value::Null,
+                    error: MetaError {
+                        code: Some("190".into()),
+                        title: Some(title.into()),
+                        ..MetaError::default()
+                    },
                 });
             }
         };
@@ -301,7 +280,7 @@ mod tests {
         let e = parse_meta_error(400, &serde_json::to_vec(&n).expect("json")).expect("error");
         assert_eq!(e.code, "130429");
         assert_eq!(e.title, "(#130429) Rate limit hit");
-        assert_eq!(e.details.as_deref(), Some("d"));
+        assert_eq!(e.error.details.as_deref(), Some("d"));
         let s = json!({"error": {"code": "131047", "title": "Re-engagement message"}});
         let e = parse_meta_error(400, &serde_json::to_vec(&s).expect("json")).expect("error");
         assert_eq!(e.code, "131047");

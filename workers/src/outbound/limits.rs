@@ -91,10 +91,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `{phone_number_id}:{wa_id}`: the pair key, also the job's lane key.
-pub fn pair_key(phone_number_id: &str, recipient: &str) -> String {
-    format!("{phone_number_id}:{recipient}")
-}
+/// `{phone_number_id}:{wa_id}`: the pair key is the job's lane key.
+pub use wapipe_shared::jobs::lane_key as pair_key;
 
 impl Limits {
     pub fn new(settings: LimitSettings) -> Self {

@@ -33,9 +33,9 @@ use wapipe_shared::broker::Broker;
 use wapipe_shared::entities::messages::{self, Column as M, MessageStatus};
 use wapipe_shared::entities::{customers, whatsapp_configs};
 
-use super::limits::pair_key;
-use super::queue::{dispatched_at, now, stamp_dispatched};
-use super::send_job;
+use wapipe_domain::clock::now;
+use wapipe_domain::outbox::{dispatched_at, stamp_dispatched};
+use wapipe_shared::jobs::{Job, OutboundSend, lane_key};
 
 /// Jobs re-published by the sweep.
 pub const METRIC_SWEEP_REPUBLISHED_TOTAL: &str = "wapipe_outbound_sweep_republished_total";
@@ -190,11 +190,14 @@ async fn publish(
         .collect();
     let mut ok = Vec::with_capacity(rows.len());
     for (id, config_id, customer_id) in rows {
-        let lane_key = pair_key(
+        let lane = lane_key(
             configs.get(&config_id).map_or("", String::as_str),
             recipients.get(&customer_id).map_or("", String::as_str),
         );
-        match broker.publish(send_job(id, lane_key)).await {
+        match broker
+            .publish(OutboundSend::message(id, lane).to_outbound())
+            .await
+        {
             Ok(()) => ok.push(id),
             Err(e) => {
                 tracing::warn!(message_id = %id, error = %e, "sweep cannot publish; will retry");

@@ -22,25 +22,22 @@ use wapipe_shared::jobs::{REALTIME_MESSAGE_STATUS, RealtimeEvent};
 mod batch;
 
 use self::batch::Posted;
-use super::configs::{ConfigCache, SendConfig};
-use super::content::mark_read_body;
-use super::graph::{ErrorClass, GraphClient, GraphOutcome, MetaError, classify};
+use wapipe_domain::clock::now;
+use wapipe_domain::configs::SendConfig;
+use wapipe_domain::outbox::content::mark_read_body;
+use wapipe_domain::outbox::{CODE_WINDOW_CLOSED, OutboxError, WINDOW_CLOSED_TITLE};
+use wapipe_shared::jobs::{MarkRead, OutboundSend, OutboundWork};
+
+use super::graph::{ErrorClass, GraphClient, GraphOutcome, Refusal, classify};
 use super::limits::{Limits, RateLimited};
-use super::queue::now;
-use super::{
-    CODE_WINDOW_CLOSED, METRIC_CONFIG_FLAGGED_TOTAL, METRIC_SENDS_TOTAL, MarkRead, OutboundError,
-    OutboundJobBody, OutboundSettings, WINDOW_CLOSED_TITLE,
-};
-use crate::Context;
-use crate::runtime::{BatchOutcome, JobError, Worker};
+use super::{METRIC_CONFIG_FLAGGED_TOTAL, METRIC_SENDS_TOTAL, OutboundSettings};
+use crate::registry::Deps;
+use crate::runtime::{BatchOutcome, JobError, JobWorker, TypedJob};
 
 /// Receipts stamped this long before a claim still count as proof that
 /// the claimed send went through (clock skew between Meta and us; Meta's
 /// timestamps have whole seconds).
 const RECEIPT_SKEW: Duration = Duration::from_secs(10);
-
-/// The customer-service window (DESIGN invariant 7).
-const WINDOW: chrono::Duration = chrono::Duration::hours(24);
 
 /// What one job came to, for tests and the benchmark; the runtime only
 /// sees Ok or the retryable error.
@@ -63,11 +60,10 @@ pub enum SendOutcome {
 }
 
 struct Inner {
-    ctx: Context,
+    deps: Deps,
     settings: OutboundSettings,
     graph: GraphClient,
     limits: Limits,
-    configs: ConfigCache,
 }
 
 /// The outbound worker; cheap to clone (limits and caches are shared).
@@ -77,12 +73,13 @@ pub struct OutboundWorker {
 }
 
 fn db_err(e: DbErr) -> JobError {
-    JobError::Retryable(format!("database: {e}"))
+    JobError::from(e)
 }
 
-fn job_err(e: OutboundError) -> JobError {
+fn job_err(e: impl Into<OutboxError>) -> JobError {
+    let e: OutboxError = e.into();
     match e {
-        OutboundError::Db(e) => db_err(e),
+        OutboxError::Db(e) => db_err(e),
         // A key that cannot open the token is an operator problem that a
         // fixed key repairs: keep the messages queued.
         other => JobError::Retryable(other.to_string()),
@@ -104,16 +101,15 @@ struct Claim {
 }
 
 impl OutboundWorker {
-    pub fn new(ctx: Context, settings: OutboundSettings) -> Result<Self, OutboundError> {
+    pub fn new(deps: Deps, settings: OutboundSettings) -> Result<Self, OutboxError> {
         let graph =
-            GraphClient::new(&settings.graph).map_err(|e| OutboundError::Config(e.to_string()))?;
+            GraphClient::new(&settings.graph).map_err(|e| OutboxError::Config(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 limits: Limits::new(settings.limits),
-                configs: ConfigCache::new(settings.secret_key.clone(), settings.config_ttl),
                 graph,
                 settings,
-                ctx,
+                deps,
             }),
         })
     }
@@ -127,7 +123,7 @@ impl OutboundWorker {
     }
 
     fn db(&self) -> &DatabaseConnection {
-        &self.inner.ctx.db
+        &self.inner.deps.db
     }
 
     /// Carries one queued message to Meta (see the module doc of
@@ -200,7 +196,7 @@ impl OutboundWorker {
         msg: &messages::Model,
         claim: Claim,
     ) -> Result<(Arc<SendConfig>, Value, String), Result<SendOutcome, JobError>> {
-        let config = match self.inner.configs.get(self.db(), msg.config_id).await {
+        let config = match self.inner.deps.configs.get(self.db(), msg.config_id).await {
             Ok(Some(c)) => c,
             // The message goes with its config (foreign key cascade).
             Ok(None) => return Err(Ok(SendOutcome::Skipped("config gone"))),
@@ -401,6 +397,7 @@ impl OutboundWorker {
                         if class == ErrorClass::FlagConfig {
                             let flagged = self
                                 .inner
+                                .deps
                                 .configs
                                 .flag(self.db(), config.id, &e.code, &e.title, now)
                                 .await
@@ -554,15 +551,15 @@ impl OutboundWorker {
         &self,
         msg: &messages::Model,
         claim: Claim,
-        e: &MetaError,
+        e: &Refusal,
         now: DateTime<Utc>,
     ) -> Result<(), JobError> {
         messages::Entity::update_many()
             .col_expr(M::Status, Expr::value(MessageStatus::Failed.as_str()))
             .col_expr(M::ErrorCode, Expr::value(e.code.clone()))
             .col_expr(M::ErrorTitle, Expr::value(e.title.clone()))
-            .col_expr(M::ErrorDetails, Expr::value(e.details.clone()))
-            .col_expr(M::Errors, Expr::value(json!([e.raw])))
+            .col_expr(M::ErrorDetails, Expr::value(e.error.details.clone()))
+            .col_expr(M::Errors, Expr::value(json!([e.error.raw])))
             .col_expr(M::FailedAt, Expr::value(now))
             .col_expr(M::UpdatedAt, Expr::value(now))
             .filter(M::Id.eq(claim.id))
@@ -668,7 +665,7 @@ impl OutboundWorker {
         if pending.is_none() {
             return Ok(());
         }
-        crate::status::apply_pending_receipts(self.db(), config_id, wamid)
+        wapipe_domain::receipts::apply_pending_receipts(self.db(), config_id, wamid)
             .await
             .map_err(db_err)?;
         Ok(())
@@ -685,7 +682,7 @@ impl OutboundWorker {
         };
         if let Err(e) = self
             .inner
-            .ctx
+            .deps
             .broker
             .publish_realtime(RealtimeEvent::encode(&[ev]))
             .await
@@ -699,6 +696,7 @@ impl OutboundWorker {
     pub async fn mark_read(&self, mark: &MarkRead) -> Result<SendOutcome, JobError> {
         let Some(config) = self
             .inner
+            .deps
             .configs
             .get(self.db(), mark.config_id)
             .await
@@ -743,19 +741,15 @@ impl OutboundWorker {
 }
 
 #[async_trait]
-impl Worker for OutboundWorker {
-    fn name(&self) -> &'static str {
-        "outbound"
-    }
+impl JobWorker for OutboundWorker {
+    type Job = OutboundSend;
 
-    async fn handle(&self, job: &Delivery) -> Result<(), JobError> {
-        let body: OutboundJobBody = serde_json::from_slice(&job.body)
-            .map_err(|e| JobError::Permanent(format!("not an outbound.send job: {e}")))?;
-        match body {
-            OutboundJobBody::Send { message_id } => {
+    async fn handle(&self, job: OutboundSend, _: &Delivery) -> Result<(), JobError> {
+        match job.work {
+            OutboundWork::Send { message_id } => {
                 self.send(message_id, Some(&job.lane_key)).await.map(|_| ())
             }
-            OutboundJobBody::MarkRead { mark_read } => self.mark_read(&mark_read).await.map(|_| ()),
+            OutboundWork::MarkRead { mark_read } => self.mark_read(&mark_read).await.map(|_| ()),
         }
     }
 
@@ -765,24 +759,22 @@ impl Worker for OutboundWorker {
 
     /// What has queued up on a lane: the sends together (see [`batch`]),
     /// each job answered on its own; mark-as-read jobs one by one.
-    async fn handle_batch(&self, jobs: &[Delivery]) -> Result<BatchOutcome, JobError> {
+    async fn handle_batch(
+        &self,
+        jobs: Vec<TypedJob<'_, OutboundSend>>,
+    ) -> Result<BatchOutcome, JobError> {
         let mut answers: Vec<Result<(), JobError>> = Vec::with_capacity(jobs.len());
         let mut sends = Vec::new();
         let mut send_slots = Vec::new();
-        for (slot, job) in jobs.iter().enumerate() {
+        for (slot, j) in jobs.iter().enumerate() {
             answers.push(Ok(()));
-            match serde_json::from_slice::<OutboundJobBody>(&job.body) {
-                Ok(OutboundJobBody::Send { message_id }) => {
-                    sends.push((message_id, job.lane_key.as_str()));
+            match &j.job.work {
+                OutboundWork::Send { message_id } => {
+                    sends.push((*message_id, j.job.lane_key.as_str()));
                     send_slots.push(slot);
                 }
-                Ok(OutboundJobBody::MarkRead { mark_read }) => {
-                    answers[slot] = self.mark_read(&mark_read).await.map(|_| ());
-                }
-                Err(e) => {
-                    answers[slot] = Err(JobError::Permanent(format!(
-                        "not an outbound.send job: {e}"
-                    )));
+                OutboundWork::MarkRead { mark_read } => {
+                    answers[slot] = self.mark_read(mark_read).await.map(|_| ());
                 }
             }
         }

@@ -605,6 +605,8 @@ fn new_message(
         is_deleted: Set(false),
         deleted_at: Set(None),
         effect_target: Set(None),
+        answers_message_id: Set(None),
+        answer_seq: Set(None),
     }
 }
 

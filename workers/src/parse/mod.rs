@@ -19,6 +19,9 @@
 pub mod bulk;
 pub mod extract;
 pub mod store;
+mod worker;
+
+pub use worker::{ParseWorker, REGISTRATION};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -38,7 +41,7 @@ use wapipe_shared::entities::messages::MessageStatus;
 use wapipe_shared::entities::webhook_events::{self, Column, EventStatus};
 use wapipe_shared::entities::{chats, whatsapp_configs};
 use wapipe_shared::jobs::{
-    InboundMessages, MessageInbound, REALTIME_CHAT_UPDATED, REALTIME_MESSAGE_CREATED,
+    InboundMessages, Job, MessageInbound, REALTIME_CHAT_UPDATED, REALTIME_MESSAGE_CREATED,
     RealtimeEvent, StatusReceipt, WebhookReceived,
 };
 use wapipe_shared::whatsapp::{self as wa, Change, Contact, MetaError, Status};
@@ -731,7 +734,7 @@ fn collect_message(
         event: pos.event,
         event_id: pos.ev.id,
         config_id,
-        lane_key: format!("{phone}:{key}"),
+        lane_key: wapipe_shared::jobs::lane_key(phone, &key),
         sender,
         m,
         at,
@@ -879,8 +882,9 @@ async fn store_statuses<C: sea_orm::ConnectionTrait>(
                 config_id: p.config_id,
                 provider_message_id: wamid.clone(),
                 webhook_event_id: Some(p.event_id),
+                lane_key: wapipe_shared::jobs::lane_key(&p.phone, recipient),
             };
-            fan.jobs.push(job.job(format!("{}:{recipient}", p.phone)));
+            fan.jobs.push(job.to_outbound());
         }
         for e in &st.errors {
             summary
@@ -940,7 +944,11 @@ async fn publish(
     let publish_err =
         |e: wapipe_shared::broker::BrokerError| JobError::Retryable(format!("publish: {e}"));
     let mut jobs = fan.jobs;
-    jobs.extend(InboundMessages::jobs(fan.inbound, broker.lanes()));
+    // Only what a registered worker consumes: a queue nobody reads grows
+    // without bound (RabbitMQ) or in memory (embedded).
+    if crate::registry::consumes(InboundMessages::QUEUE) {
+        jobs.extend(InboundMessages::jobs(fan.inbound, broker.lanes()));
+    }
     stream::iter(jobs)
         .map(|job| broker.publish(job))
         .buffer_unordered(PUBLISH_CONCURRENCY)

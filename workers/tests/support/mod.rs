@@ -15,7 +15,8 @@ use sea_orm::{
 use serde_json::{Value, json};
 use uuid::Uuid;
 use wapipe_migrations::{Migrator, MigratorTrait};
-use wapipe_shared::broker::{Broker, BrokerSettings, Delivery, EmbeddedBroker};
+pub use wapipe_shared::broker::Broker;
+use wapipe_shared::broker::{BrokerSettings, Delivery, EmbeddedBroker};
 use wapipe_shared::crypto::{SecretKey, sha256_hex};
 use wapipe_shared::db::{self, testing};
 use wapipe_shared::entities::webhook_events::{self, EventStatus};
@@ -362,7 +363,8 @@ impl Env {
 
     /// The deliveries waiting for `worker`, unsettled (for `run_one`).
     pub async fn deliveries(&self, worker: &str) -> Vec<Delivery> {
-        let mut lanes = self.broker.consume(worker).await.expect("consume");
+        let queue = wapipe_shared::jobs::Queue::from_name(worker).expect("a queue name");
+        let mut lanes = self.broker.consume(queue).await.expect("consume");
         let mut out = Vec::new();
         for lane in lanes.iter_mut() {
             while let Ok(Some(Ok(d))) =
@@ -376,9 +378,20 @@ impl Env {
 
     /// Real-time events published so far on `rx`, decoded (each publish
     /// is an array of events).
-    pub fn drain_realtime(rx: &mut tokio::sync::broadcast::Receiver<Vec<u8>>) -> Vec<Value> {
+    /// What the workers get: this env's database and broker, a config
+    /// cache with a throwaway key, default settings.
+    pub fn deps(&self) -> wapipe_workers::Deps {
+        wapipe_workers::Deps::new(
+            self.db.clone(),
+            self.broker.clone(),
+            wapipe_shared::config::Settings::from_defaults().expect("settings"),
+            Arc::new(SecretKey::generate()),
+        )
+    }
+
+    pub fn drain_realtime(rx: &mut wapipe_shared::broker::RealtimeSubscription) -> Vec<Value> {
         let mut out = Vec::new();
-        while let Ok(b) = rx.try_recv() {
+        while let Some(b) = rx.try_recv() {
             let batch: Vec<Value> = serde_json::from_slice(&b).expect("a JSON array of events");
             assert!(!batch.is_empty(), "an empty real-time publish");
             out.extend(batch);

@@ -30,16 +30,15 @@ use sea_orm::{
 use serde_json::Value;
 use uuid::Uuid;
 use wapipe_shared::db::{pad_pow2, with_values};
-use wapipe_shared::entities::conversations::{self, ConversationStatus};
-use wapipe_shared::entities::customers;
 use wapipe_shared::entities::message_status_events::{self, Column as E};
 use wapipe_shared::entities::messages::{self, Column as M, Direction, MessageStatus};
 
-use super::super::configs::SendConfig;
+use wapipe_domain::clock::now;
+use wapipe_domain::configs::SendConfig;
+
 use super::super::graph::GraphOutcome;
 use super::super::limits::RateLimited;
-use super::super::queue::now;
-use super::{Claim, OutboundWorker, SendOutcome, WINDOW, count, db_err};
+use super::{Claim, OutboundWorker, SendOutcome, count, db_err};
 use crate::runtime::JobError;
 
 type Answer = Result<SendOutcome, JobError>;
@@ -341,59 +340,14 @@ impl OutboundWorker {
         Ok(rows.into_iter().map(|m| (m.id, m)).collect())
     }
 
-    /// The customers among `msgs`' whose 24-hour window is open: an inbound
-    /// message in the last 24 h, or an open conversation ahead of its end.
+    /// The customers among `msgs`' whose 24-hour window is open (the
+    /// shared outbox's rule, so the API refuses what the worker would).
     pub(super) async fn open_windows(
         &self,
         msgs: &[&messages::Model],
     ) -> Result<HashSet<Uuid>, DbErr> {
-        let now = Utc::now();
-        let customer_ids: Vec<Uuid> = msgs
-            .iter()
-            .map(|m| m.customer_id)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let last: Vec<(Uuid, Option<DateTime<Utc>>)> = customers::Entity::find()
-            .select_only()
-            .column(customers::Column::Id)
-            .column(customers::Column::LastInboundAt)
-            .filter(customers::Column::Id.is_in(pad_pow2(customer_ids.clone())))
-            .into_tuple()
-            .all(self.db())
-            .await?;
-        let mut open: HashSet<Uuid> = last
-            .into_iter()
-            .filter(|(_, at)| at.is_some_and(|t| t > now - WINDOW))
-            .map(|(id, _)| id)
-            .collect();
-        let unknown: Vec<Uuid> = customer_ids
-            .into_iter()
-            .filter(|c| !open.contains(c))
-            .collect();
-        if unknown.is_empty() {
-            return Ok(open);
-        }
-        // Config and customer lead `ix_conversations_window`.
-        let configs: Vec<Uuid> = msgs
-            .iter()
-            .map(|m| m.config_id)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let by_conversation: Vec<Uuid> = conversations::Entity::find()
-            .select_only()
-            .column(conversations::Column::CustomerId)
-            .filter(conversations::Column::ConfigId.is_in(pad_pow2(configs)))
-            .filter(conversations::Column::CustomerId.is_in(pad_pow2(unknown)))
-            .filter(conversations::Column::Status.eq(ConversationStatus::Open))
-            .filter(conversations::Column::ExpiresAt.gt(now))
-            .into_tuple()
-            .all(self.db())
-            .await?;
-        // Customers are per config: the customer id says whose window it is.
-        open.extend(by_conversation);
-        Ok(open)
+        let pairs: Vec<(Uuid, Uuid)> = msgs.iter().map(|m| (m.config_id, m.customer_id)).collect();
+        wapipe_domain::outbox::open_windows(self.db(), &pairs).await
     }
 
     /// Stores each `(claim, wamid)` with `sent`, like
@@ -474,7 +428,7 @@ impl OutboundWorker {
             if ours.contains(&(config_id, wamid.as_str()))
                 && done.insert((config_id, wamid.clone()))
             {
-                crate::status::apply_pending_receipts(self.db(), config_id, &wamid)
+                wapipe_domain::receipts::apply_pending_receipts(self.db(), config_id, &wamid)
                     .await
                     .map_err(db_err)?;
             }

@@ -4,8 +4,8 @@
 //! transaction. Then [`enqueue`] publishes the `outbound.send` job and
 //! stamps `dispatched_at`, which tells the sweep a job is on its way.
 //!
-//! Used by `wapipe send`, and meant for every producer (API, scenarios,
-//! reminders) so the sweep does not re-publish their messages needlessly.
+//! Used by every producer (`wapipe send`, the API, scenarios, reminders),
+//! so the sweep does not re-publish their messages needlessly.
 
 use chrono::{DateTime, Utc};
 use sea_orm::ExprTrait;
@@ -18,34 +18,28 @@ use uuid::Uuid;
 use wapipe_shared::broker::Broker;
 use wapipe_shared::entities::messages::{self, Direction, MessageStatus, Origin};
 use wapipe_shared::entities::{chats, customers, whatsapp_configs};
+use wapipe_shared::jobs::{Job, OutboundSend, lane_key};
 
 use super::content::OutboundContent;
-use super::limits::pair_key;
-use super::{OutboundError, send_job};
+use super::{Answer, OutboxError};
+use crate::clock::now;
 
 /// The column the sweep reads; see the migration `m20261121_000003_outbound`.
-pub(crate) const DISPATCHED_AT: &str = "dispatched_at";
+pub const DISPATCHED_AT: &str = "dispatched_at";
 
-pub(crate) fn dispatched_at() -> Alias {
+pub fn dispatched_at() -> Alias {
     Alias::new(DISPATCHED_AT)
-}
-
-/// Microsecond precision: what both backends store, so a value read back
-/// compares equal to the one written.
-pub(crate) fn now() -> DateTime<Utc> {
-    use chrono::SubsecRound;
-    Utc::now().trunc_subsecs(6)
 }
 
 /// A WhatsApp number as Meta's `wa_id`: an optional `+`, then 6 to 15
 /// digits and nothing else (E.164 allows at most 15).
-pub fn normalize_wa_id(input: &str) -> Result<String, OutboundError> {
+pub fn normalize_wa_id(input: &str) -> Result<String, OutboxError> {
     let s = input.trim();
     let digits = s.strip_prefix('+').unwrap_or(s);
     if (6..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
         Ok(digits.to_owned())
     } else {
-        Err(OutboundError::BadPhone(input.to_owned()))
+        Err(OutboxError::BadPhone(input.to_owned()))
     }
 }
 
@@ -63,6 +57,8 @@ pub struct NewOutbound {
     /// `agent`, `bot` or `system` (seed 002 `senderType`).
     pub sender_type: String,
     pub sender_id: Option<Uuid>,
+    /// For a bot reply: what it answers (unique in `messages`).
+    pub answers: Option<Answer>,
 }
 
 /// A queued message and the lane its job goes to.
@@ -74,6 +70,9 @@ pub struct QueuedMessage {
     pub config_id: Uuid,
     /// `{phone_number_id}:{wa_id}`.
     pub lane_key: String,
+    /// False when the message's [`Answer`] was queued before: nothing new
+    /// was written, and its job was (or will be, by the sweep) published.
+    pub is_new: bool,
 }
 
 /// Creates the message (and its customer and chat when new) as `queued`.
@@ -81,20 +80,21 @@ pub struct QueuedMessage {
 pub async fn queue_message(
     db: &DatabaseConnection,
     new: NewOutbound,
-) -> Result<QueuedMessage, OutboundError> {
+) -> Result<QueuedMessage, OutboxError> {
+    use messages::Column as M;
     let wa_id = normalize_wa_id(&new.to)?;
     new.content.validate()?;
     if new.origin == Origin::User {
-        return Err(OutboundError::Config(
+        return Err(OutboxError::Config(
             "an outbound message has origin admin, bot or system, not user".into(),
         ));
     }
     let config = whatsapp_configs::Entity::find_by_id(new.config_id)
         .one(db)
         .await?
-        .ok_or(OutboundError::UnknownConfig(new.config_id))?;
+        .ok_or(OutboxError::UnknownConfig(new.config_id))?;
     if config.is_deleted || !config.is_active {
-        return Err(OutboundError::InactiveConfig(config.id));
+        return Err(OutboxError::InactiveConfig(config.id));
     }
     let now = now();
     let body = new.content.graph_body(&wa_id, new.reply_to.as_deref());
@@ -149,8 +149,9 @@ pub async fn queue_message(
         .await?
         .ok_or_else(|| sea_orm::DbErr::RecordNotFound("chat after upsert".into()))?;
 
+    let lane_key = lane_key(&config.phone_number_id, &wa_id);
     let message_id = Uuid::now_v7();
-    messages::Entity::insert(messages::ActiveModel {
+    let inserted = messages::Entity::insert(messages::ActiveModel {
         id: Set(message_id),
         created_at: Set(now),
         updated_at: Set(now),
@@ -177,10 +178,40 @@ pub async fn queue_message(
         reply_to_provider_id: Set(new.reply_to.clone()),
         payload: Set(Some(body)),
         status: Set(MessageStatus::Queued),
+        answers_message_id: Set(new.answers.map(|a| a.message_id)),
+        answer_seq: Set(new.answers.map(|a| a.seq)),
         ..Default::default()
     })
+    // Rows without an answer have NULLs there, which never conflict.
+    .on_conflict(
+        OnConflict::columns([M::AnswersMessageId, M::AnswerSeq])
+            .do_nothing()
+            .to_owned(),
+    )
     .exec_without_returning(&txn)
     .await?;
+    if inserted == 0 {
+        // This reply was queued before (a redelivered inbound message):
+        // keep the first, count nothing twice.
+        txn.rollback().await?;
+        let answer = new
+            .answers
+            .ok_or_else(|| sea_orm::DbErr::RecordNotInserted)?;
+        let first = messages::Entity::find()
+            .filter(M::AnswersMessageId.eq(answer.message_id))
+            .filter(M::AnswerSeq.eq(answer.seq))
+            .one(db)
+            .await?
+            .ok_or_else(|| sea_orm::DbErr::RecordNotFound("the reply queued before".into()))?;
+        return Ok(QueuedMessage {
+            message_id: first.id,
+            chat_id: first.chat_id,
+            customer_id: first.customer_id,
+            config_id: first.config_id,
+            lane_key,
+            is_new: false,
+        });
+    }
 
     // The chat list shows the latest message and counts who wrote.
     let mut chat_update = chats::Entity::update_many()
@@ -217,7 +248,8 @@ pub async fn queue_message(
         chat_id: chat.id,
         customer_id: customer.id,
         config_id: config.id,
-        lane_key: pair_key(&config.phone_number_id, &wa_id),
+        lane_key,
+        is_new: true,
     })
 }
 
@@ -227,15 +259,30 @@ pub async fn enqueue(
     db: &impl ConnectionTrait,
     broker: &dyn Broker,
     queued: &QueuedMessage,
-) -> Result<(), OutboundError> {
+) -> Result<(), OutboxError> {
     broker
-        .publish(send_job(queued.message_id, queued.lane_key.clone()))
+        .publish(OutboundSend::message(queued.message_id, queued.lane_key.clone()).to_outbound())
         .await?;
     stamp_dispatched(db, &[queued.message_id], now()).await?;
     Ok(())
 }
 
-pub(crate) async fn stamp_dispatched(
+/// Queues the message and publishes its job, unless its [`Answer`] was
+/// queued before (that job exists already, or the sweep rebuilds it).
+pub async fn send(
+    db: &DatabaseConnection,
+    broker: &dyn Broker,
+    new: NewOutbound,
+) -> Result<QueuedMessage, OutboxError> {
+    let queued = queue_message(db, new).await?;
+    if queued.is_new {
+        enqueue(db, broker, &queued).await?;
+    }
+    Ok(queued)
+}
+
+/// Stamps `dispatched_at` on messages whose job the broker has.
+pub async fn stamp_dispatched(
     db: &impl ConnectionTrait,
     ids: &[Uuid],
     at: DateTime<Utc>,
