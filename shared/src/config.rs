@@ -176,6 +176,16 @@ pub struct Settings {
         global = true
     )]
     pub followup_overdue_after_s: u64,
+
+    /// Seconds a follow-up claimed by a scheduler but not reminded stays
+    /// claimed; then another pass claims it again (its job was lost).
+    #[arg(
+        long,
+        env = "WAPIPE_FOLLOWUP_LEASE_S",
+        default_value_t = 120,
+        global = true
+    )]
+    pub followup_lease_s: u64,
 }
 
 #[derive(clap::Parser)]

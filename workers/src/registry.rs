@@ -86,6 +86,7 @@ pub const REGISTRY: &[Registration] = &[
     crate::parse::REGISTRATION,
     crate::status::REGISTRATION,
     crate::outbound::REGISTRATION,
+    crate::followup::REGISTRATION,
 ];
 
 /// The registration of the role `name`.
