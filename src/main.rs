@@ -2,7 +2,7 @@
 //! role (serve, ingest, workers) and per operator task (migrate, config,
 //! replay, dlq). Errors print as one clear line on stderr with a non-zero exit.
 
-use wapipe::{app, config_cmd, ops_cmd, send_cmd, serve};
+use wapipe::{app, config_cmd, followups_cmd, ops_cmd, send_cmd, serve};
 
 use std::process::ExitCode;
 
@@ -52,6 +52,12 @@ enum Command {
     Send(send_cmd::SendArgs),
     /// Show a message's status (and wait for one with --wait).
     Status(send_cmd::StatusArgs),
+    /// Add and list agents (who follow-up reminders go to).
+    #[command(subcommand)]
+    Agents(followups_cmd::AgentsCommand),
+    /// Schedule, complete, cancel and list follow-ups.
+    #[command(subcommand)]
+    Followups(followups_cmd::FollowupsCommand),
 }
 
 fn main() -> ExitCode {
@@ -105,6 +111,8 @@ fn main() -> ExitCode {
             Command::Config(cmd) => config_cmd::run(&cli.settings, cmd).await,
             Command::Send(args) => send_cmd::run(&cli.settings, args).await,
             Command::Status(args) => send_cmd::status(&cli.settings, args).await,
+            Command::Agents(cmd) => followups_cmd::agents(&cli.settings, cmd).await,
+            Command::Followups(cmd) => followups_cmd::followups(&cli.settings, cmd).await,
         }
     });
     match result {
