@@ -13,8 +13,8 @@
 //! one statement that sets `claimed_at` (`FOR UPDATE SKIP LOCKED` on
 //! PostgreSQL; SQLite has a single writer, so its `UPDATE … RETURNING`
 //! is atomic already): two schedulers never claim the same row at once.
-//! The claim is a lease: a row claimed but not reminded after [`LEASE`]
-//! (its job was lost: a process killed between the claim and the publish,
+//! The claim is a lease: a row claimed but not reminded after the lease
+//! ([`LEASE`] by default, `WAPIPE_FOLLOWUP_LEASE_S`; its job was lost: a process killed between the claim and the publish,
 //! the embedded queue gone with its process) is claimable again.
 //!
 //! So a follow-up may be handled more than once; the reminder itself is
