@@ -14,8 +14,9 @@
 //! PostgreSQL; SQLite has a single writer, so its `UPDATE … RETURNING`
 //! is atomic already): two schedulers never claim the same row at once.
 //! The claim is a lease: a row claimed but not reminded after the lease
-//! ([`LEASE`] by default, `WAPIPE_FOLLOWUP_LEASE_S`; its job was lost: a process killed between the claim and the publish,
-//! the embedded queue gone with its process) is claimable again.
+//! ([`LEASE`] by default, `WAPIPE_FOLLOWUP_LEASE_S`) is claimable again:
+//! its job was lost (a process killed between the claim and the publish,
+//! the embedded queue gone with its process).
 //!
 //! So a follow-up may be handled more than once; the reminder itself is
 //! what must not be. The worker queues the reminder through the outbox
