@@ -6,7 +6,7 @@ PG_ADMIN ?= postgres://postgres@127.0.0.1:5432/postgres
 export WAPIPE_TEST_PG ?= $(PG_ADMIN)
 export WAPIPE_TEST_AMQP ?= amqp://guest:guest@127.0.0.1:5672/%2f
 
-.PHONY: run test lint fmt migrate build bench bench-e2e bench-bot sim clean-test-dbs
+.PHONY: run test lint fmt migrate build bench bench-e2e bench-bot bench-reminders sim clean-test-dbs
 
 ## Embedded default: SQLite in ./data, in-process queue, every role in one process.
 run:
@@ -51,6 +51,10 @@ bench-e2e:
 # (BOT_RATE inbound/s); replies/s, p50/p99 webhook -> Graph, exactly its replies.
 bench-bot:
 	scripts/bench_bot.sh
+
+# Follow-up reminders alone: REM_COUNT (20,000) due at once, REM_PROCS (2) worker processes.
+bench-reminders:
+	scripts/bench_reminders.sh
 
 ## wapipe (embedded) wired to wapipe-sim's fake Graph API: a two-minute demo.
 sim:

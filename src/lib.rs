@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod config_cmd;
+pub mod followups_cmd;
 pub mod metrics_server;
 pub mod ops_cmd;
 pub mod scenarios_cmd;

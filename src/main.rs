@@ -2,7 +2,7 @@
 //! role (serve, ingest, workers) and per operator task (migrate, config,
 //! replay, dlq). Errors print as one clear line on stderr with a non-zero exit.
 
-use wapipe::{app, config_cmd, ops_cmd, scenarios_cmd, send_cmd, serve};
+use wapipe::{app, config_cmd, followups_cmd, ops_cmd, scenarios_cmd, send_cmd, serve};
 
 use std::process::ExitCode;
 
@@ -61,6 +61,12 @@ enum Command {
     /// Deny or allow a scenario for one customer.
     #[command(subcommand)]
     Customers(scenarios_cmd::CustomersCommand),
+    /// Add and list agents (who follow-up reminders go to).
+    #[command(subcommand)]
+    Agents(followups_cmd::AgentsCommand),
+    /// Schedule, complete, cancel and list follow-ups.
+    #[command(subcommand)]
+    Followups(followups_cmd::FollowupsCommand),
 }
 
 impl Command {
@@ -79,7 +85,9 @@ impl Command {
             | Command::Status(_)
             | Command::Scenarios(_)
             | Command::Block(_)
-            | Command::Customers(_) => app::LogDefault::Command,
+            | Command::Customers(_)
+            | Command::Agents(_)
+            | Command::Followups(_) => app::LogDefault::Command,
         }
     }
 }
@@ -138,6 +146,8 @@ fn main() -> ExitCode {
             Command::Scenarios(cmd) => scenarios_cmd::scenarios(&cli.settings, cmd).await,
             Command::Block(cmd) => scenarios_cmd::block(&cli.settings, cmd).await,
             Command::Customers(cmd) => scenarios_cmd::customers(&cli.settings, cmd).await,
+            Command::Agents(cmd) => followups_cmd::agents(&cli.settings, cmd).await,
+            Command::Followups(cmd) => followups_cmd::followups(&cli.settings, cmd).await,
         }
     });
     match result {

@@ -5,9 +5,11 @@
 //! ([`receipts`]), the lane key, the [`clock`] and the decrypted config
 //! cache ([`configs`]).
 
+pub mod agents;
 pub mod blocking;
 pub mod clock;
 pub mod configs;
+pub mod followups;
 pub mod outbox;
 pub mod receipts;
 pub mod scenarios;

@@ -220,6 +220,45 @@ pub struct Settings {
         global = true
     )]
     pub scenario_max_age_s: u64,
+
+    /// WhatsApp template of follow-up reminders to agents whose 24-hour
+    /// window is closed; body parameters: the follow-up's title, then the
+    /// customer's name or number.
+    #[arg(
+        long,
+        env = "WAPIPE_REMINDER_TEMPLATE",
+        default_value = "followup_reminder",
+        global = true
+    )]
+    pub reminder_template: String,
+
+    /// Language code of WAPIPE_REMINDER_TEMPLATE (Meta's, e.g. `en_US`, `fr`).
+    #[arg(
+        long,
+        env = "WAPIPE_REMINDER_TEMPLATE_LANGUAGE",
+        default_value = "en",
+        global = true
+    )]
+    pub reminder_template_language: String,
+
+    /// Seconds past `scheduled_at` after which a pending follow-up turns `overdue`.
+    #[arg(
+        long,
+        env = "WAPIPE_FOLLOWUP_OVERDUE_AFTER_S",
+        default_value_t = 3600,
+        global = true
+    )]
+    pub followup_overdue_after_s: u64,
+
+    /// Seconds a follow-up claimed by a scheduler but not reminded stays
+    /// claimed; then another pass claims it again (its job was lost).
+    #[arg(
+        long,
+        env = "WAPIPE_FOLLOWUP_LEASE_S",
+        default_value_t = 120,
+        global = true
+    )]
+    pub followup_lease_s: u64,
 }
 
 /// The URL with its password masked (`scheme://user:***@host/…`), and any

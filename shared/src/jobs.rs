@@ -385,9 +385,22 @@ impl Job for FollowupDue {
     }
 }
 
+impl FollowupDue {
+    /// The job of a claimed follow-up; its lane key is `followup:{id}`.
+    pub fn new(follow_up_id: Uuid, config_id: Uuid) -> Self {
+        Self {
+            follow_up_id,
+            config_id,
+            lane_key: format!("followup:{follow_up_id}"),
+        }
+    }
+}
+
 pub const REALTIME_MESSAGE_CREATED: &str = "message.created";
 pub const REALTIME_MESSAGE_STATUS: &str = "message.status";
 pub const REALTIME_CHAT_UPDATED: &str = "chat.updated";
+/// A follow-up fell due and its agent was reminded.
+pub const REALTIME_FOLLOWUP_REMINDER: &str = "followup.reminder";
 
 /// One real-time update for the WebSocket clients: the event name, the ids
 /// it is about, and a small summary in `data` (enough to update a list

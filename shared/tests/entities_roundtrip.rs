@@ -314,16 +314,17 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         email: "agent+été@example.com".to_owned(),
         role: "admin".to_owned(),
         status: "online".to_owned(),
-        phone: Some("+33 6 12 34 56 78".to_owned()),
+        phone_number: Some("+33 6 12 34 56 78".to_owned()),
         avatar: Some("https://example.com/a/👤.png".to_owned()),
         department: Some("Support".to_owned()),
         skills: Some(json!(["billing", "français", {"level": 3, "langs": ["fr", "en"]}])),
-        max_chats: 12,
+        max_concurrent_chats: 12,
         active_chats: 3,
         is_active: false,
         last_active_at: Some(ts(6)),
         is_deleted: true,
         deleted_at: Some(ts(7)),
+        company: Some("Société Générale d'Été".to_owned()),
     };
     let agent = roundtrip::<agents::Entity, _>(db, "agents", agent.clone(), agent.id).await;
 
@@ -573,15 +574,21 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         agent_id: Some(agent.id),
         created_by: Some(agent.id),
         title: Some(format!("Rappel {HELLO}")),
-        note: Some("call back ☎️".to_owned()),
-        due_at: ts(51),
+        notes: Some("call back ☎️".to_owned()),
+        scheduled_at: ts(51),
         status: "completed".to_owned(),
         priority: "high".to_owned(),
         reminder_sent: true,
         reminder_sent_at: Some(ts(52)),
         completed_at: Some(ts(53)),
+        completed_by: Some(agent.id),
         is_deleted: true,
         deleted_at: Some(ts(54)),
+        claimed_at: Some(ts(51)),
+        claim_count: 2,
+        reminder_message_id: Some(id()),
+        reminder_channel: Some("event".to_owned()),
+        reminder_note: Some("agent has no phone number: event only".to_owned()),
     };
     roundtrip::<follow_ups::Entity, _>(db, "follow_ups", follow_up.clone(), follow_up.id).await;
 

@@ -5,6 +5,7 @@
 //! No worker module imports another: what several need lives in the
 //! `wapipe-domain` crate.
 
+pub mod followup;
 pub mod outbound;
 pub mod parse;
 pub mod registry;

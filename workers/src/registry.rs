@@ -87,6 +87,7 @@ pub const REGISTRY: &[Registration] = &[
     crate::status::REGISTRATION,
     crate::scenario::REGISTRATION,
     crate::outbound::REGISTRATION,
+    crate::followup::REGISTRATION,
 ];
 
 /// The registration of the role `name`.

@@ -61,7 +61,9 @@ async fn drain(env: &Env, queue: &str, worker: &dyn Worker) -> usize {
     let n = jobs.len();
     for d in jobs {
         assert_eq!(
-            runtime::run_one(worker, &policy(), d).await.expect("settle"),
+            runtime::run_one(worker, &policy(), d)
+                .await
+                .expect("settle"),
             Outcome::Ok
         );
     }
@@ -88,8 +90,11 @@ async fn a_keyword_then_a_button_reach_the_graph_once(backend: Backend) {
     let deps = deps(&env);
     let scenario = (wapipe_workers::scenario::REGISTRATION.build)(&deps).expect("scenario role");
     let outbound = runtime::typed(
-        OutboundWorker::new(deps.clone(), OutboundSettings::new(&graph.base_url(), "v23.0"))
-            .expect("outbound role"),
+        OutboundWorker::new(
+            deps.clone(),
+            OutboundSettings::new(&graph.base_url(), "v23.0"),
+        )
+        .expect("outbound role"),
     );
 
     let now = Utc::now().timestamp();
@@ -147,4 +152,3 @@ async fn a_keyword_then_a_button_reach_the_graph_once(backend: Backend) {
     assert_eq!(graph.sent().len(), 2);
 }
 both_backends!(a_keyword_then_a_button_reach_the_graph_once);
-

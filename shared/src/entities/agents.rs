@@ -18,16 +18,20 @@ pub struct Model {
     pub role: String,
     /// Presence, default `offline`.
     pub status: String,
-    pub phone: Option<String>,
+    /// seed 002 `phoneNumber`: where follow-up reminders go by WhatsApp.
+    pub phone_number: Option<String>,
     pub avatar: Option<String>,
     pub department: Option<String>,
     pub skills: Option<Json>,
-    pub max_chats: i32,
+    /// seed 002 `maxConcurrentChats`.
+    pub max_concurrent_chats: i32,
     pub active_chats: i32,
     pub is_active: bool,
     pub last_active_at: Option<DateTimeUtc>,
     pub is_deleted: bool,
     pub deleted_at: Option<DateTimeUtc>,
+    /// The company the agent works for (`whatsapp_configs.company`).
+    pub company: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,6 +1,7 @@
-//! seed 002 FollowUp: reminders an agent schedules on a chat. The followup
-//! worker claims due rows (`status` pending, `due_at` past) atomically and
-//! sets `reminder_sent`.
+//! seed 002 FollowUp: reminders an agent schedules on a chat. The
+//! scheduler claims due rows (`status` pending, `scheduled_at` past,
+//! `reminder_sent` false) atomically; the followup worker reminds the agent
+//! and sets `reminder_sent`. See `wapipe_domain::followups`.
 
 use sea_orm::entity::prelude::*;
 use serde::Serialize;
@@ -18,16 +19,28 @@ pub struct Model {
     pub agent_id: Option<Uuid>,
     pub created_by: Option<Uuid>,
     pub title: Option<String>,
-    pub note: Option<String>,
-    pub due_at: DateTimeUtc,
-    /// Default `pending`; the followup worker claims pending rows that are due.
+    pub notes: Option<String>,
+    pub scheduled_at: DateTimeUtc,
+    /// `pending` (the default), `completed`, `cancelled` or `overdue`.
     pub status: String,
+    /// `low`, `medium` or `high`.
     pub priority: String,
     pub reminder_sent: bool,
     pub reminder_sent_at: Option<DateTimeUtc>,
     pub completed_at: Option<DateTimeUtc>,
+    pub completed_by: Option<Uuid>,
     pub is_deleted: bool,
     pub deleted_at: Option<DateTimeUtc>,
+    /// When a scheduler last claimed the row (a lease; see the domain).
+    pub claimed_at: Option<DateTimeUtc>,
+    /// Claims so far; over 1 means a job was lost and the lease ran out.
+    pub claim_count: i32,
+    /// The reminder queued in `messages`, when it went by WhatsApp.
+    pub reminder_message_id: Option<Uuid>,
+    /// `whatsapp` or `event` (the real-time event only).
+    pub reminder_channel: Option<String>,
+    /// Why the reminder was the event only, e.g. "agent has no phone number: event only".
+    pub reminder_note: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
