@@ -32,7 +32,7 @@ PREFIX="benchbot$$"
 
 cargo build --release -q -p wapipe --bin wapipe
 cargo build --release -q -p wapipe-sim --bin wapipe-sim
-BIN=target/release
+BIN=${CARGO_TARGET_DIR:-target}/release
 WORK=$(mktemp -d)
 DB="wapipe_bench_bot_$$"
 PG_URL="${PG_ADMIN%/*}/$DB"

@@ -33,7 +33,7 @@ PREFIX="benche2e$$"
 
 cargo build --release -q -p wapipe --bin wapipe
 cargo build --release -q -p wapipe-sim --bin wapipe-sim
-BIN=target/release
+BIN=${CARGO_TARGET_DIR:-target}/release
 WORK=$(mktemp -d)
 DB="wapipe_bench_e2e_$$"
 PG_URL="${PG_ADMIN%/*}/$DB"

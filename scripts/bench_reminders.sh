@@ -24,7 +24,7 @@ KEY=$(head -c 32 /dev/urandom | base64)
 PREFIX="benchrem$$"
 
 cargo build --release -q -p wapipe --bin wapipe
-BIN=target/release
+BIN=${CARGO_TARGET_DIR:-target}/release
 WORK=$(mktemp -d)
 DB="wapipe_bench_rem_$$"
 PG_URL="${PG_ADMIN%/*}/$DB"

@@ -328,8 +328,7 @@ async fn agents_and_followups(postgres: bool) {
     assert!(
         ok(env.run(&["followups", "list", "--agent", &bo.to_string()]))
             .lines()
-            .skip(1)
-            .next()
+            .nth(1)
             .is_none()
     );
     refused(

@@ -733,7 +733,8 @@ async fn import_validation_and_replacement(b: Backend) {
         .count(&env.db)
         .await
         .expect("count");
-    let cases: Vec<(FaultKind, &str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Break = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(FaultKind, &str, Break)> = vec![
         (
             FaultKind::DanglingRef,
             "scenarios[0].items[0].children[2]",

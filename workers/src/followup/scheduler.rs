@@ -73,7 +73,7 @@ pub async fn run(
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "follow-up scheduler pass failed"),
         }
-        if passes % GAUGE_EVERY == 0 {
+        if passes.is_multiple_of(GAUGE_EVERY) {
             match followups::backlog(&db, now).await {
                 Ok((overdue, age)) => {
                     // Counts stay far below 2^53, where f64 is exact.
