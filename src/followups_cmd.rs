@@ -16,8 +16,10 @@ use crate::app;
 pub enum AgentsCommand {
     /// Add an agent; prints the new agent's id.
     Add {
+        /// The agent's name.
         #[arg(long)]
         name: String,
+        /// The agent's email address.
         #[arg(long)]
         email: String,
         /// WhatsApp number for follow-up reminders; without one, reminders
@@ -50,8 +52,10 @@ pub enum FollowupsCommand {
         /// When, as RFC 3339 (e.g. 2026-12-01T09:30:00+01:00); not in the past.
         #[arg(long)]
         at: String,
+        /// The follow-up's title (the reminder names it).
         #[arg(long)]
         title: String,
+        /// Notes for whoever follows up.
         #[arg(long)]
         notes: Option<String>,
         /// low, medium or high.

@@ -29,11 +29,13 @@ pub enum ScenariosCommand {
     },
     /// Print the config's scenarios as a flow file.
     Export {
+        /// The config (WhatsApp number) id.
         #[arg(long = "config", value_name = "ID")]
         config: String,
     },
     /// List the scenarios the config answers with, in matching order.
     List {
+        /// The config (WhatsApp number) id.
         #[arg(long = "config", value_name = "ID")]
         config: String,
         /// One JSON object per line instead of a table.
@@ -46,22 +48,28 @@ pub enum ScenariosCommand {
 pub enum BlockCommand {
     /// Block a number: the bot stops answering it (its messages are still stored).
     Add {
+        /// The config (WhatsApp number) id.
         #[arg(long = "config", value_name = "ID")]
         config: String,
+        /// The customer's WhatsApp number (6 to 15 digits, optional +).
         #[arg(long, value_name = "P")]
         phone: String,
+        /// Why it is blocked (kept in the audit log).
         #[arg(long, value_name = "R")]
         reason: Option<String>,
     },
     /// Unblock a number.
     Remove {
+        /// The config (WhatsApp number) id.
         #[arg(long = "config", value_name = "ID")]
         config: String,
+        /// The customer's WhatsApp number (6 to 15 digits, optional +).
         #[arg(long, value_name = "P")]
         phone: String,
     },
     /// List blocked numbers.
     List {
+        /// The config (WhatsApp number) id.
         #[arg(long = "config", value_name = "ID")]
         config: String,
         /// Include numbers that were unblocked.
@@ -74,8 +82,10 @@ pub enum BlockCommand {
 pub enum CustomersCommand {
     /// Never run this scenario for this customer (seed 000 scenario_not_allowed).
     DenyScenario {
+        /// The config (WhatsApp number) id.
         #[arg(long = "config", value_name = "ID")]
         config: String,
+        /// The customer's WhatsApp number (6 to 15 digits, optional +).
         #[arg(long, value_name = "P")]
         phone: String,
         /// The scenario's title.
@@ -84,10 +94,13 @@ pub enum CustomersCommand {
     },
     /// Allow a scenario denied before.
     AllowScenario {
+        /// The config (WhatsApp number) id.
         #[arg(long = "config", value_name = "ID")]
         config: String,
+        /// The customer's WhatsApp number (6 to 15 digits, optional +).
         #[arg(long, value_name = "P")]
         phone: String,
+        /// The scenario's title.
         #[arg(long, value_name = "TITLE")]
         scenario: String,
     },

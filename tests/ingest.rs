@@ -444,7 +444,13 @@ async fn graceful_shutdown(mode: Mode) {
             (body, r.map(|r| r.status().as_u16()).ok())
         }));
     }
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Stop once the first request is committed, the others still in flight
+    // (a fixed 20 ms raced the start-up on a loaded machine: nothing had
+    // connected yet).
+    let waiting = std::time::Instant::now();
+    while app.count_events(None).await == 0 && waiting.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let db = app.db.clone();
     let (_, _, _dir) = app.stop().await;
     let mut accepted = 0;
