@@ -74,7 +74,11 @@ JSON
 "$BIN/wapipe" scenarios import --config "$CONFIG" "$WORK/flow.json" >/dev/null
 OPTION=$(psql "$PG_URL" -Atc "select id from scenario_items where label = 'Offre A : -20 %'")
 
-"$BIN/wapipe-sim" graph --listen 127.0.0.1:18092 --webhook "$HOOK" --app-secret "$SECRET" \
+# BOT_STATUSES=0: the fake Graph posts no status webhooks back, so the
+# figure is the bot's alone (each reply otherwise brings three webhooks).
+STATUS_HOOK=(--webhook "$HOOK")
+[ "${BOT_STATUSES:-1}" = 0 ] && STATUS_HOOK=()
+"$BIN/wapipe-sim" graph --listen 127.0.0.1:18092 "${STATUS_HOOK[@]}" --app-secret "$SECRET" \
   --phone-number-id "$PHONE" --status-delay-ms 50 >"$WORK/graph.log" 2>&1 &
 PIDS+=($!)
 "$BIN/wapipe" serve >"$WORK/serve.log" 2>&1 &

@@ -1519,3 +1519,77 @@ async fn queueing_validates_and_upserts(backend: Backend) {
     ));
 }
 both_backends!(queueing_validates_and_upserts);
+
+/// A bot's replies to one message: one transaction, in order, and a
+/// redelivered message's replies come back as the rows queued first.
+async fn queueing_several_keeps_order_and_counts_once(backend: Backend) {
+    let env = env(backend, 80).await;
+    let to = "4915100000051";
+    let first = wapipe_domain::outbox::queue_message(
+        &env.db,
+        NewOutbound {
+            config_id: env.config_id,
+            to: to.into(),
+            content: text("agent"),
+            reply_to: None,
+            origin: Origin::Admin,
+            sender_type: "agent".into(),
+            sender_id: None,
+            answers: None,
+        },
+    )
+    .await
+    .expect("queue");
+    let reply = |seq: i32| NewOutbound {
+        config_id: env.config_id,
+        to: to.into(),
+        content: text(&format!("reply {seq}")),
+        reply_to: None,
+        origin: Origin::Bot,
+        sender_type: "bot".into(),
+        sender_id: None,
+        answers: Some(wapipe_domain::outbox::Answer {
+            message_id: first.message_id,
+            seq,
+        }),
+    };
+    let one = wapipe_domain::outbox::queue_messages(&env.db, vec![reply(0), reply(1)])
+        .await
+        .expect("queue");
+    assert!(one.iter().all(|q| q.is_new && q.chat_id == first.chat_id));
+    assert!(one[0].message_id < one[1].message_id, "queued in order");
+    let again = wapipe_domain::outbox::queue_messages(&env.db, vec![reply(0), reply(1), reply(2)])
+        .await
+        .expect("queue");
+    assert_eq!(
+        again
+            .iter()
+            .map(|q| (q.message_id, q.is_new))
+            .collect::<Vec<_>>()[..2],
+        [(one[0].message_id, false), (one[1].message_id, false)]
+    );
+    assert!(again[2].is_new);
+    for (q, want) in again.iter().zip(["reply 0", "reply 1", "reply 2"]) {
+        assert_eq!(env.message(q.message_id).await.text.as_deref(), Some(want));
+    }
+    let chat = wapipe_shared::entities::chats::Entity::find_by_id(first.chat_id)
+        .one(&env.db)
+        .await
+        .expect("db")
+        .expect("chat");
+    assert_eq!(
+        chat.total_messages, 4,
+        "the agent's message and three replies"
+    );
+    assert_eq!(chat.bot_messages, 3);
+    assert_eq!(chat.agent_messages, 1);
+    assert_eq!(chat.last_message_id, Some(again[2].message_id));
+
+    let mut elsewhere = reply(3);
+    elsewhere.to = "4915100000052".into();
+    assert!(matches!(
+        wapipe_domain::outbox::queue_messages(&env.db, vec![reply(3), elsewhere]).await,
+        Err(OutboxError::Config(_))
+    ));
+}
+both_backends!(queueing_several_keeps_order_and_counts_once);

@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 pub use content::{ContentError, OutboundContent};
 pub use queue::{
-    NewOutbound, QueuedMessage, dispatched_at, enqueue, normalize_wa_id, queue_message, send,
-    stamp_dispatched,
+    NewOutbound, QueuedMessage, dispatched_at, enqueue, enqueue_all, normalize_wa_id,
+    queue_message, queue_messages, send, send_all, stamp_dispatched,
 };
 pub use window::{customer_window_open, open_windows, window_open};
 

@@ -81,24 +81,50 @@ pub async fn queue_message(
     db: &DatabaseConnection,
     new: NewOutbound,
 ) -> Result<QueuedMessage, OutboxError> {
+    queue_messages(db, vec![new])
+        .await?
+        .pop()
+        .ok_or_else(|| sea_orm::DbErr::RecordNotInserted.into())
+}
+
+/// Creates several messages to one recipient of one config (a bot's
+/// replies to one inbound message, say) in one transaction, in order: the
+/// customer and chat are resolved once and the chat row updated once, so a
+/// reply costs one insert rather than a transaction of its own. Answers in
+/// the order given; a message whose [`Answer`] was queued before comes back
+/// as that first row with `is_new = false`.
+pub async fn queue_messages(
+    db: &DatabaseConnection,
+    news: Vec<NewOutbound>,
+) -> Result<Vec<QueuedMessage>, OutboxError> {
     use messages::Column as M;
-    let wa_id = normalize_wa_id(&new.to)?;
-    new.content.validate()?;
-    if new.origin == Origin::User {
+    let Some(first) = news.first() else {
+        return Ok(Vec::new());
+    };
+    let (config_id, to) = (first.config_id, first.to.clone());
+    if news.iter().any(|n| n.config_id != config_id || n.to != to) {
         return Err(OutboxError::Config(
-            "an outbound message has origin admin, bot or system, not user".into(),
+            "messages queued together go to one recipient of one config".into(),
         ));
     }
-    let config = whatsapp_configs::Entity::find_by_id(new.config_id)
+    let wa_id = normalize_wa_id(&to)?;
+    for new in &news {
+        new.content.validate()?;
+        if new.origin == Origin::User {
+            return Err(OutboxError::Config(
+                "an outbound message has origin admin, bot or system, not user".into(),
+            ));
+        }
+    }
+    let config = whatsapp_configs::Entity::find_by_id(config_id)
         .one(db)
         .await?
-        .ok_or(OutboxError::UnknownConfig(new.config_id))?;
+        .ok_or(OutboxError::UnknownConfig(config_id))?;
     if config.is_deleted || !config.is_active {
         return Err(OutboxError::InactiveConfig(config.id));
     }
     let now = now();
-    let body = new.content.graph_body(&wa_id, new.reply_to.as_deref());
-    let fields = new.content.row_fields(&body);
+    let lane_key = lane_key(&config.phone_number_id, &wa_id);
 
     let txn = db.begin().await?;
     // Uniqueness lives in the database: insert-or-nothing, then read back
@@ -149,108 +175,112 @@ pub async fn queue_message(
         .await?
         .ok_or_else(|| sea_orm::DbErr::RecordNotFound("chat after upsert".into()))?;
 
-    let lane_key = lane_key(&config.phone_number_id, &wa_id);
-    let message_id = Uuid::now_v7();
-    let inserted = messages::Entity::insert(messages::ActiveModel {
-        id: Set(message_id),
-        created_at: Set(now),
-        updated_at: Set(now),
-        config_id: Set(config.id),
-        chat_id: Set(chat.id),
-        customer_id: Set(customer.id),
-        conversation_id: Set(None),
-        provider_message_id: Set(None),
-        direction: Set(Direction::Outbound),
-        origin: Set(new.origin),
-        sender_type: Set(new.sender_type.clone()),
-        sender_id: Set(new.sender_id),
-        r#type: Set(new.content.graph_type().to_owned()),
-        text: Set(fields.text),
-        media: Set(fields.media),
-        location: Set(fields.location),
-        interactive: Set(fields.interactive),
-        template: Set(fields.template),
-        reaction: Set(fields.reaction),
-        context: Set(new
-            .reply_to
-            .as_ref()
-            .map(|id| serde_json::json!({ "message_id": id }))),
-        reply_to_provider_id: Set(new.reply_to.clone()),
-        payload: Set(Some(body)),
-        status: Set(MessageStatus::Queued),
-        answers_message_id: Set(new.answers.map(|a| a.message_id)),
-        answer_seq: Set(new.answers.map(|a| a.seq)),
-        ..Default::default()
-    })
-    // Rows without an answer have NULLs there, which never conflict.
-    .on_conflict(
-        OnConflict::columns([M::AnswersMessageId, M::AnswerSeq])
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(&txn)
-    .await?;
-    if inserted == 0 {
-        // This reply was queued before (a redelivered inbound message):
-        // keep the first, count nothing twice.
-        txn.rollback().await?;
-        let answer = new
-            .answers
-            .ok_or_else(|| sea_orm::DbErr::RecordNotInserted)?;
-        let first = messages::Entity::find()
-            .filter(M::AnswersMessageId.eq(answer.message_id))
-            .filter(M::AnswerSeq.eq(answer.seq))
-            .one(db)
-            .await?
-            .ok_or_else(|| sea_orm::DbErr::RecordNotFound("the reply queued before".into()))?;
-        return Ok(QueuedMessage {
-            message_id: first.id,
-            chat_id: first.chat_id,
-            customer_id: first.customer_id,
-            config_id: first.config_id,
-            lane_key,
-            is_new: false,
-        });
+    let queued = |message_id, chat_id, customer_id, is_new| QueuedMessage {
+        message_id,
+        chat_id,
+        customer_id,
+        config_id: config.id,
+        lane_key: lane_key.clone(),
+        is_new,
+    };
+    let mut out = Vec::with_capacity(news.len());
+    // What the chat row counts: the latest new message, and who wrote.
+    let mut latest: Option<(Uuid, String)> = None;
+    let (mut agent, mut bot) = (0i32, 0i32);
+    for new in news {
+        let body = new.content.graph_body(&wa_id, new.reply_to.as_deref());
+        let fields = new.content.row_fields(&body);
+        let message_id = Uuid::now_v7();
+        let inserted = messages::Entity::insert(messages::ActiveModel {
+            id: Set(message_id),
+            created_at: Set(now),
+            updated_at: Set(now),
+            config_id: Set(config.id),
+            chat_id: Set(chat.id),
+            customer_id: Set(customer.id),
+            conversation_id: Set(None),
+            provider_message_id: Set(None),
+            direction: Set(Direction::Outbound),
+            origin: Set(new.origin),
+            sender_type: Set(new.sender_type.clone()),
+            sender_id: Set(new.sender_id),
+            r#type: Set(new.content.graph_type().to_owned()),
+            text: Set(fields.text),
+            media: Set(fields.media),
+            location: Set(fields.location),
+            interactive: Set(fields.interactive),
+            template: Set(fields.template),
+            reaction: Set(fields.reaction),
+            context: Set(new
+                .reply_to
+                .as_ref()
+                .map(|id| serde_json::json!({ "message_id": id }))),
+            reply_to_provider_id: Set(new.reply_to.clone()),
+            payload: Set(Some(body)),
+            status: Set(MessageStatus::Queued),
+            answers_message_id: Set(new.answers.map(|a| a.message_id)),
+            answer_seq: Set(new.answers.map(|a| a.seq)),
+            ..Default::default()
+        })
+        // Rows without an answer have NULLs there, which never conflict.
+        .on_conflict(
+            OnConflict::columns([M::AnswersMessageId, M::AnswerSeq])
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+        if inserted == 0 {
+            // This reply was queued before (a redelivered inbound message):
+            // keep the first, count nothing twice. The insert waited for
+            // any concurrent writer of that key, so its row is visible.
+            let answer = new
+                .answers
+                .ok_or_else(|| sea_orm::DbErr::RecordNotInserted)?;
+            let first = messages::Entity::find()
+                .filter(M::AnswersMessageId.eq(answer.message_id))
+                .filter(M::AnswerSeq.eq(answer.seq))
+                .one(&txn)
+                .await?
+                .ok_or_else(|| sea_orm::DbErr::RecordNotFound("the reply queued before".into()))?;
+            out.push(queued(first.id, first.chat_id, first.customer_id, false));
+            continue;
+        }
+        match new.origin {
+            Origin::Admin => agent += 1,
+            Origin::Bot => bot += 1,
+            Origin::System | Origin::User => {}
+        }
+        latest = Some((message_id, new.content.preview()));
+        out.push(queued(message_id, chat.id, customer.id, true));
     }
 
-    // The chat list shows the latest message and counts who wrote.
-    let mut chat_update = chats::Entity::update_many()
-        .col_expr(
-            chats::Column::LastMessage,
-            Expr::value(new.content.preview()),
-        )
-        .col_expr(chats::Column::LastMessageTime, Expr::value(now))
-        .col_expr(chats::Column::LastMessageId, Expr::value(message_id))
-        .col_expr(
-            chats::Column::TotalMessages,
-            Expr::col(chats::Column::TotalMessages).add(1),
-        )
-        .col_expr(chats::Column::UpdatedAt, Expr::value(now));
-    chat_update = match new.origin {
-        Origin::Admin => chat_update.col_expr(
-            chats::Column::AgentMessages,
-            Expr::col(chats::Column::AgentMessages).add(1),
-        ),
-        Origin::Bot => chat_update.col_expr(
-            chats::Column::BotMessages,
-            Expr::col(chats::Column::BotMessages).add(1),
-        ),
-        Origin::System | Origin::User => chat_update,
-    };
-    chat_update
-        .filter(chats::Column::Id.eq(chat.id))
-        .exec(&txn)
-        .await?;
+    if let Some((message_id, preview)) = latest {
+        let fresh = out.iter().filter(|q| q.is_new).count() as i32;
+        // The chat list shows the latest message and counts who wrote.
+        chats::Entity::update_many()
+            .col_expr(chats::Column::LastMessage, Expr::value(preview))
+            .col_expr(chats::Column::LastMessageTime, Expr::value(now))
+            .col_expr(chats::Column::LastMessageId, Expr::value(message_id))
+            .col_expr(
+                chats::Column::TotalMessages,
+                Expr::col(chats::Column::TotalMessages).add(fresh),
+            )
+            .col_expr(
+                chats::Column::AgentMessages,
+                Expr::col(chats::Column::AgentMessages).add(agent),
+            )
+            .col_expr(
+                chats::Column::BotMessages,
+                Expr::col(chats::Column::BotMessages).add(bot),
+            )
+            .col_expr(chats::Column::UpdatedAt, Expr::value(now))
+            .filter(chats::Column::Id.eq(chat.id))
+            .exec(&txn)
+            .await?;
+    }
     txn.commit().await?;
-
-    Ok(QueuedMessage {
-        message_id,
-        chat_id: chat.id,
-        customer_id: customer.id,
-        config_id: config.id,
-        lane_key,
-        is_new: true,
-    })
+    Ok(out)
 }
 
 /// Publishes the message's `outbound.send` job, then stamps
@@ -260,24 +290,50 @@ pub async fn enqueue(
     broker: &dyn Broker,
     queued: &QueuedMessage,
 ) -> Result<(), OutboxError> {
-    broker
-        .publish(OutboundSend::message(queued.message_id, queued.lane_key.clone()).to_outbound())
-        .await?;
-    stamp_dispatched(db, &[queued.message_id], now()).await?;
+    enqueue_all(db, broker, std::slice::from_ref(queued)).await
+}
+
+/// Publishes the jobs of `queued`'s new messages one after another (they
+/// share a lane, whose order is the order the customer reads them in),
+/// then stamps `dispatched_at` on all of them at once.
+pub async fn enqueue_all(
+    db: &impl ConnectionTrait,
+    broker: &dyn Broker,
+    queued: &[QueuedMessage],
+) -> Result<(), OutboxError> {
+    let mut published = Vec::with_capacity(queued.len());
+    for q in queued.iter().filter(|q| q.is_new) {
+        broker
+            .publish(OutboundSend::message(q.message_id, q.lane_key.clone()).to_outbound())
+            .await?;
+        published.push(q.message_id);
+    }
+    stamp_dispatched(db, &published, now()).await?;
     Ok(())
 }
 
 /// Queues the message and publishes its job, unless its [`Answer`] was
-/// queued before (that job exists already, or the sweep rebuilds it).
+/// queued before (then its job was published, or the sweep will).
 pub async fn send(
     db: &DatabaseConnection,
     broker: &dyn Broker,
     new: NewOutbound,
 ) -> Result<QueuedMessage, OutboxError> {
-    let queued = queue_message(db, new).await?;
-    if queued.is_new {
-        enqueue(db, broker, &queued).await?;
-    }
+    send_all(db, broker, vec![new])
+        .await?
+        .pop()
+        .ok_or_else(|| sea_orm::DbErr::RecordNotInserted.into())
+}
+
+/// [`queue_messages`], then [`enqueue_all`]: one recipient's messages,
+/// queued in one transaction and published in order.
+pub async fn send_all(
+    db: &DatabaseConnection,
+    broker: &dyn Broker,
+    news: Vec<NewOutbound>,
+) -> Result<Vec<QueuedMessage>, OutboxError> {
+    let queued = queue_messages(db, news).await?;
+    enqueue_all(db, broker, &queued).await?;
     Ok(queued)
 }
 

@@ -701,30 +701,30 @@ async fn execute(
         .clone()
         .or_else(|| customer.phone_number.clone())
         .unwrap_or_default();
-    let mut sent = 0;
-    for (seq, content) in plan.replies.iter().enumerate() {
-        let q = outbox::send(
-            db,
-            broker,
-            NewOutbound {
-                config_id: msg.config_id,
-                to: to.clone(),
-                content: content.clone(),
-                reply_to: None,
-                origin: Origin::Bot,
-                sender_type: "bot".into(),
-                sender_id: None,
-                answers: Some(Answer {
-                    message_id: msg.id,
-                    seq: seq as i32,
-                }),
-            },
-        )
-        .await?;
-        if q.is_new {
-            sent += 1;
-        }
-    }
+    // One transaction for all the replies, their jobs published in order.
+    let news: Vec<NewOutbound> = plan
+        .replies
+        .iter()
+        .enumerate()
+        .map(|(seq, content)| NewOutbound {
+            config_id: msg.config_id,
+            to: to.clone(),
+            content: content.clone(),
+            reply_to: None,
+            origin: Origin::Bot,
+            sender_type: "bot".into(),
+            sender_id: None,
+            answers: Some(Answer {
+                message_id: msg.id,
+                seq: seq as i32,
+            }),
+        })
+        .collect();
+    let sent = outbox::send_all(db, broker, news)
+        .await?
+        .iter()
+        .filter(|q| q.is_new)
+        .count();
 
     let now = clock::now();
     let txn = db.begin().await?;

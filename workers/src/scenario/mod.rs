@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::{StreamExt, stream};
+use uuid::Uuid;
 use wapipe_domain::scenarios::engine::{self, EngineSettings};
 use wapipe_shared::broker::Delivery;
 use wapipe_shared::jobs::{InboundMessages, Queue};
@@ -33,6 +35,7 @@ fn build(deps: &Deps) -> Result<Arc<dyn Worker>, BuildError> {
         settings: EngineSettings {
             max_age: Duration::from_secs(deps.settings.scenario_max_age_s),
         },
+        permits: tokio::sync::Semaphore::new(engine_permits(deps.settings.db_pool)),
     }))
 }
 
@@ -40,6 +43,7 @@ fn build(deps: &Deps) -> Result<Arc<dyn Worker>, BuildError> {
 pub struct ScenarioWorker {
     pub deps: Deps,
     pub settings: EngineSettings,
+    permits: tokio::sync::Semaphore,
 }
 
 #[async_trait]
@@ -47,24 +51,55 @@ impl JobWorker for ScenarioWorker {
     type Job = InboundMessages;
 
     async fn handle(&self, job: InboundMessages, _: &Delivery) -> Result<(), JobError> {
+        // A job holds one lane's messages, from many customers. Each
+        // customer's messages stay in order; different customers do not
+        // wait for each other, so a lane's backlog is answered at the pace
+        // of its busiest customer, not of the sum of all of them.
+        let mut groups: Vec<(Uuid, Vec<Uuid>)> = Vec::new();
         for m in &job.messages {
-            match engine::handle(
-                &self.deps.db,
-                self.deps.broker.as_ref(),
-                m.message_id,
-                &self.settings,
-            )
-            .await
+            match groups.iter_mut().find(|(c, _)| *c == m.customer_id) {
+                Some((_, ids)) => ids.push(m.message_id),
+                None => groups.push((m.customer_id, vec![m.message_id])),
+            }
+        }
+        let results: Vec<Result<(), JobError>> = stream::iter(groups)
+            .map(|(_, ids)| self.handle_customer(ids))
+            .buffer_unordered(CUSTOMERS_AT_ONCE)
+            .collect()
+            .await;
+        // Every customer was tried; if one must be retried the whole job
+        // comes back, and the messages already handled find themselves
+        // consumed.
+        results.into_iter().collect()
+    }
+}
+
+/// Customers of one job answered at once.
+const CUSTOMERS_AT_ONCE: usize = 8;
+
+/// Customers answered at once across all lanes of the worker: enough to
+/// overlap database round trips, few enough to leave the pool's
+/// connections to parse, status and outbound (eight lanes times eight
+/// customers, each holding a connection, starved the outbound worker).
+fn engine_permits(db_pool: u32) -> usize {
+    (db_pool as usize / 3).clamp(2, 16)
+}
+
+impl ScenarioWorker {
+    /// One customer's messages of a job, in order.
+    async fn handle_customer(&self, ids: Vec<Uuid>) -> Result<(), JobError> {
+        // Closed only if the worker is dropped, which ends this job anyway.
+        let _permit = self.permits.acquire().await.map_err(JobError::retryable)?;
+        for id in ids {
+            match engine::handle(&self.deps.db, self.deps.broker.as_ref(), id, &self.settings).await
             {
                 Ok(_) => {}
                 // One message's broken flow must not hold back the others
                 // of the lane: it gets no reply, and the fault is counted.
                 Err(e) if e.is_permanent() => {
                     metrics::counter!(METRIC_FAULTS_TOTAL).increment(1);
-                    tracing::error!(message = %m.message_id, error = %e, "scenario: no reply");
+                    tracing::error!(message = %id, error = %e, "scenario: no reply");
                 }
-                // The whole job comes back; the messages already handled
-                // find themselves consumed.
                 Err(e) => return Err(JobError::retryable(e)),
             }
         }
