@@ -521,23 +521,32 @@ pub async fn claim_due_with_lease(
     Ok(claimed)
 }
 
-/// Gives claims back, so the next pass claims them at once (a publish
-/// failed; or the embedded queue, whose jobs died with the last process,
-/// starts again). Only rows not reminded yet. Returns how many.
+/// Which claims [`release_claims`] gives back.
+#[derive(Debug, Clone, Copy)]
+pub enum Release<'a> {
+    /// These follow-ups (their publish failed).
+    Ids(&'a [Uuid]),
+    /// Every claim made before this instant: the embedded queue's jobs died
+    /// with the last process, and claims made since are a live
+    /// scheduler's, which must keep them.
+    Before(DateTime<Utc>),
+}
+
+/// Gives claims back, so the next pass claims them at once. Only rows not
+/// reminded yet. Returns how many.
 pub async fn release_claims(
     db: &impl ConnectionTrait,
-    ids: Option<&[Uuid]>,
+    which: Release<'_>,
 ) -> Result<u64, FollowUpError> {
-    let mut q = follow_ups::Entity::update_many()
+    let q = follow_ups::Entity::update_many()
         .col_expr(F::ClaimedAt, Expr::value(Option::<DateTime<Utc>>::None))
         .filter(F::ReminderSent.eq(false))
         .filter(F::ClaimedAt.is_not_null());
-    if let Some(ids) = ids {
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        q = q.filter(F::Id.is_in(ids.iter().copied()));
-    }
+    let q = match which {
+        Release::Ids([]) => return Ok(0),
+        Release::Ids(ids) => q.filter(F::Id.is_in(ids.iter().copied())),
+        Release::Before(at) => q.filter(F::ClaimedAt.lt(at)),
+    };
     Ok(q.exec(db).await?.rows_affected)
 }
 

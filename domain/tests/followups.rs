@@ -419,7 +419,7 @@ async fn claim_rules(backend: Backend) {
 
     // A released claim is claimable at once.
     assert_eq!(
-        followups::release_claims(&e.db, Some(&[due[0]]))
+        followups::release_claims(&e.db, followups::Release::Ids(&[due[0]]))
             .await
             .expect("release"),
         1

@@ -99,6 +99,14 @@ pub trait JobWorker: Send + Sync + 'static {
     }
 }
 
+/// How many jobs a worker should run at once across all its lanes when
+/// each holds a database connection: enough to overlap round trips, few
+/// enough to leave the pool (`WAPIPE_DB_POOL`) to the process's other
+/// roles (eight lanes times eight tasks each starved the outbound worker).
+pub fn concurrent_db_tasks(db_pool: u32) -> usize {
+    (db_pool as usize / 3).clamp(2, 16)
+}
+
 /// A decoded job and the delivery it came in.
 pub struct TypedJob<'a, J> {
     pub job: J,

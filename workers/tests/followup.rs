@@ -481,10 +481,7 @@ async fn two_schedulers_race(backend: Backend) {
     for _ in 0..2 {
         let broker: Arc<dyn Broker> = Arc::new(embedded(&e.db));
         let deps = e.deps(broker.clone());
-        let worker = typed(FollowupWorker {
-            deps,
-            settings: e.settings.clone(),
-        });
+        let worker = typed(FollowupWorker::new(deps, e.settings.clone()));
         tasks.push(tokio::spawn(wapipe_workers::followup::scheduler::run(
             e.db.clone(),
             broker.clone(),

@@ -17,7 +17,9 @@ use wapipe_shared::config::Settings;
 use wapipe_shared::jobs::{FollowupDue, Queue};
 
 use crate::registry::{Background, BuildError, Deps, Registration};
-use crate::runtime::{JobError, JobWorker, Worker, typed};
+use crate::runtime::{
+    BatchOutcome, JobError, JobWorker, TypedJob, Worker, concurrent_db_tasks, typed,
+};
 
 pub use remind::{Outcome, RemindError, remind};
 pub use scheduler::{PassStats, pass};
@@ -30,10 +32,10 @@ pub const REGISTRATION: Registration = Registration {
 
 fn build(deps: &Deps) -> Result<Arc<dyn Worker>, BuildError> {
     describe_metrics();
-    Ok(typed(FollowupWorker {
-        deps: deps.clone(),
-        settings: FollowupSettings::from_settings(&deps.settings),
-    }))
+    Ok(typed(FollowupWorker::new(
+        deps.clone(),
+        FollowupSettings::from_settings(&deps.settings),
+    )))
 }
 
 /// The scheduler runs beside the worker, in every process of the role.
@@ -50,13 +52,27 @@ fn background(deps: &Deps, shutdown: CancellationToken) -> Background {
 pub struct FollowupWorker {
     pub deps: Deps,
     pub settings: FollowupSettings,
+    /// Reminders in flight across all lanes (see [`concurrent_db_tasks`]).
+    permits: tokio::sync::Semaphore,
 }
 
-#[async_trait]
-impl JobWorker for FollowupWorker {
-    type Job = FollowupDue;
+/// `followup.due` jobs of one lane taken at once: a scheduler pass
+/// publishes hundreds, and each reminder waits mostly on the database.
+const BATCH: usize = 32;
 
-    async fn handle(&self, job: FollowupDue, _: &Delivery) -> Result<(), JobError> {
+impl FollowupWorker {
+    pub fn new(deps: Deps, settings: FollowupSettings) -> Self {
+        let permits = tokio::sync::Semaphore::new(concurrent_db_tasks(deps.settings.db_pool));
+        Self {
+            deps,
+            settings,
+            permits,
+        }
+    }
+
+    async fn remind_one(&self, job: &FollowupDue) -> Result<(), JobError> {
+        // Closed only when the worker is dropped, which ends the job anyway.
+        let _permit = self.permits.acquire().await.map_err(JobError::retryable)?;
         remind(
             &self.deps.db,
             self.deps.broker.as_ref(),
@@ -68,6 +84,30 @@ impl JobWorker for FollowupWorker {
         // What is refused for good became an event-only reminder inside;
         // what is left is the database or the broker: try again.
         .map_err(JobError::retryable)
+    }
+}
+
+#[async_trait]
+impl JobWorker for FollowupWorker {
+    type Job = FollowupDue;
+
+    async fn handle(&self, job: FollowupDue, _: &Delivery) -> Result<(), JobError> {
+        self.remind_one(&job).await
+    }
+
+    fn batch_size(&self) -> usize {
+        BATCH
+    }
+
+    /// Reminders are independent of each other (one follow-up each, and
+    /// each idempotent): a lane's batch runs at once, and each job is
+    /// settled from its own answer.
+    async fn handle_batch(
+        &self,
+        jobs: Vec<TypedJob<'_, FollowupDue>>,
+    ) -> Result<BatchOutcome, JobError> {
+        let results = futures::future::join_all(jobs.iter().map(|j| self.remind_one(&j.job))).await;
+        Ok(BatchOutcome::Each(results))
     }
 }
 

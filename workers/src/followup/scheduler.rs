@@ -19,7 +19,7 @@ use futures::StreamExt;
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use wapipe_domain::followups::{self, Claimed, FollowUpError};
+use wapipe_domain::followups::{self, Claimed, FollowUpError, Release};
 use wapipe_shared::broker::Broker;
 use wapipe_shared::jobs::Job;
 
@@ -50,8 +50,9 @@ pub async fn run(
     settings: FollowupSettings,
     shutdown: CancellationToken,
 ) {
+    let started = wapipe_domain::clock::now();
     if broker.mode() == "embedded" {
-        match followups::release_claims(&db, None).await {
+        match followups::release_claims(&db, Release::Before(started)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(released = n, "follow-up claims of the last run given back"),
             Err(e) => tracing::warn!(error = %e, "cannot give back old follow-up claims"),
@@ -147,7 +148,7 @@ async fn publish(
         .collect();
     if !failed.is_empty() {
         metrics::counter!(METRIC_PUBLISH_FAILED_TOTAL).increment(failed.len() as u64);
-        followups::release_claims(db, Some(&failed)).await?;
+        followups::release_claims(db, Release::Ids(&failed)).await?;
     }
     Ok((results.len() - failed.len()) as u64)
 }

@@ -15,7 +15,7 @@ use wapipe_shared::broker::Delivery;
 use wapipe_shared::jobs::{InboundMessages, Queue};
 
 use crate::registry::{BuildError, Deps, Registration, no_background};
-use crate::runtime::{JobError, JobWorker, Worker, typed};
+use crate::runtime::{JobError, JobWorker, Worker, concurrent_db_tasks, typed};
 
 pub const REGISTRATION: Registration = Registration {
     queue: Queue::Scenario,
@@ -35,7 +35,7 @@ fn build(deps: &Deps) -> Result<Arc<dyn Worker>, BuildError> {
         settings: EngineSettings {
             max_age: Duration::from_secs(deps.settings.scenario_max_age_s),
         },
-        permits: tokio::sync::Semaphore::new(engine_permits(deps.settings.db_pool)),
+        permits: tokio::sync::Semaphore::new(concurrent_db_tasks(deps.settings.db_pool)),
     }))
 }
 
@@ -76,14 +76,6 @@ impl JobWorker for ScenarioWorker {
 
 /// Customers of one job answered at once.
 const CUSTOMERS_AT_ONCE: usize = 8;
-
-/// Customers answered at once across all lanes of the worker: enough to
-/// overlap database round trips, few enough to leave the pool's
-/// connections to parse, status and outbound (eight lanes times eight
-/// customers, each holding a connection, starved the outbound worker).
-fn engine_permits(db_pool: u32) -> usize {
-    (db_pool as usize / 3).clamp(2, 16)
-}
 
 impl ScenarioWorker {
     /// One customer's messages of a job, in order.
