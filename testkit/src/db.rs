@@ -352,22 +352,6 @@ pub async fn add_config(
     .id
 }
 
-/// Drops a test database now rather than at `make clean-test-dbs`
-/// (best effort: a failure leaves it to the clean-up).
-pub async fn drop_postgres(url: &str) {
-    let Some((_, name)) = url.rsplit_once('/') else {
-        return;
-    };
-    if let Ok(mut admin) = admin().await {
-        let _ = exec(
-            &mut admin,
-            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-        )
-        .await;
-        let _ = admin.close().await;
-    }
-}
-
 /// Runs the async fn `$name(Backend)` once per backend, as two tests
 /// (`$name::postgres` and `$name::sqlite`); extra tokens are passed to
 /// `#[tokio::test(…)]`.

@@ -4,9 +4,9 @@
 //! mocks: the real schema on both backends.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
+use futures::FutureExt;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
     EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
@@ -264,14 +264,17 @@ impl Env {
     }
 
     /// The deliveries waiting for `worker`, unsettled (for `run_one`).
+    /// The embedded broker's publish has queued the job when it returns,
+    /// so what is ready now is all there is: no lane is watched for
+    /// stragglers.
     pub async fn deliveries(&self, worker: &str) -> Vec<Delivery> {
         let queue = wapipe_shared::jobs::Queue::from_name(worker).expect("a queue name");
         let mut lanes = self.broker.consume(queue).await.expect("consume");
         let mut out = Vec::new();
         for lane in lanes.iter_mut() {
-            while let Ok(Some(Ok(d))) =
-                tokio::time::timeout(Duration::from_millis(30), lane.next()).await
-            {
+            // Unconstrained: tokio's cooperative budget must not make a
+            // ready lane look empty.
+            while let Some(Some(Ok(d))) = tokio::task::unconstrained(lane.next()).now_or_never() {
                 out.push(d);
             }
         }
