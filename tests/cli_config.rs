@@ -4,7 +4,8 @@
 use std::process::{Command, Output};
 
 use sea_orm::{ConnectionTrait, Statement};
-use wapipe_shared::db::testing::{TempDir, fresh_postgres_url, fresh_sqlite_url};
+// `migrate` is under test here: PostgreSQL databases start empty.
+use wapipe_testkit::db::{TempDir, empty_postgres_url, fresh_sqlite_url};
 
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // base64 of 32 bytes
 
@@ -219,7 +220,7 @@ async fn config_lifecycle(env: Env, sqlite_file: Option<std::path::PathBuf>) {
 
 #[tokio::test]
 async fn config_lifecycle_postgres() {
-    let url = fresh_postgres_url().await.unwrap();
+    let url = empty_postgres_url().await.unwrap();
     let env = Env {
         url,
         _dir: TempDir::new().unwrap(),

@@ -7,7 +7,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use wapipe_shared::db::testing::{TempDir, fresh_postgres_url, fresh_sqlite_url};
+// `migrate` is under test here: PostgreSQL databases start empty.
+use wapipe_testkit::db::{TempDir, empty_postgres_url, fresh_sqlite_url};
 
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // base64 of 32 bytes
 
@@ -69,7 +70,7 @@ fn config_list_on_a_fresh_database_writes_nothing_on_stderr() {
 /// test server trusts 127.0.0.1, so the password is carried but unused).
 #[tokio::test]
 async fn trace_logs_never_show_the_database_password() {
-    let url = fresh_postgres_url().await.expect("test database");
+    let url = empty_postgres_url().await.expect("test database");
     let url = url.replacen("postgres://postgres@", "postgres://postgres:s3cretpw@", 1);
     assert!(
         url.contains("s3cretpw"),

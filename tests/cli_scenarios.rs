@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use sea_orm::{ConnectionTrait, Statement};
 use wapipe_domain::scenarios::FlowFile;
-use wapipe_shared::db::testing::{TempDir, fresh_postgres_url, fresh_sqlite_url};
+use wapipe_testkit::db::{TempDir, fresh_postgres_url, fresh_sqlite_url};
 
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 

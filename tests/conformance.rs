@@ -9,14 +9,11 @@
 //! as `PHONE_NUMBER_ID`), so a config is created for each distinct number
 //! and WABA first, all of the harness's company and app secret.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::*;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
 };
@@ -25,6 +22,7 @@ use uuid::Uuid;
 use wapipe_shared::crypto::SecretKey;
 use wapipe_shared::entities::webhook_events::{self, EventStatus};
 use wapipe_shared::entities::{message_status_events, messages, whatsapp_configs};
+use wapipe_testkit::app::*;
 
 const FOLDERS: &[&str] = &["messages", "statuses", "errors", "other"];
 

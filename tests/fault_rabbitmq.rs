@@ -7,17 +7,15 @@
 //! shared server (restarting a node that holds many quorum queues can take
 //! minutes, and other test runs share it).
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use wapipe::serve::Roles;
 use wapipe_shared::entities::webhook_events::EventStatus;
+use wapipe_testkit::app::*;
 
 /// Forwards to RabbitMQ while `up`; when it goes down, open connections
 /// are cut and new ones are closed at once.

@@ -1,17 +1,15 @@
 //! Faults around the broker: a process killed between commit and publish,
 //! and a poison job through the dead-letter queue and `wapipe dlq`.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use wapipe::serve::Roles;
 use wapipe_shared::broker::OutboundJob;
 use wapipe_shared::crypto::sign_body;
 use wapipe_shared::entities::webhook_events::{self, EventStatus};
+use wapipe_testkit::app::*;
 
 fn wapipe(settings: &wapipe_shared::config::Settings) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wapipe"));

@@ -6,12 +6,11 @@ use std::process::{Command, Output};
 
 use chrono::{Duration, SecondsFormat, Utc};
 use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
-use sea_orm_migration::MigratorTrait;
 use uuid::Uuid;
 use wapipe_shared::crypto::SecretKey;
-use wapipe_shared::db::testing::{TempDir, fresh_postgres_url, fresh_sqlite_url};
 use wapipe_shared::entities::{chats, customers, follow_ups};
 use wapipe_shared::tenants::{self, NewConfig};
+use wapipe_testkit::db::{Backend, TempDir, TestDb, migrated};
 
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
@@ -25,16 +24,17 @@ struct Env {
 impl Env {
     async fn new(postgres: bool) -> Env {
         let dir = TempDir::new().expect("dir");
-        let (url, sqlite) = if postgres {
-            (fresh_postgres_url().await.expect("test database"), None)
+        let backend = if postgres {
+            Backend::Postgres
         } else {
-            let (url, d) = fresh_sqlite_url().expect("sqlite");
-            (url, Some(d))
+            Backend::Sqlite
         };
-        let db = wapipe_shared::db::connect(&url, 2).await.expect("connect");
-        wapipe_migrations::Migrator::up(&db, None)
-            .await
-            .expect("migrate");
+        let TestDb {
+            url,
+            db,
+            dir: sqlite,
+            ..
+        } = migrated(backend, 2).await;
         Env {
             url,
             db,

@@ -8,19 +8,17 @@
 //! The follow-ups fell due before any process ran, so this is also the
 //! "reminded at start" case.
 
-mod common;
-
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
 };
 use uuid::Uuid;
 use wapipe_shared::config::Settings;
 use wapipe_shared::entities::{agents, chats, customers, follow_ups, messages};
+use wapipe_testkit::app::*;
 
 const FOLLOW_UPS: usize = 3000;
 

@@ -1,14 +1,12 @@
 //! The webhook receiver end to end, in both modes: handshake, signatures,
 //! caps, duplicates, malformed bodies, concurrency, 503 and shutdown.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use wapipe_shared::crypto::sign_body;
 use wapipe_shared::entities::webhook_events::{self, EventStatus};
+use wapipe_testkit::app::*;
 
 const HOOK: &str = "/api/whatsapp/webhooks";
 
@@ -399,7 +397,7 @@ async fn database_down_answers_503() {
         .next()
         .unwrap()
         .to_owned();
-    let admin = sea_orm::Database::connect(wapipe_shared::db::testing::pg_admin_url())
+    let admin = sea_orm::Database::connect(wapipe_testkit::db::pg_admin_url())
         .await
         .unwrap();
     admin

@@ -1,12 +1,10 @@
 //! The dashboards and alert rules name only metrics the service exports:
 //! scrape a running service after some traffic and compare (DESIGN §7).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
+use wapipe_testkit::app::*;
 
 /// `wapipe_*` metric names in a text, with histogram suffixes folded.
 fn metric_names(text: &str) -> BTreeSet<String> {

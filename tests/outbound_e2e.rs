@@ -4,13 +4,10 @@
 //! webhooks back to the running service, whose parse and status workers
 //! move the message to `read`. Plus the CLI's answers to bad input.
 
-mod common;
-
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{APP_SECRET, KEY, Mode, PHONE_NUMBER_ID, TestApp, WABA_ID};
 use sea_orm::EntityTrait;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +19,7 @@ use wapipe_shared::entities::messages::{self, MessageStatus};
 use wapipe_shared::retry::RetryPolicy;
 use wapipe_sim::payloads::Business;
 use wapipe_sim::{GraphConfig, GraphHandle, spawn_graph};
+use wapipe_testkit::app::{APP_SECRET, KEY, Mode, PHONE_NUMBER_ID, TestApp, WABA_ID};
 use wapipe_workers::Deps;
 use wapipe_workers::outbound::OutboundSettings;
 use wapipe_workers::runtime;
@@ -172,7 +170,7 @@ fn install_tls_provider() {
 
 async fn send_round_trip(mode: Mode, grace: Duration) {
     install_tls_provider();
-    let (settings, dir) = common::settings_for(mode).await;
+    let (settings, dir) = wapipe_testkit::app::settings_for(mode).await;
     let roles = Roles {
         ingest: true,
         workers: vec!["parse".into(), "status".into()],
@@ -255,8 +253,8 @@ async fn send_cli_round_trip_production() {
 #[tokio::test]
 async fn send_cli_bad_input() {
     install_tls_provider();
-    let (settings, _dir) = common::settings_for(Mode::Embedded).await;
-    let (_db, config_id) = common::prepare_db(&settings).await;
+    let (settings, _dir) = wapipe_testkit::app::settings_for(Mode::Embedded).await;
+    let (_db, config_id) = wapipe_testkit::app::prepare_db(&settings).await;
     let url = settings.clone();
     let config = config_id.to_string();
     let run = |args: &[&str]| cli(&url, args);

@@ -3,12 +3,9 @@
 //! signature is still checked over the raw bytes), statuses reach our
 //! messages, and replaying events (`wapipe replay`) changes no count.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::*;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait,
     PaginatorTrait, QueryFilter, QueryOrder,
@@ -19,6 +16,7 @@ use wapipe_shared::crypto::sign_body;
 use wapipe_shared::entities::messages::{self, Direction, MessageStatus, Origin};
 use wapipe_shared::entities::webhook_events::{self, EventStatus};
 use wapipe_shared::entities::{chats, conversations, customers, message_status_events};
+use wapipe_testkit::app::*;
 
 const HOOK: &str = "/api/whatsapp/webhooks";
 

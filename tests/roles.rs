@@ -2,15 +2,13 @@
 //! (`wapipe ingest` and `wapipe workers` on one host, default ops ports),
 //! health on every process, and no work queue left filling up.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use wapipe_shared::crypto::sign_body;
 use wapipe_shared::entities::messages;
+use wapipe_testkit::app::*;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -11,19 +11,13 @@ use uuid::Uuid;
 use wapipe_domain::agents::{self, AgentError, NewAgent};
 use wapipe_domain::clock;
 use wapipe_domain::followups::{self, FollowUpError, ListFilter, NewFollowUp, Reminded, Status};
-use wapipe_migrations::{Migrator, MigratorTrait};
 use wapipe_shared::crypto::SecretKey;
-use wapipe_shared::db::{self, testing};
 use wapipe_shared::entities::{chats, customers, follow_ups};
 use wapipe_shared::tenants::{self, NewConfig};
+use wapipe_testkit::both_backends;
+use wapipe_testkit::db::{Backend, TempDir, TestDb, migrated};
 
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    Postgres,
-    Sqlite,
-}
 
 struct Env {
     db: DatabaseConnection,
@@ -31,22 +25,7 @@ struct Env {
     config_id: Uuid,
     chat_id: Uuid,
     agent_id: Uuid,
-    _dir: Option<testing::TempDir>,
-}
-
-macro_rules! both_backends {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            async fn postgres() {
-                super::$name(super::Backend::Postgres).await;
-            }
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(super::Backend::Sqlite).await;
-            }
-        }
-    };
+    _dir: Option<TempDir>,
 }
 
 async fn add_config(db: &DatabaseConnection, phone: &str, company: &str) -> Uuid {
@@ -105,20 +84,7 @@ async fn add_chat(db: &DatabaseConnection, config_id: Uuid, wa_id: &str) -> Uuid
 }
 
 async fn env(backend: Backend) -> Env {
-    let (url, dir) = match backend {
-        Backend::Postgres => (
-            testing::fresh_postgres_url()
-                .await
-                .expect("create a test database (is PostgreSQL on 127.0.0.1:5432?)"),
-            None,
-        ),
-        Backend::Sqlite => {
-            let (url, dir) = testing::fresh_sqlite_url().expect("temp sqlite");
-            (url, Some(dir))
-        }
-    };
-    let db = db::connect(&url, 8).await.expect("connect");
-    Migrator::up(&db, None).await.expect("migrate");
+    let TestDb { url, db, dir, .. } = migrated(backend, 8).await;
     let config_id = add_config(&db, "15550000001", "Acme").await;
     let chat_id = add_chat(&db, config_id, "4915112345678").await;
     let agent_id = agents::create(
@@ -448,7 +414,11 @@ async fn two_claimers_race(backend: Backend) {
         .collect();
     let mut tasks = Vec::new();
     for _ in 0..2 {
-        let db = Arc::new(db::connect(&e.url, 4).await.expect("second pool"));
+        let db = Arc::new(
+            wapipe_shared::db::connect(&e.url, 4)
+                .await
+                .expect("second pool"),
+        );
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             let mut empty_passes = 0;

@@ -18,38 +18,17 @@ use uuid::Uuid;
 use wapipe_domain::blocking::{self, Actor};
 use wapipe_domain::scenarios::engine::{self, Action, EngineSettings, Outcome, Refusal};
 use wapipe_domain::scenarios::{self, FaultKind, FlowFile, ScenarioError, store};
-use wapipe_migrations::{Migrator, MigratorTrait};
 use wapipe_shared::broker::{Broker, BrokerSettings, EmbeddedBroker};
 use wapipe_shared::crypto::SecretKey;
-use wapipe_shared::db::{self, testing};
 use wapipe_shared::entities::messages::{Direction, MessageStatus, Origin};
 use wapipe_shared::entities::{
     audit_log, chats, customers, messages, scenario_items, scenario_runs,
 };
 use wapipe_shared::tenants::{self, NewConfig};
+use wapipe_testkit::both_backends;
+use wapipe_testkit::db::{Backend, TempDir, TestDb, migrated};
 
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    Postgres,
-    Sqlite,
-}
-
-macro_rules! both_backends {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            async fn postgres() {
-                super::$name(super::Backend::Postgres).await;
-            }
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(super::Backend::Sqlite).await;
-            }
-        }
-    };
-}
 
 struct Env {
     db: DatabaseConnection,
@@ -57,7 +36,7 @@ struct Env {
     embedded: EmbeddedBroker,
     config_id: Uuid,
     settings: EngineSettings,
-    _dir: Option<testing::TempDir>,
+    _dir: Option<TempDir>,
 }
 
 async fn add_config(db: &DatabaseConnection, phone: &str) -> Uuid {
@@ -84,20 +63,7 @@ async fn add_config(db: &DatabaseConnection, phone: &str) -> Uuid {
 }
 
 async fn env(backend: Backend) -> Env {
-    let (url, dir) = match backend {
-        Backend::Postgres => (
-            testing::fresh_postgres_url()
-                .await
-                .expect("create a test database (is PostgreSQL on 127.0.0.1:5432?)"),
-            None,
-        ),
-        Backend::Sqlite => {
-            let (url, dir) = testing::fresh_sqlite_url().expect("temp sqlite");
-            (url, Some(dir))
-        }
-    };
-    let db = db::connect(&url, 4).await.expect("connect");
-    Migrator::up(&db, None).await.expect("migrate");
+    let TestDb { db, dir, .. } = migrated(backend, 4).await;
     let embedded = EmbeddedBroker::new(
         &BrokerSettings {
             amqp_url: None,

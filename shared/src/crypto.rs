@@ -194,7 +194,7 @@ mod tests {
 
     #[test]
     fn key_file_is_created_once_with_0600() {
-        let dir = crate::db::testing::TempDir::new().unwrap();
+        let dir = wapipe_testkit::db::temp_dir().unwrap();
         let path = dir.path().join("sub/secret.key");
         let k1 = SecretKey::load_or_create(&path).unwrap();
         let k2 = SecretKey::load_or_create(&path).unwrap();

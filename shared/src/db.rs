@@ -1,5 +1,6 @@
 //! Database connections for both modes (SQLite embedded, PostgreSQL in
-//! production), and throwaway databases for tests.
+//! production). Throwaway databases for tests are the test kit's
+//! (`wapipe-testkit`), so none of that ships in the library.
 
 use std::time::Duration;
 
@@ -144,61 +145,6 @@ pub fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-/// Throwaway databases, one per test, so tests run in parallel without
-/// sharing state (DESIGN §8).
-pub mod testing {
-    use super::*;
-
-    /// The admin URL of the test server; `WAPIPE_TEST_PG` overrides it.
-    pub fn pg_admin_url() -> String {
-        std::env::var("WAPIPE_TEST_PG")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-    }
-
-    /// A test database on the server: its URL and a guard-free name (tests
-    /// are short-lived; `make test` drops leftovers named `wapipe_t_*`).
-    pub async fn fresh_postgres_url() -> Result<String, DbErr> {
-        let admin_url = pg_admin_url();
-        let name = format!("wapipe_t_{}", uuid::Uuid::now_v7().simple());
-        let admin = Database::connect(admin_url.as_str()).await?;
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-            .await?;
-        admin.close().await?;
-        let base = admin_url
-            .rsplit_once('/')
-            .map(|(b, _)| b.to_owned())
-            .unwrap_or(admin_url);
-        Ok(format!("{base}/{name}"))
-    }
-
-    /// A SQLite file in a fresh temp folder; the folder lives as long as the
-    /// returned guard.
-    pub fn fresh_sqlite_url() -> std::io::Result<(String, TempDir)> {
-        let dir = TempDir::new()?;
-        let url = format!("sqlite://{}/wapipe.sqlite?mode=rwc", dir.path().display());
-        Ok((url, dir))
-    }
-
-    /// A temp folder removed on drop (kept dependency-free on purpose).
-    pub struct TempDir(std::path::PathBuf);
-    impl TempDir {
-        pub fn new() -> std::io::Result<Self> {
-            let p = std::env::temp_dir().join(format!("wapipe-{}", uuid::Uuid::now_v7().simple()));
-            std::fs::create_dir_all(&p)?;
-            Ok(Self(p))
-        }
-        pub fn path(&self) -> &std::path::Path {
-            &self.0
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 #[cfg(test)]
 mod shape_tests {
     use super::{pad_pow2, pow2_chunks};
@@ -234,8 +180,9 @@ mod shape_tests {
 
 #[cfg(test)]
 mod pragma_tests {
-    use super::{SQLITE_BUSY_TIMEOUT, connect, testing::fresh_sqlite_url};
+    use super::{SQLITE_BUSY_TIMEOUT, connect};
     use sea_orm::sqlx::{self, Row};
+    use wapipe_testkit::db::fresh_sqlite_url;
 
     async fn pragma(conn: &mut sqlx::SqliteConnection, sql: &'static str) -> String {
         let row = sqlx::query(sql)

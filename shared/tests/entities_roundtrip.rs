@@ -20,44 +20,33 @@ use sea_orm::{
 use serde_json::json;
 use uuid::Uuid;
 use wapipe_migrations::{Migrator, MigratorTrait};
-use wapipe_shared::db::{self, testing};
+use wapipe_shared::db;
 use wapipe_shared::entities::conversations::ConversationStatus;
 use wapipe_shared::entities::messages::{Direction, MessageStatus, Origin};
 use wapipe_shared::entities::webhook_events::EventStatus;
 use wapipe_shared::entities::*;
+use wapipe_testkit::db as testdb;
 
 type DateTimeUtc = chrono::DateTime<Utc>;
 
 #[tokio::test]
 async fn roundtrip_postgres() {
-    let url = testing::fresh_postgres_url()
+    let url = testdb::empty_postgres_url()
         .await
         .expect("create test database");
     let db = db::connect(&url, 5).await.expect("connect to postgres");
     all_checks(&db).await;
     db.close().await.expect("close");
-    drop_postgres(&url).await;
+    // Left to `make clean-test-dbs`, like every test database: a DROP
+    // DATABASE costs a checkpoint that every test running beside it waits on.
 }
 
 #[tokio::test]
 async fn roundtrip_sqlite() {
-    let (url, _guard) = testing::fresh_sqlite_url().expect("temp sqlite file");
+    let (url, _guard) = testdb::fresh_sqlite_url().expect("temp sqlite file");
     let db = db::connect(&url, 5).await.expect("connect to sqlite");
     all_checks(&db).await;
     db.close().await.expect("close");
-}
-
-/// Best effort: `make test` also drops leftover `wapipe_t_*` databases.
-async fn drop_postgres(url: &str) {
-    let Some((_, name)) = url.rsplit_once('/') else {
-        return;
-    };
-    if let Ok(admin) = sea_orm::Database::connect(testing::pg_admin_url()).await {
-        let _ = admin
-            .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\""))
-            .await;
-        let _ = admin.close().await;
-    }
 }
 
 async fn all_checks(db: &DatabaseConnection) {

@@ -9,23 +9,24 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, State
 use uuid::Uuid;
 use wapipe_migrations::{Migrator, MigratorTrait};
 use wapipe_shared::crypto::SecretKey;
-use wapipe_shared::db::{self, testing};
+use wapipe_shared::db;
 use wapipe_shared::entities::{agents, follow_ups};
 use wapipe_shared::tenants::{self, NewConfig};
+use wapipe_testkit::db as testdb;
 
 const MIGRATION: &str = "m20261129_000007_followups_seed002";
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 #[tokio::test]
 async fn renames_keep_data_postgres() {
-    let url = testing::fresh_postgres_url().await.expect("test database");
+    let url = testdb::empty_postgres_url().await.expect("test database");
     let db = db::connect(&url, 2).await.expect("connect");
     renames_keep_data(&db).await;
 }
 
 #[tokio::test]
 async fn renames_keep_data_sqlite() {
-    let (url, _dir) = testing::fresh_sqlite_url().expect("sqlite");
+    let (url, _dir) = testdb::fresh_sqlite_url().expect("sqlite");
     let db = db::connect(&url, 2).await.expect("connect");
     renames_keep_data(&db).await;
 }

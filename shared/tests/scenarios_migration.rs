@@ -10,12 +10,13 @@ use serde_json::json;
 use uuid::Uuid;
 use wapipe_migrations::{Migrator, MigratorTrait};
 use wapipe_shared::crypto::SecretKey;
-use wapipe_shared::db::{self, testing};
+use wapipe_shared::db;
 use wapipe_shared::entities::{
     chats, customer_blocked_scenarios, customers, scenario_items, scenario_runs, scenarios,
     template_scenarios,
 };
 use wapipe_shared::tenants::{self, NewConfig};
+use wapipe_testkit::db as testdb;
 
 const NAME: &str = "m20261129_000006_scenarios_seed000";
 
@@ -324,7 +325,7 @@ async fn upgrade_keeps_rows(db: DatabaseConnection) {
 
 #[tokio::test]
 async fn upgrade_postgres() {
-    let url = testing::fresh_postgres_url()
+    let url = testdb::empty_postgres_url()
         .await
         .expect("create test database");
     upgrade_keeps_rows(db::connect(&url, 4).await.expect("connect")).await;
@@ -332,6 +333,6 @@ async fn upgrade_postgres() {
 
 #[tokio::test]
 async fn upgrade_sqlite() {
-    let (url, _guard) = testing::fresh_sqlite_url().expect("temp sqlite file");
+    let (url, _guard) = testdb::fresh_sqlite_url().expect("temp sqlite file");
     upgrade_keeps_rows(db::connect(&url, 4).await.expect("connect")).await;
 }

@@ -1,8 +1,7 @@
 //! The fake Graph API against real HTTP on 127.0.0.1: sends, status webhooks, error rules and the control API.
 
-mod common;
-
 use std::time::Duration;
+use wapipe_testkit::receiver;
 
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -69,7 +68,7 @@ async fn send(g: &GraphHandle, to: &str) -> Answer {
 
 #[tokio::test]
 async fn a_text_send_is_answered_and_followed_by_signed_statuses() {
-    let rx = common::spawn_receiver(SECRET, common::verifying()).await;
+    let rx = receiver::spawn_receiver(SECRET, receiver::verifying()).await;
     let g = graph(cfg_with(Some(rx.url()))).await;
 
     let a = send(&g, "+49 151 0000 0001").await;
@@ -298,7 +297,7 @@ async fn control_api_changes_rules_at_runtime() {
 
 #[tokio::test]
 async fn webhook_rules_fail_by_status_and_duplicates_are_posted_twice() {
-    let rx = common::spawn_receiver(SECRET, common::verifying()).await;
+    let rx = receiver::spawn_receiver(SECRET, receiver::verifying()).await;
     let g = graph(GraphConfig {
         duplicate: true,
         shuffle: true,
@@ -325,7 +324,7 @@ async fn webhook_rules_fail_by_status_and_duplicates_are_posted_twice() {
 
 #[tokio::test]
 async fn status_webhooks_are_retried_until_accepted() {
-    let rx = common::spawn_receiver(
+    let rx = receiver::spawn_receiver(
         SECRET,
         std::sync::Arc::new(|n, _| if n == 0 { 503 } else { 200 }),
     )

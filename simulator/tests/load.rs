@@ -1,9 +1,8 @@
 //! The load generator against real servers on 127.0.0.1: the no-work baseline and a signature-checking receiver.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
+use wapipe_testkit::receiver;
 
 use tokio::net::TcpListener;
 use wapipe_sim::load::{LoadConfig, LoadError, run_load, spawn_nowork};
@@ -60,7 +59,7 @@ async fn holds_the_target_rate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_are_signed_unique_and_realistic() {
     let secret = "load-test-secret";
-    let rx = common::spawn_receiver(secret, common::verifying()).await;
+    let rx = receiver::spawn_receiver(secret, receiver::verifying()).await;
     let cfg = LoadConfig {
         duration: Duration::from_secs(5),
         max_requests: Some(400),
@@ -124,7 +123,7 @@ async fn bodies_are_signed_unique_and_realistic() {
 
 #[tokio::test]
 async fn counts_rejections_by_status() {
-    let rx = common::spawn_receiver("right", common::verifying()).await;
+    let rx = receiver::spawn_receiver("right", receiver::verifying()).await;
     let cfg = LoadConfig {
         max_requests: Some(50),
         concurrency: 2,

@@ -1,11 +1,10 @@
 //! Replay against a real receiver on 127.0.0.1: exact bytes, signatures, retries, wrappers and the CLI's exit codes.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
+use wapipe_testkit::receiver;
 
 use wapipe_sim::replay::{Outcome, ReplayConfig, replay_paths};
 
@@ -31,7 +30,7 @@ const RAW: &str = "{ \"object\":\"whatsapp_business_account\",\n  \"entry\": [ {
 
 #[tokio::test]
 async fn retries_a_503_then_delivers_the_exact_bytes() {
-    let rx = common::spawn_receiver(SECRET, Arc::new(|n, _| if n < 2 { 503 } else { 200 })).await;
+    let rx = receiver::spawn_receiver(SECRET, Arc::new(|n, _| if n < 2 { 503 } else { 200 })).await;
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "one.json", RAW);
     let report = replay_paths(&[file], &cfg(rx.url())).await.unwrap();
@@ -49,7 +48,7 @@ async fn retries_a_503_then_delivers_the_exact_bytes() {
 
 #[tokio::test]
 async fn walks_directories_sorted_unwraps_and_reports_400s() {
-    let rx = common::spawn_receiver(
+    let rx = receiver::spawn_receiver(
         SECRET,
         Arc::new(|_, r| {
             if r.body.windows(9).any(|w| w == b"reject-me") {
@@ -110,7 +109,7 @@ async fn walks_directories_sorted_unwraps_and_reports_400s() {
 
 #[tokio::test]
 async fn gives_up_after_the_retries() {
-    let rx = common::spawn_receiver(SECRET, Arc::new(|_, _| 500)).await;
+    let rx = receiver::spawn_receiver(SECRET, Arc::new(|_, _| 500)).await;
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "x.json", RAW);
     let report = replay_paths(
@@ -130,8 +129,8 @@ async fn gives_up_after_the_retries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_prints_each_file_and_sets_the_exit_code() {
-    let ok = common::spawn_receiver(SECRET, common::verifying()).await;
-    let down = common::spawn_receiver(SECRET, Arc::new(|_, _| 502)).await;
+    let ok = receiver::spawn_receiver(SECRET, receiver::verifying()).await;
+    let down = receiver::spawn_receiver(SECRET, Arc::new(|_, _| 502)).await;
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "m.json", RAW);
     let bin = env!("CARGO_BIN_EXE_wapipe-sim");
@@ -182,14 +181,14 @@ async fn cli_prints_each_file_and_sets_the_exit_code() {
 /// when the corpus is not beside the repository.
 #[tokio::test]
 async fn real_signed_capture_gets_metas_own_signature() {
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/meta-corpus/messages/pywa-real-capture-text-signed.json");
-    if !file.exists() {
-        eprintln!("skipped: {} not present", file.display());
+    let Some(file) = wapipe_testkit::corpus::corpus_dir()
+        .map(|d| d.join("messages/pywa-real-capture-text-signed.json"))
+    else {
+        eprintln!("skipped: shared/meta-corpus is not present");
         return;
-    }
+    };
     let secret = "1222e786b144d0e85b9f365372d93676";
-    let rx = common::spawn_receiver(secret, common::verifying()).await;
+    let rx = receiver::spawn_receiver(secret, receiver::verifying()).await;
     let report = replay_paths(&[file], &ReplayConfig::new(rx.url(), secret))
         .await
         .unwrap();

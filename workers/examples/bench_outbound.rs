@@ -86,8 +86,7 @@ async fn run() -> Result<(), String> {
     let (url, _dir) = match &args.db {
         Some(u) => (u.clone(), None),
         None => {
-            let (u, d) =
-                wapipe_shared::db::testing::fresh_sqlite_url().map_err(|e| e.to_string())?;
+            let (u, d) = wapipe_testkit::db::fresh_sqlite_url().map_err(|e| e.to_string())?;
             (u, Some(d))
         }
     };

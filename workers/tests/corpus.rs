@@ -6,29 +6,18 @@
 //! raw JSON, and every receipt must be stored. (The end-to-end conformance
 //! test posts the files unchanged through the receiver.)
 
-#[macro_use]
-mod support;
-
 use std::path::PathBuf;
 
 use chrono::Utc;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use serde_json::Value;
-use support::*;
 use uuid::Uuid;
 use wapipe_shared::crypto::SecretKey;
 use wapipe_shared::entities::webhook_events::EventStatus;
 use wapipe_shared::entities::whatsapp_configs;
-
-fn corpus_dir() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    [
-        root.join("../../shared/meta-corpus"),
-        root.join("../shared/meta-corpus"),
-    ]
-    .into_iter()
-    .find(|p| p.join("SOURCES.md").is_file())
-}
+use wapipe_testkit::both_backends;
+use wapipe_testkit::corpus::corpus_dir;
+use wapipe_testkit::workers::*;
 
 fn id_of(v: Option<&Value>) -> Option<String> {
     match v? {

@@ -18,14 +18,14 @@ use uuid::Uuid;
 use wapipe_domain::agents::{self, NewAgent};
 use wapipe_domain::clock;
 use wapipe_domain::followups::{self, CHANNEL_EVENT, CHANNEL_WHATSAPP};
-use wapipe_migrations::{Migrator, MigratorTrait};
 use wapipe_shared::broker::{Broker, BrokerSettings, Delivery, EmbeddedBroker};
 use wapipe_shared::crypto::SecretKey;
-use wapipe_shared::db::{self, testing};
 use wapipe_shared::entities::{chats, customers, follow_ups, messages};
 use wapipe_shared::jobs::{FollowupDue, Job, OutboundSend, OutboundWork, Queue, RealtimeEvent};
 use wapipe_shared::retry::RetryPolicy;
 use wapipe_shared::tenants::{self, NewConfig};
+use wapipe_testkit::both_backends;
+use wapipe_testkit::db::{Backend, TempDir, TestDb, migrated};
 use wapipe_workers::Deps;
 use wapipe_workers::followup::{self, FollowupSettings, FollowupWorker, Outcome};
 use wapipe_workers::runtime::{self, typed};
@@ -34,34 +34,13 @@ const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const AGENT_PHONE: &str = "+33 6 12 34 56 78";
 const AGENT_WA_ID: &str = "33612345678";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Postgres,
-    Sqlite,
-}
-
-macro_rules! both_backends {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                super::$name(super::Backend::Postgres).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                super::$name(super::Backend::Sqlite).await;
-            }
-        }
-    };
-}
-
 struct Env {
     db: DatabaseConnection,
     broker: Arc<dyn Broker>,
     config_id: Uuid,
     chat_id: Uuid,
     settings: FollowupSettings,
-    _dir: Option<testing::TempDir>,
+    _dir: Option<TempDir>,
 }
 
 fn embedded(db: &DatabaseConnection) -> EmbeddedBroker {
@@ -77,20 +56,7 @@ fn embedded(db: &DatabaseConnection) -> EmbeddedBroker {
 }
 
 async fn env(backend: Backend) -> Env {
-    let (url, dir) = match backend {
-        Backend::Postgres => (
-            testing::fresh_postgres_url()
-                .await
-                .expect("create a test database (is PostgreSQL on 127.0.0.1:5432?)"),
-            None,
-        ),
-        Backend::Sqlite => {
-            let (url, dir) = testing::fresh_sqlite_url().expect("temp sqlite");
-            (url, Some(dir))
-        }
-    };
-    let db = db::connect(&url, 8).await.expect("connect");
-    Migrator::up(&db, None).await.expect("migrate");
+    let TestDb { db, dir, .. } = migrated(backend, 8).await;
     let key = SecretKey::from_base64(KEY).expect("key");
     let config_id = tenants::add(
         &db,
@@ -332,7 +298,11 @@ async fn template_reminder_once(backend: Backend) {
     );
     assert_eq!(e.reminders(id).await.len(), 1);
 }
-both_backends!(template_reminder_once);
+both_backends!(
+    template_reminder_once,
+    flavor = "multi_thread",
+    worker_threads = 4
+);
 
 /// The agent wrote to the number within 24 hours: free text, not a template.
 async fn free_text_when_the_agent_window_is_open(backend: Backend) {
@@ -366,7 +336,11 @@ async fn free_text_when_the_agent_window_is_open(backend: Backend) {
         "{text}"
     );
 }
-both_backends!(free_text_when_the_agent_window_is_open);
+both_backends!(
+    free_text_when_the_agent_window_is_open,
+    flavor = "multi_thread",
+    worker_threads = 4
+);
 
 /// No phone number: the real-time event only, and the follow-up says so.
 async fn agent_without_phone_gets_the_event_only(backend: Backend) {
@@ -403,7 +377,11 @@ async fn agent_without_phone_gets_the_event_only(backend: Backend) {
         "agent has no phone number: event only"
     );
 }
-both_backends!(agent_without_phone_gets_the_event_only);
+both_backends!(
+    agent_without_phone_gets_the_event_only,
+    flavor = "multi_thread",
+    worker_threads = 4
+);
 
 /// Completed and cancelled follow-ups are never claimed, and one closed
 /// after its claim is not reminded when its job runs.
@@ -436,7 +414,11 @@ async fn closed_follow_ups_never_remind(backend: Backend) {
         0
     );
 }
-both_backends!(closed_follow_ups_never_remind);
+both_backends!(
+    closed_follow_ups_never_remind,
+    flavor = "multi_thread",
+    worker_threads = 4
+);
 
 /// The same job run by several workers at once (a redelivery racing the
 /// original): one message, one recorded reminder.
@@ -467,7 +449,11 @@ async fn concurrent_runs_remind_once(backend: Backend) {
     assert_eq!(reminded, 1, "recorded once");
     assert_eq!(e.reminders(id).await.len(), 1, "queued once");
 }
-both_backends!(concurrent_runs_remind_once);
+both_backends!(
+    concurrent_runs_remind_once,
+    flavor = "multi_thread",
+    worker_threads = 4
+);
 
 /// Two schedulers, each with its own broker and worker (two processes in
 /// all but the database), race over the same 1,000 due follow-ups:
@@ -528,4 +514,8 @@ async fn two_schedulers_race(backend: Backend) {
             && r.reminder_channel.as_deref() == Some("whatsapp"))
     );
 }
-both_backends!(two_schedulers_race);
+both_backends!(
+    two_schedulers_race,
+    flavor = "multi_thread",
+    worker_threads = 4
+);

@@ -20,16 +20,16 @@ use wapipe_domain::outbox::content::{
     Template, TemplateComponent, TemplateParam,
 };
 use wapipe_domain::outbox::{NewOutbound, OutboundContent, OutboxError};
-use wapipe_migrations::{Migrator, MigratorTrait};
 use wapipe_shared::broker::{Broker, BrokerSettings, EmbeddedBroker};
 use wapipe_shared::crypto::SecretKey;
-use wapipe_shared::db::{self, testing};
 use wapipe_shared::entities::messages::{self, MessageStatus, Origin};
 use wapipe_shared::entities::{conversations, customers, message_status_events, whatsapp_configs};
 use wapipe_shared::jobs::MarkRead;
 use wapipe_shared::retry::RetryPolicy;
 use wapipe_shared::tenants::{self, NewConfig};
 use wapipe_sim::{ErrorRule, GraphConfig, GraphHandle, spawn_graph};
+use wapipe_testkit::both_backends;
+use wapipe_testkit::db::{Backend, TempDir, TestDb, migrated};
 use wapipe_workers::Deps;
 use wapipe_workers::outbound::{
     self, LimitSettings, OutboundSettings, OutboundWorker, SendOutcome, SweepSettings,
@@ -42,33 +42,12 @@ const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const PHONE: &str = "15550000001";
 const TOKEN: &str = "EAAG-outbound-test";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Postgres,
-    Sqlite,
-}
-
-macro_rules! both_backends {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            async fn postgres() {
-                super::$name(super::Backend::Postgres).await;
-            }
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(super::Backend::Sqlite).await;
-            }
-        }
-    };
-}
-
 struct Env {
     db: DatabaseConnection,
     broker: Arc<dyn Broker>,
     config_id: Uuid,
     key: Arc<SecretKey>,
-    _dir: Option<testing::TempDir>,
+    _dir: Option<TempDir>,
 }
 
 /// reqwest is built with rustls but without a provider of its own (one
@@ -86,20 +65,7 @@ async fn env(backend: Backend, max_mps: i32) -> Env {
             .with_test_writer()
             .try_init();
     }
-    let (url, dir) = match backend {
-        Backend::Postgres => (
-            testing::fresh_postgres_url()
-                .await
-                .expect("create a test database (is PostgreSQL on 127.0.0.1:5432?)"),
-            None,
-        ),
-        Backend::Sqlite => {
-            let (url, dir) = testing::fresh_sqlite_url().expect("temp sqlite");
-            (url, Some(dir))
-        }
-    };
-    let db = db::connect(&url, 8).await.expect("connect");
-    Migrator::up(&db, None).await.expect("migrate");
+    let TestDb { db, dir, .. } = migrated(backend, 8).await;
     let broker: Arc<dyn Broker> = Arc::new(EmbeddedBroker::new(
         &BrokerSettings {
             amqp_url: None,

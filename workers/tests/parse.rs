@@ -1,23 +1,21 @@
 //! The parse worker against the real schema, on PostgreSQL and SQLite: every
-//! message type of `tests/fixtures/` becomes the right row, customers,
+//! message type of `testkit/fixtures/` becomes the right row, customers,
 //! chats and conversations follow the rules, reactions/edits/revokes apply
 //! to their target, routing and templates work, and processing an event
 //! twice changes no count.
-
-#[macro_use]
-mod support;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
 use serde_json::json;
 use std::collections::HashSet;
-use support::*;
 use uuid::Uuid;
 use wapipe_shared::broker::lane_for;
 use wapipe_shared::entities::conversations::ConversationStatus;
 use wapipe_shared::entities::messages::{Direction, MessageStatus, Origin};
 use wapipe_shared::entities::templates;
 use wapipe_shared::entities::webhook_events::EventStatus;
+use wapipe_testkit::both_backends;
+use wapipe_testkit::workers::*;
 use wapipe_workers::parse::{self, Settled};
 
 fn ts(secs: i64) -> DateTime<Utc> {

@@ -3,15 +3,12 @@
 //! events always end `processed` or `ignored`, never an error, and a replay
 //! of each changes no count.
 
-#[macro_use]
-mod support;
-
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Map, Value, json};
-use support::*;
 use wapipe_shared::entities::webhook_events::EventStatus;
 use wapipe_shared::whatsapp::{self as wa, Status};
+use wapipe_testkit::workers::*;
 use wapipe_workers::parse::Settled;
 use wapipe_workers::parse::extract::extract_message;
 
@@ -289,10 +286,10 @@ async fn random_events_settle_and_replay_cleanly(b: Backend) {
 mod random_events {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres() {
-        super::random_events_settle_and_replay_cleanly(crate::support::Backend::Postgres).await;
+        super::random_events_settle_and_replay_cleanly(wapipe_testkit::Backend::Postgres).await;
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite() {
-        super::random_events_settle_and_replay_cleanly(crate::support::Backend::Sqlite).await;
+        super::random_events_settle_and_replay_cleanly(wapipe_testkit::Backend::Sqlite).await;
     }
 }

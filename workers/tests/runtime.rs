@@ -1,5 +1,5 @@
 //! The worker runtime on both brokers: the embedded one (SQLite dead
-//! letters) and RabbitMQ (127.0.0.1:5672, or `WAPIPE_TEST_AMQP_URL`, with a
+//! letters) and RabbitMQ (127.0.0.1:5672, or `WAPIPE_TEST_AMQP`, with a
 //! random prefix per test). Every scenario runs on each.
 
 use std::sync::Arc;
@@ -7,16 +7,18 @@ use std::time::{Duration, Instant};
 use wapipe_shared::jobs::Queue;
 
 use async_trait::async_trait;
-use sea_orm::Database;
+
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use wapipe_migrations::{Migrator, MigratorTrait};
+
 use wapipe_shared::broker::amqp::AmqpTimeouts;
 use wapipe_shared::broker::{
     AmqpBroker, Broker, BrokerSettings, Delivery, EmbeddedBroker, LaneConsumer, OutboundJob,
     lane_for,
 };
 use wapipe_shared::retry::RetryPolicy;
+use wapipe_testkit::amqp_url;
+use wapipe_testkit::db::{Backend, migrated};
 use wapipe_workers::runtime::{BatchOutcome, JobError, Outcome, Worker, run, run_one};
 
 const LANES: u16 = 2;
@@ -31,11 +33,6 @@ struct TestBroker {
     _keep: Box<dyn std::any::Any + Send>,
 }
 
-fn amqp_url() -> String {
-    std::env::var("WAPIPE_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
-
 fn timeouts() -> AmqpTimeouts {
     AmqpTimeouts {
         connect: Duration::from_secs(2),
@@ -47,10 +44,8 @@ fn timeouts() -> AmqpTimeouts {
 
 async fn embedded() -> TestBroker {
     logs();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}/t.sqlite?mode=rwc", dir.path().display());
-    let db = Database::connect(&url).await.expect("sqlite");
-    Migrator::up(&db, None).await.expect("migrate");
+    let t = migrated(Backend::Sqlite, 8).await;
+    let (db, dir) = (t.db, t.dir);
     let settings = BrokerSettings {
         amqp_url: None,
         prefix: "t".to_owned(),

@@ -4,19 +4,17 @@
 //! outbound worker to the fake Graph API (`wapipe-sim`). The same job
 //! delivered twice, and the webhook replayed, still make one reply.
 
-#[macro_use]
-mod support;
-
 use std::sync::Arc;
 
 use chrono::Utc;
 use serde_json::{Value, json};
-use support::*;
 use wapipe_domain::scenarios::{self, FlowFile};
 use wapipe_shared::crypto::SecretKey;
 use wapipe_shared::jobs::MESSAGE_INBOUND;
 use wapipe_shared::retry::RetryPolicy;
 use wapipe_sim::{GraphConfig, GraphHandle, spawn_graph};
+use wapipe_testkit::both_backends;
+use wapipe_testkit::workers::*;
 use wapipe_workers::Deps;
 use wapipe_workers::outbound::{OutboundSettings, OutboundWorker};
 use wapipe_workers::runtime::{self, Outcome, Worker};

@@ -3,19 +3,17 @@
 //! receipts that arrive before their message wait and apply later, and a
 //! duplicate job or receipt changes nothing.
 
-#[macro_use]
-mod support;
-
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use serde_json::json;
-use support::*;
 use uuid::Uuid;
 use wapipe_domain::receipts::apply_pending_receipts;
 use wapipe_shared::entities::messages::{self, Direction, MessageStatus, Origin};
 use wapipe_shared::retry::RetryPolicy;
+use wapipe_testkit::both_backends;
+use wapipe_testkit::workers::*;
 use wapipe_workers::runtime::{Outcome, run_one, typed};
 use wapipe_workers::status::StatusWorker;
 

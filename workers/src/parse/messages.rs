@@ -332,8 +332,7 @@ fn new_message(
 #[cfg(test)]
 mod plan_tests {
     use sea_orm::ConnectionTrait;
-    use wapipe_migrations::{Migrator, MigratorTrait};
-    use wapipe_shared::db::{self, testing, with_values};
+    use wapipe_shared::db::{self, with_values};
 
     use super::{EXISTING_BY_JOIN, WAMID_KEY_COLUMNS};
 
@@ -342,11 +341,11 @@ mod plan_tests {
     /// Written as `IN (…)` it scanned every message of the config.
     #[tokio::test]
     async fn wamid_lookup_probes_the_index_per_wamid_on_a_big_unanalysed_table() {
-        let url = testing::fresh_postgres_url()
+        // A plain URL from the test kit: its copy of this crate is not this one.
+        let url = wapipe_testkit::db::fresh_postgres_url()
             .await
             .expect("create a test database (is PostgreSQL on 127.0.0.1:5432?)");
         let db = db::connect(&url, 2).await.expect("connect");
-        Migrator::up(&db, None).await.expect("migrate");
         let config = "00000000-0000-0000-0000-000000000001";
         // Rows only (no parents): foreign keys are not what is measured.
         db.execute_unprepared(&format!(

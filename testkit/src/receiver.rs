@@ -1,6 +1,5 @@
-//! Test peers: a tiny hyper webhook receiver that checks signatures with hmac/sha2 on its own.
-
-#![allow(dead_code)]
+//! A test peer: a tiny hyper webhook receiver that checks signatures
+//! with hmac/sha2 on its own, independently of the code under test.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

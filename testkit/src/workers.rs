@@ -1,41 +1,33 @@
-//! Shared setup of the worker-level tests: a fresh PostgreSQL database or
-//! SQLite file per test (migrated), an embedded broker on it, a config, and
-//! helpers to store a raw event and process it the way the parse worker
-//! does. No mocks: the real schema on both backends.
-#![allow(dead_code)]
+//! The worker-level environment: a migrated database per test
+//! (PostgreSQL or SQLite), an embedded broker on it, a config, and helpers
+//! to store a raw event and process it the way the parse worker does. No
+//! mocks: the real schema on both backends.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
+use futures::FutureExt;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
     EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
-use wapipe_migrations::{Migrator, MigratorTrait};
 pub use wapipe_shared::broker::Broker;
 use wapipe_shared::broker::{BrokerSettings, Delivery, EmbeddedBroker};
 use wapipe_shared::crypto::{SecretKey, sha256_hex};
-use wapipe_shared::db::{self, testing};
 use wapipe_shared::entities::webhook_events::{self, EventStatus};
 use wapipe_shared::entities::{
     chats, conversations, customers, message_status_events, messages, whatsapp_configs,
 };
-use wapipe_shared::tenants::{self, NewConfig};
 use wapipe_workers::parse::{self, Settled};
 
-pub const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-pub const PHONE: &str = "15550000001";
-pub const WABA: &str = "15550009999";
-pub const CUSTOMER: &str = "4915112345678";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Postgres,
-    Sqlite,
-}
+pub use crate::build::{
+    CUSTOMER, PHONE, WABA, envelope, fixture, messages_value, status_event, text_event, text_msg,
+};
+pub use crate::db::add_config;
+use crate::db::{TempDir, TestDb, migrated};
+pub use crate::{Backend, KEY};
 
 pub struct Env {
     pub backend: Backend,
@@ -44,41 +36,13 @@ pub struct Env {
     /// The same broker, for `subscribe_realtime`.
     pub embedded: EmbeddedBroker,
     pub config_id: Uuid,
-    _dir: Option<testing::TempDir>,
+    _dir: Option<TempDir>,
 }
 
-/// Runs the async fn `$name(Backend)` once per backend, as two tests.
-#[allow(unused_macros)]
-macro_rules! both_backends {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            async fn postgres() {
-                super::$name($crate::support::Backend::Postgres).await;
-            }
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name($crate::support::Backend::Sqlite).await;
-            }
-        }
-    };
-}
-
+/// A migrated database on `backend` (a fresh clone), an embedded broker on
+/// it, and the test config.
 pub async fn env(backend: Backend) -> Env {
-    let (url, dir) = match backend {
-        Backend::Postgres => (
-            testing::fresh_postgres_url()
-                .await
-                .expect("create a test database (is PostgreSQL on 127.0.0.1:5432?)"),
-            None,
-        ),
-        Backend::Sqlite => {
-            let (url, dir) = testing::fresh_sqlite_url().expect("temp sqlite");
-            (url, Some(dir))
-        }
-    };
-    let db = db::connect(&url, 8).await.expect("connect");
-    Migrator::up(&db, None).await.expect("migrate");
+    let TestDb { db, dir, .. } = migrated(backend, 8).await;
     let embedded = EmbeddedBroker::new(
         &BrokerSettings {
             amqp_url: None,
@@ -98,68 +62,6 @@ pub async fn env(backend: Backend) -> Env {
         config_id,
         _dir: dir,
     }
-}
-
-pub async fn add_config(db: &DatabaseConnection, phone: &str, waba: &str, company: &str) -> Uuid {
-    let key = SecretKey::from_base64(KEY).expect("key");
-    tenants::add(
-        db,
-        &key,
-        NewConfig {
-            company: company.into(),
-            name: None,
-            phone_number_id: phone.into(),
-            waba_id: waba.into(),
-            display_phone_number: None,
-            app_secret: "secret".into(),
-            verify_token: "verify".into(),
-            access_token: "EAAG".into(),
-            webhook_secret: None,
-            max_mps: 80,
-        },
-    )
-    .await
-    .expect("add config")
-    .id
-}
-
-/// A fixture of `workers/tests/fixtures/`.
-pub fn fixture(name: &str) -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// An envelope with one `messages` change for `PHONE`.
-pub fn envelope(value: Value) -> Value {
-    json!({"object": "whatsapp_business_account", "entry": [{"id": WABA, "changes": [
-        {"field": "messages", "value": value}]}]})
-}
-
-pub fn messages_value(contacts: Value, messages: Value) -> Value {
-    json!({"messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "15550000001", "phone_number_id": PHONE},
-        "contacts": contacts, "messages": messages})
-}
-
-/// A text message from `from`, as Meta sends it.
-pub fn text_msg(id: &str, from: &str, ts: i64, body: &str) -> Value {
-    json!({"from": from, "id": id, "timestamp": ts.to_string(), "type": "text", "text": {"body": body}})
-}
-
-pub fn text_event(id: &str, from: &str, ts: i64, body: &str) -> Value {
-    envelope(messages_value(
-        json!([{"profile": {"name": "Erika"}, "wa_id": from}]),
-        json!([text_msg(id, from, ts, body)]),
-    ))
-}
-
-pub fn status_event(wamid: &str, status: &str, ts: i64, recipient: &str) -> Value {
-    envelope(json!({"messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "15550000001", "phone_number_id": PHONE},
-        "statuses": [{"id": wamid, "status": status, "timestamp": ts.to_string(), "recipient_id": recipient}]}))
 }
 
 impl Env {
@@ -362,22 +264,23 @@ impl Env {
     }
 
     /// The deliveries waiting for `worker`, unsettled (for `run_one`).
+    /// The embedded broker's publish has queued the job when it returns,
+    /// so what is ready now is all there is: no lane is watched for
+    /// stragglers.
     pub async fn deliveries(&self, worker: &str) -> Vec<Delivery> {
         let queue = wapipe_shared::jobs::Queue::from_name(worker).expect("a queue name");
         let mut lanes = self.broker.consume(queue).await.expect("consume");
         let mut out = Vec::new();
         for lane in lanes.iter_mut() {
-            while let Ok(Some(Ok(d))) =
-                tokio::time::timeout(Duration::from_millis(30), lane.next()).await
-            {
+            // Unconstrained: tokio's cooperative budget must not make a
+            // ready lane look empty.
+            while let Some(Some(Ok(d))) = tokio::task::unconstrained(lane.next()).now_or_never() {
                 out.push(d);
             }
         }
         out
     }
 
-    /// Real-time events published so far on `rx`, decoded (each publish
-    /// is an array of events).
     /// What the workers get: this env's database and broker, a config
     /// cache with a throwaway key, default settings.
     pub fn deps(&self) -> wapipe_workers::Deps {
@@ -389,6 +292,8 @@ impl Env {
         )
     }
 
+    /// Real-time events published so far on `rx`, decoded (each publish
+    /// is an array of events).
     pub fn drain_realtime(rx: &mut wapipe_shared::broker::RealtimeSubscription) -> Vec<Value> {
         let mut out = Vec::new();
         while let Some(b) = rx.try_recv() {

@@ -1,26 +1,26 @@
-//! Test harness: `TestApp::spawn(mode)` starts the real service in-process on
-//! port 0 with its own database (a fresh Postgres database or SQLite file)
-//! and its own queue prefix, with one config ready to receive webhooks.
-#![allow(dead_code)]
+//! `TestApp::spawn(mode)` starts the real service in-process on port 0
+//! with its own migrated database (a PostgreSQL clone of the template or a
+//! SQLite file) and its own queue prefix, with one config ready to receive
+//! webhooks.
 
 use std::time::{Duration, Instant};
 
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
-use sea_orm_migration::MigratorTrait;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use wapipe::serve::{self, Listeners, Roles, Running};
 use wapipe_shared::config::Settings;
 use wapipe_shared::crypto::{SecretKey, sign_body};
-use wapipe_shared::db::testing::{TempDir, fresh_postgres_url};
 use wapipe_shared::entities::webhook_events::{self, EventStatus};
 use wapipe_shared::tenants::{self, NewConfig};
 
-pub const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+pub use crate::build::{PHONE_NUMBER_ID, WABA_ID, text_webhook};
+pub use crate::corpus::corpus_dir;
+use crate::db::{TempDir, fresh_postgres_url, migrated_sqlite_in, temp_dir};
+pub use crate::{KEY, amqp_url, init_logs};
+
 pub const APP_SECRET: &str = "test-app-secret";
 pub const VERIFY_TOKEN: &str = "test-verify-token";
-pub const PHONE_NUMBER_ID: &str = "106540352242922";
-pub const WABA_ID: &str = "102290129340398";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -28,24 +28,6 @@ pub enum Mode {
     Embedded,
     /// PostgreSQL + RabbitMQ.
     Production,
-}
-
-/// `RUST_LOG=wapipe=debug cargo test …` shows the service's logs.
-pub fn init_logs() {
-    // reqwest is built with rustls and no default provider (the binary picks
-    // ring); tests must pick it too before building a client.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    if let Ok(filter) = std::env::var("RUST_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_test_writer()
-            .try_init();
-    }
-}
-
-pub fn amqp_url() -> String {
-    std::env::var("WAPIPE_TEST_AMQP")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 pub struct TestApp {
@@ -63,17 +45,24 @@ pub struct TestApp {
     pub dir: TempDir,
 }
 
+/// Settings for a test service: its own migrated database (a PostgreSQL
+/// clone of the template, or a SQLite file in the returned folder), its
+/// own queue prefix, short retries.
 pub async fn settings_for(mode: Mode) -> (Settings, TempDir) {
     init_logs();
-    let dir = TempDir::new().unwrap();
-    let mut s = Settings::from_defaults().unwrap();
+    let dir = temp_dir().expect("temp dir");
+    let mut s = Settings::from_defaults().expect("default settings");
     match mode {
         Mode::Embedded => {
-            s.database_url = format!("sqlite://{}/wapipe.sqlite?mode=rwc", dir.path().display());
+            s.database_url = migrated_sqlite_in(dir.path())
+                .await
+                .expect("a migrated SQLite file");
             s.amqp_url = None;
         }
         Mode::Production => {
-            s.database_url = fresh_postgres_url().await.unwrap();
+            s.database_url = fresh_postgres_url()
+                .await
+                .expect("a test database (is PostgreSQL on 127.0.0.1:5432?)");
             s.amqp_url = Some(amqp_url());
         }
     }
@@ -89,12 +78,12 @@ pub async fn settings_for(mode: Mode) -> (Settings, TempDir) {
     (s, dir)
 }
 
-/// Migrates and adds the test config; returns its id.
+/// Connects to the (migrated) database of `settings` and adds the test
+/// config; returns its id.
 pub async fn prepare_db(settings: &Settings) -> (DatabaseConnection, Uuid) {
     let db = wapipe_shared::db::connect(&settings.database_url, 4)
         .await
         .unwrap();
-    wapipe_migrations::Migrator::up(&db, None).await.unwrap();
     let key = SecretKey::from_base64(KEY).unwrap();
     let cfg = tenants::add(
         &db,
@@ -252,37 +241,4 @@ impl TestApp {
         }
         (self.db.clone(), self.settings.clone(), self.dir)
     }
-}
-
-/// A webhook body with `n` inbound text messages from one customer; `tag`
-/// makes it unique.
-pub fn text_webhook(tag: &str, customer: &str, text: &str) -> Vec<u8> {
-    serde_json::json!({
-        "object": "whatsapp_business_account",
-        "entry": [{
-            "id": WABA_ID,
-            "changes": [{
-                "field": "messages",
-                "value": {
-                    "messaging_product": "whatsapp",
-                    "metadata": {"display_phone_number": "15550001111", "phone_number_id": PHONE_NUMBER_ID},
-                    "contacts": [{"profile": {"name": "Test User"}, "wa_id": customer}],
-                    "messages": [{
-                        "from": customer,
-                        "id": format!("wamid.{tag}"),
-                        "timestamp": "1730231903",
-                        "type": "text",
-                        "text": {"body": text}
-                    }]
-                }
-            }]
-        }]
-    })
-    .to_string()
-    .into_bytes()
-}
-
-pub fn corpus_dir() -> Option<std::path::PathBuf> {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/meta-corpus");
-    p.is_dir().then_some(p)
 }
