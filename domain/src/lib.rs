@@ -6,10 +6,13 @@
 //! cache ([`configs`]).
 
 pub mod agents;
+pub mod apikeys;
+pub mod audit;
 pub mod blocking;
 pub mod clock;
 pub mod configs;
 pub mod followups;
+pub mod inbox;
 pub mod outbox;
 pub mod receipts;
 pub mod scenarios;
