@@ -6,12 +6,18 @@
 //! let the binary mount it behind the webhook receiver on one listener.
 //! Reads and writes that the workers share live in `wapipe-domain`.
 
+pub mod agents;
 pub mod auth;
+pub mod blocked;
 pub mod chats;
 pub mod error;
+pub mod events;
 pub mod extract;
+pub mod followups;
 pub mod idempotency;
+pub mod labels;
 pub mod messages;
+pub mod notes;
 pub mod openapi;
 pub mod page;
 pub mod views;

@@ -13,7 +13,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::{AppState, chats, messages};
+use crate::{AppState, agents, blocked, chats, events, followups, labels, messages, notes};
 
 struct BearerKey;
 
@@ -43,7 +43,13 @@ impl Modify for BearerKey {
     security(("apiKey" = [])),
     tags(
         (name = "chats", description = "Conversations with customers"),
-        (name = "messages", description = "Messages of a chat; sends")
+        (name = "messages", description = "Messages of a chat; sends"),
+        (name = "agents", description = "Agents, their permissions and presence"),
+        (name = "labels", description = "Labels and a chat's labels"),
+        (name = "notes", description = "Team notes on a chat"),
+        (name = "follow-ups", description = "Scheduled follow-ups"),
+        (name = "blocked numbers", description = "Numbers nobody may message"),
+        (name = "webhooks", description = "Webhook deliveries as received")
     )
 )]
 pub struct ApiDoc;
@@ -60,6 +66,21 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(messages::list, messages::send))
         .routes(routes!(messages::get))
         .routes(routes!(messages::mark_read))
+        .routes(routes!(agents::list, agents::create))
+        .routes(routes!(agents::online))
+        .routes(routes!(agents::get, agents::update))
+        .routes(routes!(agents::status))
+        .routes(routes!(labels::list, labels::create))
+        .routes(routes!(labels::update, labels::delete))
+        .routes(routes!(labels::add_to_chat, labels::remove_from_chat))
+        .routes(routes!(notes::list, notes::create))
+        .routes(routes!(notes::update, notes::delete))
+        .routes(routes!(followups::list, followups::create))
+        .routes(routes!(followups::of_chat))
+        .routes(routes!(followups::update, followups::delete))
+        .routes(routes!(blocked::list, blocked::block))
+        .routes(routes!(blocked::unblock))
+        .routes(routes!(events::list))
 }
 
 /// The document as JSON.

@@ -104,6 +104,29 @@ pub fn parse_time(field: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
     ))
 }
 
+/// The rows after `cursor` in (time, id) order, descending or ascending.
+pub fn after<C: sea_orm::ColumnTrait>(
+    cursor: Option<&str>,
+    time: C,
+    id: C,
+    descending: bool,
+) -> Result<sea_orm::Condition, ApiError> {
+    use sea_orm::Condition;
+    let Some(c) = cursor else {
+        return Ok(Condition::all());
+    };
+    let c = Cursor::decode(c)?;
+    Ok(if descending {
+        Condition::any()
+            .add(time.lt(c.at))
+            .add(Condition::all().add(time.eq(c.at)).add(id.lt(c.id)))
+    } else {
+        Condition::any()
+            .add(time.gt(c.at))
+            .add(Condition::all().add(time.eq(c.at)).add(id.gt(c.id)))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

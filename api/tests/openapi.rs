@@ -28,10 +28,44 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/api/whatsapp/chats/{chatId}/messages"),
     ("get", "/api/whatsapp/messages/{id}"),
     ("put", "/api/whatsapp/messages/{id}/read"),
+    ("get", "/api/whatsapp/agents"),
+    ("get", "/api/whatsapp/agents/{id}"),
+    ("post", "/api/whatsapp/agents"),
+    ("put", "/api/whatsapp/agents/{id}"),
+    ("put", "/api/whatsapp/agents/{id}/status"),
+    ("get", "/api/whatsapp/agents/online"),
+    ("get", "/api/whatsapp/labels"),
+    ("post", "/api/whatsapp/labels"),
+    ("put", "/api/whatsapp/labels/{id}"),
+    ("delete", "/api/whatsapp/labels/{id}"),
+    ("post", "/api/whatsapp/chats/{chatId}/labels/{labelId}"),
+    ("delete", "/api/whatsapp/chats/{chatId}/labels/{labelId}"),
+    ("get", "/api/whatsapp/followups"),
+    ("get", "/api/whatsapp/chats/{chatId}/followups"),
+    ("post", "/api/whatsapp/followups"),
+    ("put", "/api/whatsapp/followups/{id}"),
+    ("delete", "/api/whatsapp/followups/{id}"),
+    ("get", "/api/whatsapp/chats/{chatId}/notes"),
+    ("post", "/api/whatsapp/chats/{chatId}/notes"),
+    ("put", "/api/whatsapp/notes/{id}"),
+    ("delete", "/api/whatsapp/notes/{id}"),
+    ("get", "/api/whatsapp/blocked-numbers"),
+    ("post", "/api/whatsapp/blocked-numbers"),
+    ("delete", "/api/whatsapp/blocked-numbers/{id}"),
+    ("get", "/api/whatsapp/webhooks/events"),
 ];
 
 /// seed 002 model → the schema of its resource.
-const MODELS: &[(&str, &str)] = &[("Chat", "Chat"), ("Message", "Message")];
+const MODELS: &[(&str, &str)] = &[
+    ("Chat", "Chat"),
+    ("Message", "Message"),
+    ("Agent", "Agent"),
+    ("Label", "Label"),
+    ("FollowUp", "FollowUp"),
+    ("TeamNote", "TeamNote"),
+    ("BlockedNumber", "BlockedNumber"),
+    ("WebhookEvent", "WebhookEvent"),
+];
 
 fn doc() -> Value {
     serde_json::to_value(wapipe_api::openapi::document()).expect("document as JSON")
@@ -188,7 +222,10 @@ async fn served_document_page_and_routes_agree() {
     let any = uuid::Uuid::now_v7().to_string();
     for (path, item) in served["paths"].as_object().expect("paths") {
         for method in item.as_object().expect("item").keys() {
-            let concrete = path.replace("{id}", &any).replace("{chatId}", &any);
+            let concrete = path
+                .replace("{id}", &any)
+                .replace("{chatId}", &any)
+                .replace("{labelId}", &any);
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
             let body = (m == Method::POST || m == Method::PUT).then(|| json!({}));
             let r = api.call(&key, m, &concrete, body).await;
