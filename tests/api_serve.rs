@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Mode, TestApp};
+use sea_orm::EntityTrait;
 use serde_json::{Value, json};
 use wapipe_domain::apikeys::{self, NewKey};
 
@@ -78,6 +79,22 @@ async fn shares_the_listener(mode: Mode) {
     assert_eq!(msgs["data"][0]["text"], "Bonjour");
     assert_eq!(msgs["data"][0]["direction"], "inbound");
 
+    wapipe_shared::entities::templates::Entity::insert(
+        wapipe_shared::entities::templates::ActiveModel {
+            id: sea_orm::ActiveValue::Set(uuid::Uuid::now_v7()),
+            created_at: sea_orm::ActiveValue::Set(chrono::Utc::now()),
+            updated_at: sea_orm::ActiveValue::Set(chrono::Utc::now()),
+            config_id: sea_orm::ActiveValue::Set(app.config_id),
+            name: sea_orm::ActiveValue::Set("hello_world".into()),
+            language: sea_orm::ActiveValue::Set("en_US".into()),
+            status: sea_orm::ActiveValue::Set("APPROVED".into()),
+            components: sea_orm::ActiveValue::Set(Some(json!([{"type": "BODY", "text": "Hello"}]))),
+            ..Default::default()
+        },
+    )
+    .exec_without_returning(&app.db)
+    .await
+    .expect("template");
     // The fixture's message is from 2024: the window is closed, so a text
     // is refused before anything is queued, and a template goes (202).
     let send = |body: Value| {

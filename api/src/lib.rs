@@ -20,6 +20,8 @@ pub mod messages;
 pub mod notes;
 pub mod openapi;
 pub mod page;
+pub mod stats;
+pub mod templates;
 pub mod views;
 
 use std::future::Future;
@@ -56,6 +58,8 @@ pub struct ApiSettings {
     /// Burst per key (`WAPIPE_API_RATE_BURST`).
     pub rate_burst: u32,
     pub max_body_bytes: usize,
+    /// How often `agent_performance` is rolled up (today and yesterday).
+    pub rollup_every: Duration,
 }
 
 impl Default for ApiSettings {
@@ -64,6 +68,7 @@ impl Default for ApiSettings {
             rate_per_s: 20,
             rate_burst: 40,
             max_body_bytes: 1024 * 1024,
+            rollup_every: Duration::from_secs(300),
         }
     }
 }
@@ -122,6 +127,29 @@ fn spawn_limiter_upkeep(state: &AppState, shutdown: CancellationToken) {
     });
 }
 
+/// Rolls up today and yesterday into `agent_performance` every few
+/// minutes. Idempotent (an upsert per agent and day), so several API
+/// processes doing it at once is harmless.
+fn spawn_rollup(state: &AppState, shutdown: CancellationToken) {
+    let db = state.db.clone();
+    let every = state.settings.rollup_every;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            let today = wapipe_domain::clock::now().date_naive();
+            for day in [today.pred_opt(), Some(today)].into_iter().flatten() {
+                if let Err(e) = wapipe_domain::stats::rollup_day(&db, day).await {
+                    tracing::warn!(error = %e, %day, "agent performance roll-up failed; next tick retries");
+                }
+            }
+        }
+    });
+}
+
 /// The API on its own listener until `shutdown`, then a graceful stop.
 pub fn start(
     deps: ApiDeps,
@@ -131,6 +159,7 @@ pub fn start(
 ) -> tokio::task::JoinHandle<()> {
     let state = AppState::new(deps, settings);
     spawn_limiter_upkeep(&state, shutdown.clone());
+    spawn_rollup(&state, shutdown.clone());
     let app = router(state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
@@ -154,7 +183,8 @@ pub fn hyper_handler(
     shutdown: CancellationToken,
 ) -> Arc<dyn Fn(hyper::Request<hyper::body::Incoming>) -> HandlerFuture + Send + Sync> {
     let state = AppState::new(deps, settings);
-    spawn_limiter_upkeep(&state, shutdown);
+    spawn_limiter_upkeep(&state, shutdown.clone());
+    spawn_rollup(&state, shutdown);
     let app = router(state);
     Arc::new(move |req| {
         let app = app.clone();

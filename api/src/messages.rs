@@ -24,6 +24,7 @@ use wapipe_domain::outbox::content::{
 use wapipe_domain::outbox::{
     self, CODE_WINDOW_CLOSED, NewOutbound, OutboundContent, customer_window_open,
 };
+use wapipe_domain::templates::{self, TemplateCheckError};
 use wapipe_shared::entities::messages::{self as m, Direction, Origin};
 use wapipe_shared::entities::{blocked_numbers, chats, whatsapp_configs};
 
@@ -406,6 +407,11 @@ pub async fn send(
 ) -> ApiResult<impl IntoResponse> {
     let chat = visible(&state, &who, chat_id).await?;
     let reply_to = body.reply_to.clone();
+    let template = body
+        .template
+        .as_ref()
+        .filter(|_| body.kind == "template")
+        .map(|t| (t.name.clone(), t.language.clone(), t.parameters.len()));
     let content = body.content()?;
     content
         .validate()
@@ -427,6 +433,22 @@ pub async fn send(
             format!("{phone} is blocked; unblock it before sending"),
         ));
     }
+    let template = match template {
+        Some((name, language, given)) => Some(
+            templates::check_send(&state.db, chat.config_id, &name, &language, given)
+                .await
+                .map_err(|e| match e {
+                    TemplateCheckError::Db(e) => ApiError::internal(e),
+                    other => {
+                        let mut err =
+                            ApiError::unprocessable("template_invalid", other.to_string());
+                        err.fields.insert("template".to_owned(), other.to_string());
+                        err
+                    }
+                })?,
+        ),
+        None => None,
+    };
     if !content.is_template()
         && !customer_window_open(&state.db, chat.config_id, chat.customer_id).await?
     {
@@ -451,6 +473,9 @@ pub async fn send(
         },
     )
     .await?;
+    if let Some(t) = &template {
+        templates::record_use(&state.db, t.id).await?;
+    }
     if let Some(agent) = &who.agent {
         m::Entity::update_many()
             .col_expr(m::Column::SenderName, Expr::value(agent.name.as_str()))

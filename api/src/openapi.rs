@@ -13,7 +13,9 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::{AppState, agents, blocked, chats, events, followups, labels, messages, notes};
+use crate::{
+    AppState, agents, blocked, chats, events, followups, labels, messages, notes, stats, templates,
+};
 
 struct BearerKey;
 
@@ -49,7 +51,9 @@ impl Modify for BearerKey {
         (name = "notes", description = "Team notes on a chat"),
         (name = "follow-ups", description = "Scheduled follow-ups"),
         (name = "blocked numbers", description = "Numbers nobody may message"),
-        (name = "webhooks", description = "Webhook deliveries as received")
+        (name = "webhooks", description = "Webhook deliveries as received"),
+        (name = "templates", description = "Quick replies and WhatsApp templates"),
+        (name = "stats", description = "Reports")
     )
 )]
 pub struct ApiDoc;
@@ -81,6 +85,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(blocked::list, blocked::block))
         .routes(routes!(blocked::unblock))
         .routes(routes!(events::list))
+        .routes(routes!(templates::list, templates::create))
+        .routes(routes!(templates::update, templates::delete))
+        .routes(routes!(stats::admin))
+        .routes(routes!(stats::agent))
 }
 
 /// The document as JSON.

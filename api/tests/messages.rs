@@ -43,6 +43,15 @@ async fn sends(api: Api) {
         )
         .await;
     let path = format!("/api/whatsapp/chats/{chat}/messages");
+    let order_update = api
+        .template(
+            api.config_id,
+            "order_update",
+            "fr",
+            "Commande {{1}} expédiée",
+            "APPROVED",
+        )
+        .await;
 
     let r = api
         .post(
@@ -133,6 +142,54 @@ async fn sends(api: Api) {
             "{body}: {r:?}"
         );
     }
+    let t = wapipe_shared::entities::templates::Entity::find_by_id(order_update)
+        .one(&api.db)
+        .await
+        .expect("read")
+        .expect("template");
+    assert_eq!(t.usage_count, 1, "a send counts its template");
+    assert!(t.last_used_at.is_some());
+
+    // Checked before Meta sees it: name, language, approval, parameters.
+    api.template(api.config_id, "promo", "en_US", "Hi {{1}}", "PENDING")
+        .await;
+    for (template, says) in [
+        (json!({"name": "nope", "language": "fr"}), "no template"),
+        (
+            json!({"name": "order_update", "language": "de", "parameters": ["1"]}),
+            "no language",
+        ),
+        (
+            json!({"name": "order_update", "language": "fr"}),
+            "takes 1 body parameter",
+        ),
+        (
+            json!({"name": "order_update", "language": "fr", "parameters": ["1", "2"]}),
+            "2 given",
+        ),
+        (
+            json!({"name": "promo", "language": "en_US", "parameters": ["1"]}),
+            "not approved",
+        ),
+    ] {
+        let r = api
+            .post(
+                &admin,
+                &path,
+                json!({"type": "template", "template": template.clone()}),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{template}: {r:?}"
+        );
+        assert_eq!(r.body["error"]["code"], "template_invalid");
+        let msg = r.body["error"]["message"].as_str().expect("message");
+        assert!(msg.contains(says), "{template}: {msg}");
+    }
+    assert_eq!(outbound_rows(&api, chat).await, 9, "nothing queued");
+
     let r = api
         .post(&admin, &path, json!({"type": "text", "text": "   "}))
         .await;
@@ -299,6 +356,8 @@ async fn window_and_blocked(api: Api) {
         )
         .await;
     let path = format!("/api/whatsapp/chats/{chat}/messages");
+    api.template(api.config_id, "hello_world", "en_US", "Hello!", "APPROVED")
+        .await;
     let r = api
         .post(&admin, &path, json!({"type": "text", "text": "late"}))
         .await;

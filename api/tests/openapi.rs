@@ -53,6 +53,12 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/api/whatsapp/blocked-numbers"),
     ("delete", "/api/whatsapp/blocked-numbers/{id}"),
     ("get", "/api/whatsapp/webhooks/events"),
+    ("get", "/api/whatsapp/templates"),
+    ("post", "/api/whatsapp/templates"),
+    ("put", "/api/whatsapp/templates/{id}"),
+    ("delete", "/api/whatsapp/templates/{id}"),
+    ("get", "/api/whatsapp/stats/admin"),
+    ("get", "/api/whatsapp/stats/agents/{agentId}"),
 ];
 
 /// seed 002 model → the schema of its resource.
@@ -65,6 +71,8 @@ const MODELS: &[(&str, &str)] = &[
     ("TeamNote", "TeamNote"),
     ("BlockedNumber", "BlockedNumber"),
     ("WebhookEvent", "WebhookEvent"),
+    ("Template", "Template"),
+    ("AgentPerformance", "AgentPerformance"),
 ];
 
 fn doc() -> Value {
@@ -225,7 +233,8 @@ async fn served_document_page_and_routes_agree() {
             let concrete = path
                 .replace("{id}", &any)
                 .replace("{chatId}", &any)
-                .replace("{labelId}", &any);
+                .replace("{labelId}", &any)
+                .replace("{agentId}", &any);
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
             let body = (m == Method::POST || m == Method::PUT).then(|| json!({}));
             let r = api.call(&key, m, &concrete, body).await;

@@ -741,3 +741,224 @@ async fn webhook_events(api: Api) {
     );
 }
 both!(webhook_events_test, webhook_events);
+
+async fn templates(api: Api) {
+    let acme = api.admin_of(&["Acme"]).await;
+    let r = api
+        .post(&acme, "/api/whatsapp/templates", json!({"name": "Greeting", "content": "Hello {{name}}!", "variables": ["name"], "category": "greeting"}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let quick = id(&r.body);
+    assert_eq!(r.body["status"], "local");
+    assert_eq!(r.body["variables"], json!(["name"]));
+    let dup = api
+        .post(
+            &acme,
+            "/api/whatsapp/templates",
+            json!({"name": "Greeting", "content": "x"}),
+        )
+        .await;
+    assert_eq!(dup.status, StatusCode::CONFLICT);
+    let bad = api
+        .post(
+            &acme,
+            "/api/whatsapp/templates",
+            json!({"name": "X", "content": ""}),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body["error"]["fields"]["content"].is_string());
+    let (_, no_rights) = api.agent("Ana", json!({"canViewAllChats": true}), 5).await;
+    assert_eq!(
+        api.post(
+            &no_rights,
+            "/api/whatsapp/templates",
+            json!({"name": "Y", "content": "y"})
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+    // A synced WhatsApp template: listed with Meta's status, text not editable here.
+    let synced = api
+        .template(
+            api.config_id,
+            "order_update",
+            "fr",
+            "Commande {{1}}",
+            "APPROVED",
+        )
+        .await;
+    let r = api
+        .get(&no_rights, "/api/whatsapp/templates?status=approved")
+        .await;
+    assert_eq!(ids(&r.body), vec![synced]);
+    assert_eq!(r.body["data"][0]["content"], "Commande {{1}}");
+    assert_eq!(r.body["data"][0]["whatsappTemplateName"], "order_update");
+    let r = api
+        .put(
+            &acme,
+            &format!("/api/whatsapp/templates/{synced}"),
+            Some(json!({"content": "new"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = api
+        .put(
+            &acme,
+            &format!("/api/whatsapp/templates/{synced}"),
+            Some(json!({"isActive": false})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.body["isActive"], false);
+    let r = api
+        .put(
+            &acme,
+            &format!("/api/whatsapp/templates/{quick}"),
+            Some(json!({"content": "Hi {{name}}"})),
+        )
+        .await;
+    assert_eq!(r.body["content"], "Hi {{name}}");
+
+    let globex = api.admin_of(&["Globex"]).await;
+    assert_eq!(
+        api.get(&globex, "/api/whatsapp/templates").await.body["data"],
+        json!([])
+    );
+    assert_eq!(
+        api.delete(&globex, &format!("/api/whatsapp/templates/{quick}"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.delete(&acme, &format!("/api/whatsapp/templates/{quick}"))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        ids(&api.get(&acme, "/api/whatsapp/templates").await.body),
+        vec![synced],
+        "deleted are hidden"
+    );
+    assert_eq!(
+        api.audit_actions(quick).await,
+        ["template.create", "template.update", "template.delete"]
+    );
+}
+both!(templates_test, templates);
+
+async fn stats(api: Api) {
+    let acme = api.admin_of(&["Acme"]).await;
+    let (ana, ana_key) = api.agent("Ana", perms(true), 5).await;
+    let (_, blind_key) = api
+        .agent("Blind", json!({"canViewAllChats": true}), 5)
+        .await;
+    let (a, _) = api
+        .inbound(api.config_id, "33600000001", "A", "hi", minutes_ago(10))
+        .await;
+    let (b, _) = api
+        .inbound(api.config_id, "33600000002", "B", "hi", minutes_ago(9))
+        .await;
+    api.post(
+        &acme,
+        &format!("/api/whatsapp/chats/{a}/assign"),
+        json!({"agentId": ana}),
+    )
+    .await;
+    let r = api
+        .post(
+            &ana_key,
+            &format!("/api/whatsapp/chats/{a}/messages"),
+            json!({"type": "text", "text": "hello"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    api.put(
+        &acme,
+        &format!("/api/whatsapp/chats/{b}"),
+        Some(json!({"status": "resolved"})),
+    )
+    .await;
+
+    let r = api.get(&acme, "/api/whatsapp/stats/admin").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.body["chatsByStatus"]["assigned"], 1);
+    assert_eq!(r.body["chatsByStatus"]["resolved"], 1);
+    assert_eq!(r.body["chatsByStatus"]["closed"], 0);
+    assert_eq!(r.body["resolutionRate"], 0.5);
+    let days = r.body["messagesPerDay"].as_array().expect("days");
+    let (inb, out): (u64, u64) = days.iter().fold((0, 0), |(i, o), d| {
+        (
+            i + d["inbound"].as_u64().unwrap_or(0),
+            o + d["outbound"].as_u64().unwrap_or(0),
+        )
+    });
+    assert_eq!((inb, out), (2, 1));
+    let first = r.body["firstResponseTime"]
+        .as_f64()
+        .expect("a response time");
+    assert!((590.0..700.0).contains(&first), "about 10 minutes: {first}");
+    assert_eq!(
+        api.get(&blind_key, "/api/whatsapp/stats/admin")
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.get(
+            &acme,
+            "/api/whatsapp/stats/admin?from=2026-01-10&to=2026-01-01"
+        )
+        .await
+        .status,
+        StatusCode::BAD_REQUEST
+    );
+    let globex = api.admin_of(&["Globex"]).await;
+    let g = api.get(&globex, "/api/whatsapp/stats/admin").await;
+    assert_eq!(
+        g.body["messagesPerDay"],
+        json!([]),
+        "another company's numbers"
+    );
+
+    // The roll-up is idempotent: twice, one row with the same numbers.
+    let today = chrono::Utc::now().date_naive();
+    let agent = api.agent_row(ana).await;
+    let one = wapipe_domain::stats::rollup_agent_day(&api.db, &agent, today)
+        .await
+        .expect("rollup");
+    let two = wapipe_domain::stats::rollup_agent_day(&api.db, &agent, today)
+        .await
+        .expect("rollup");
+    assert_eq!(one.id, two.id);
+    assert_eq!(
+        (two.chats_assigned, two.messages_sent, two.messages_received),
+        (1, 1, 1)
+    );
+    assert!(two.avg_response_time.is_some());
+    let r = api
+        .get(&ana_key, &format!("/api/whatsapp/stats/agents/{ana}"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "their own: {r:?}");
+    assert_eq!(r.body["days"].as_array().map(Vec::len), Some(1));
+    assert_eq!(r.body["messagesSent"], 1);
+    assert_eq!(r.body["chatsAssigned"], 1);
+    let r = api
+        .get(&blind_key, &format!("/api/whatsapp/stats/agents/{ana}"))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "another's without canViewReports"
+    );
+    assert_eq!(
+        api.get(&globex, &format!("/api/whatsapp/stats/agents/{ana}"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+both!(stats_test, stats);

@@ -16,6 +16,8 @@ pub mod inbox;
 pub mod outbox;
 pub mod receipts;
 pub mod scenarios;
+pub mod stats;
+pub mod templates;
 
 /// The lane key of a customer's work, built in one place.
 pub use wapipe_shared::jobs::lane_key;
