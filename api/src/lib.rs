@@ -10,6 +10,7 @@ pub mod agents;
 pub mod auth;
 pub mod blocked;
 pub mod chats;
+pub mod directory;
 pub mod error;
 pub mod events;
 pub mod extract;

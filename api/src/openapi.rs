@@ -14,7 +14,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::{
-    AppState, agents, blocked, chats, events, followups, labels, messages, notes, stats, templates,
+    AppState, agents, blocked, chats, directory, events, followups, labels, messages, notes, stats,
+    templates,
 };
 
 struct BearerKey;
@@ -53,7 +54,9 @@ impl Modify for BearerKey {
         (name = "blocked numbers", description = "Numbers nobody may message"),
         (name = "webhooks", description = "Webhook deliveries as received"),
         (name = "templates", description = "Quick replies and WhatsApp templates"),
-        (name = "stats", description = "Reports")
+        (name = "stats", description = "Reports"),
+        (name = "customers", description = "Customers' profiles"),
+        (name = "configs", description = "The WhatsApp numbers")
     )
 )]
 pub struct ApiDoc;
@@ -89,6 +92,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(templates::update, templates::delete))
         .routes(routes!(stats::admin))
         .routes(routes!(stats::agent))
+        .routes(routes!(directory::customer))
+        .routes(routes!(directory::assignments))
+        .routes(routes!(directory::configs))
 }
 
 /// The document as JSON.

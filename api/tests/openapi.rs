@@ -59,6 +59,9 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("delete", "/api/whatsapp/templates/{id}"),
     ("get", "/api/whatsapp/stats/admin"),
     ("get", "/api/whatsapp/stats/agents/{agentId}"),
+    ("get", "/api/whatsapp/customers/{id}"),
+    ("get", "/api/whatsapp/chats/{chatId}/assignments"),
+    ("get", "/api/whatsapp/configs"),
 ];
 
 /// seed 002 model → the schema of its resource.
@@ -73,6 +76,9 @@ const MODELS: &[(&str, &str)] = &[
     ("WebhookEvent", "WebhookEvent"),
     ("Template", "Template"),
     ("AgentPerformance", "AgentPerformance"),
+    ("Customer", "Customer"),
+    ("ChatAssignment", "ChatAssignment"),
+    ("WhatsAppConfig", "WhatsAppConfig"),
 ];
 
 fn doc() -> Value {
@@ -182,6 +188,11 @@ fn seed_002_fields_are_in_the_schemas() {
     );
     assert!(models["Chat"].contains(&"transferHistory".to_owned()));
     let doc = doc();
+    assert_eq!(
+        MODELS.len(),
+        models.len(),
+        "every seed 002 model has a resource"
+    );
     let mut missing = Vec::new();
     for (model, schema) in MODELS {
         let props = &doc["components"]["schemas"][schema]["properties"];

@@ -962,3 +962,71 @@ async fn stats(api: Api) {
     );
 }
 both!(stats_test, stats);
+
+async fn directory(api: Api) {
+    let acme = api.admin_of(&["Acme"]).await;
+    let (ana, ana_key) = api.agent("Ana", json!({}), 5).await;
+    let (chat, _) = api
+        .inbound(api.config_id, "33600000001", "Zoé", "hi", minutes_ago(3))
+        .await;
+    let c = api.get(&acme, &format!("/api/whatsapp/chats/{chat}")).await;
+    let customer = c.body["customerId"]
+        .as_str()
+        .expect("customer id")
+        .to_owned();
+    let r = api
+        .get(&acme, &format!("/api/whatsapp/customers/{customer}"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.body["phoneNumber"], "33600000001");
+    assert_eq!(r.body["name"], "Zoé");
+    assert_eq!(r.body["scenario_not_allowed"], json!([]));
+    assert_eq!(
+        api.get(&ana_key, &format!("/api/whatsapp/customers/{customer}"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND,
+        "not their chat"
+    );
+    let globex = api.admin_of(&["Globex"]).await;
+    assert_eq!(
+        api.get(&globex, &format!("/api/whatsapp/customers/{customer}"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    api.post(
+        &acme,
+        &format!("/api/whatsapp/chats/{chat}/assign"),
+        json!({"agentId": ana}),
+    )
+    .await;
+    let r = api
+        .get(&ana_key, &format!("/api/whatsapp/chats/{chat}/assignments"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.body[0]["assignedTo"], json!(ana));
+    assert_eq!(r.body[0]["assignmentType"], "manual");
+    assert_eq!(r.body[0]["status"], "active");
+    assert_eq!(
+        api.get(&ana_key, &format!("/api/whatsapp/customers/{customer}"))
+            .await
+            .status,
+        StatusCode::OK,
+        "now their chat"
+    );
+
+    let r = api.get(&acme, "/api/whatsapp/configs").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let list = r.body.as_array().expect("list");
+    assert_eq!(list.len(), 1, "Acme's number only");
+    assert_eq!(list[0]["company"], "Acme");
+    assert_eq!(list[0]["accessToken"], "********", "never the secret");
+    assert!(!r.body.to_string().contains("v1:"), "no ciphertext either");
+    assert_eq!(
+        api.get(&ana_key, "/api/whatsapp/configs").await.status,
+        StatusCode::FORBIDDEN
+    );
+}
+both!(directory_test, directory);
