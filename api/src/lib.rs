@@ -21,6 +21,7 @@ pub mod messages;
 pub mod notes;
 pub mod openapi;
 pub mod page;
+pub mod scenarios;
 pub mod stats;
 pub mod templates;
 pub mod views;

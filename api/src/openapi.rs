@@ -14,8 +14,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::{
-    AppState, agents, blocked, chats, directory, events, followups, labels, messages, notes, stats,
-    templates,
+    AppState, agents, blocked, chats, directory, events, followups, labels, messages, notes,
+    scenarios, stats, templates,
 };
 
 struct BearerKey;
@@ -56,7 +56,8 @@ impl Modify for BearerKey {
         (name = "templates", description = "Quick replies and WhatsApp templates"),
         (name = "stats", description = "Reports"),
         (name = "customers", description = "Customers' profiles"),
-        (name = "configs", description = "The WhatsApp numbers")
+        (name = "configs", description = "The WhatsApp numbers"),
+        (name = "scenarios", description = "The chatbot's scenarios (seed 000)")
     )
 )]
 pub struct ApiDoc;
@@ -95,6 +96,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(directory::customer))
         .routes(routes!(directory::assignments))
         .routes(routes!(directory::configs))
+        .routes(routes!(scenarios::list, scenarios::create))
+        .routes(routes!(
+            scenarios::get,
+            scenarios::update,
+            scenarios::delete
+        ))
 }
 
 /// The document as JSON.

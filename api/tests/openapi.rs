@@ -62,6 +62,11 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/api/whatsapp/customers/{id}"),
     ("get", "/api/whatsapp/chats/{chatId}/assignments"),
     ("get", "/api/whatsapp/configs"),
+    ("get", "/api/whatsapp/scenarios"),
+    ("get", "/api/whatsapp/scenarios/{id}"),
+    ("post", "/api/whatsapp/scenarios"),
+    ("put", "/api/whatsapp/scenarios/{id}"),
+    ("delete", "/api/whatsapp/scenarios/{id}"),
 ];
 
 /// seed 002 model → the schema of its resource.

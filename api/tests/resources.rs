@@ -1030,3 +1030,139 @@ async fn directory(api: Api) {
     );
 }
 both!(directory_test, directory);
+
+async fn scenarios(api: Api) {
+    let acme = api.admin_of(&["Acme"]).await;
+    let (_, ana_key) = api.agent("Ana", perms(true), 5).await;
+    let scenario = json!({
+        "title": "Accueil", "keywords": ["bonjour"], "repeat_count": 2,
+        "items": [
+            {"ref": "accueil", "type": "button", "label": "Bonjour ! Que souhaitez-vous ?", "children": ["offres", "horaires"]},
+            {"ref": "offres", "type": "product_list", "title": "Nos offres", "label": "Les offres", "template_scenarios": ["ete"]},
+            {"ref": "horaires", "type": "text", "title": "Horaires", "label": "9 h à 19 h."}
+        ]
+    });
+    let templates = json!([{"ref": "ete", "thumbnail_id": "sku-101", "catalog_id": "1537358196820123",
+        "header": "Collection été", "sections": [{"title": "Robes", "product_items": ["sku-101"]}]}]);
+    let body = json!({"scenario": scenario, "template_scenarios": templates});
+    assert_eq!(
+        api.post(&ana_key, "/api/whatsapp/scenarios", body.clone())
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let r = api
+        .post(&acme, "/api/whatsapp/scenarios", body.clone())
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let sid = id(&r.body);
+    assert_eq!(r.body["scenario"]["title"], "Accueil");
+    assert_eq!(r.body["scenario"]["repeat_count"], 2, "seed 000 names");
+    assert_eq!(
+        r.body["scenario"]["items"].as_array().map(Vec::len),
+        Some(3)
+    );
+    assert_eq!(r.body["template_scenarios"][0]["ref"], "ete");
+    assert_eq!(
+        api.post(&acme, "/api/whatsapp/scenarios", body.clone())
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+
+    // The import's validation: a dangling child, with its path.
+    let bad = json!({"scenario": {"title": "Cassé", "items": [{"ref": "a", "type": "button", "label": "x", "children": ["nowhere"]}]}});
+    let r = api.post(&acme, "/api/whatsapp/scenarios", bad).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{r:?}");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("nowhere"),
+        "{r:?}"
+    );
+    assert!(
+        !r.body["error"]["fields"]
+            .as_object()
+            .expect("fields")
+            .is_empty()
+    );
+    let r = api
+        .post(
+            &acme,
+            "/api/whatsapp/scenarios",
+            json!({"scenario": {"title": "X", "colour": 1}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "unknown field: {r:?}");
+
+    let list = api.get(&ana_key, "/api/whatsapp/scenarios").await;
+    assert_eq!(list.status, StatusCode::OK, "{list:?}");
+    assert_eq!(list.body[0]["title"], "Accueil");
+    assert_eq!(list.body[0]["items"], 3);
+    let r = api
+        .get(&ana_key, &format!("/api/whatsapp/scenarios/{sid}"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let mut changed = body.clone();
+    changed["scenario"]["keywords"] = json!(["bonjour", "salut"]);
+    let r = api
+        .put(
+            &acme,
+            &format!("/api/whatsapp/scenarios/{sid}"),
+            Some(changed),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.body["scenario"]["keywords"], json!(["bonjour", "salut"]));
+    assert_eq!(id(&r.body), sid, "replaced in place");
+    let mut renamed = body.clone();
+    renamed["scenario"]["title"] = json!("Autre");
+    assert_eq!(
+        api.put(
+            &acme,
+            &format!("/api/whatsapp/scenarios/{sid}"),
+            Some(renamed)
+        )
+        .await
+        .status,
+        StatusCode::BAD_REQUEST
+    );
+
+    let globex = api.admin_of(&["Globex"]).await;
+    assert_eq!(
+        api.get(&globex, &format!("/api/whatsapp/scenarios/{sid}"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.delete(&globex, &format!("/api/whatsapp/scenarios/{sid}"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.delete(&acme, &format!("/api/whatsapp/scenarios/{sid}"))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        api.get(&acme, "/api/whatsapp/scenarios").await.body,
+        json!([]),
+        "deleted are hidden"
+    );
+    assert_eq!(
+        api.get(&acme, &format!("/api/whatsapp/scenarios/{sid}"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.audit_actions(sid).await,
+        ["scenario.create", "scenario.update", "scenario.delete"]
+    );
+}
+both!(scenarios_test, scenarios);
