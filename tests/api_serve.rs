@@ -116,6 +116,15 @@ async fn shares_the_listener(mode: Mode) {
             .expect("send");
     assert_eq!(r.status(), 202);
 
+    // Not mistaken for a webhook pinned to a config id.
+    let events: Value = get("/api/whatsapp/webhooks/events")
+        .await
+        .expect("events")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(events["data"][0]["eventType"], "messages", "{events}");
+
     let r = app
         .http
         .get(app.url("/api/openapi.json"))

@@ -63,7 +63,8 @@ impl Default for ReceiverSettings {
 
 /// Where requests that are not the receiver's go when another service
 /// shares its listener (the agents' REST API under `/api/`). The webhook
-/// path itself never reaches it.
+/// paths themselves (`/api/whatsapp/webhooks[/{config uuid}]`) never
+/// reach it.
 pub type Fallback = Arc<
     dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>
         + Send
@@ -159,7 +160,9 @@ impl Receiver {
         // path costs nothing more otherwise.
         if let Some(fallback) = &self.fallback {
             let p = req.uri().path();
-            if p.starts_with(FALLBACK_PREFIX) && webhook_route(p).is_none() {
+            // `/api/whatsapp/webhooks/events` is the API's, not a pinned
+            // webhook: only a well-formed webhook path stays here.
+            if p.starts_with(FALLBACK_PREFIX) && !matches!(webhook_route(p), Some(Ok(_))) {
                 return Ok(fallback(req).await);
             }
         }

@@ -88,6 +88,7 @@ impl Api {
     }
 
     pub async fn start_with(backend: Backend, settings: ApiSettings) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let (url, dir) = match backend {
             Backend::Postgres => (testing::fresh_postgres_url().await.expect("database"), None),
             Backend::Sqlite => {
