@@ -2,6 +2,7 @@
 //! the binary stays a thin CLI and tests start the real service in-process
 //! (`serve::start` on port 0).
 
+pub mod apikey_cmd;
 pub mod app;
 pub mod config_cmd;
 pub mod followups_cmd;

@@ -2,7 +2,7 @@
 //! role (serve, ingest, workers) and per operator task (migrate, config,
 //! replay, dlq). Errors print as one clear line on stderr with a non-zero exit.
 
-use wapipe::{app, config_cmd, followups_cmd, ops_cmd, scenarios_cmd, send_cmd, serve};
+use wapipe::{apikey_cmd, app, config_cmd, followups_cmd, ops_cmd, scenarios_cmd, send_cmd, serve};
 
 use std::process::ExitCode;
 
@@ -29,6 +29,8 @@ enum Command {
     Serve,
     /// Run the webhook receiver and the relay (production: scale out).
     Ingest,
+    /// Run the agents' REST API on WAPIPE_API_LISTEN (production: scale out).
+    Api,
     /// Run worker roles (production: scale out).
     Workers {
         /// Comma-separated roles, e.g. `parse` (default: all).
@@ -67,6 +69,9 @@ enum Command {
     /// Schedule, complete, cancel and list follow-ups.
     #[command(subcommand)]
     Followups(followups_cmd::FollowupsCommand),
+    /// Create, list and revoke keys of the agents' REST API.
+    #[command(subcommand)]
+    Apikey(apikey_cmd::ApikeyCommand),
 }
 
 impl Command {
@@ -74,9 +79,11 @@ impl Command {
     /// their output and their errors.
     fn log_default(&self) -> app::LogDefault {
         match self {
-            Command::Serve | Command::Ingest | Command::Workers { .. } | Command::Migrate => {
-                app::LogDefault::Service
-            }
+            Command::Serve
+            | Command::Ingest
+            | Command::Api
+            | Command::Workers { .. }
+            | Command::Migrate => app::LogDefault::Service,
             Command::Replay(_)
             | Command::Dlq(_)
             | Command::Topology(_)
@@ -87,7 +94,8 @@ impl Command {
             | Command::Block(_)
             | Command::Customers(_)
             | Command::Agents(_)
-            | Command::Followups(_) => app::LogDefault::Command,
+            | Command::Followups(_)
+            | Command::Apikey(_) => app::LogDefault::Command,
         }
     }
 }
@@ -113,6 +121,15 @@ fn main() -> ExitCode {
             Command::Ingest => {
                 let roles = serve::Roles {
                     ingest: true,
+                    api: false,
+                    workers: Vec::new(),
+                };
+                serve::run_roles(cli.settings, roles).await
+            }
+            Command::Api => {
+                let roles = serve::Roles {
+                    ingest: false,
+                    api: true,
                     workers: Vec::new(),
                 };
                 serve::run_roles(cli.settings, roles).await
@@ -128,6 +145,7 @@ fn main() -> ExitCode {
                             cli.settings,
                             serve::Roles {
                                 ingest: false,
+                                api: false,
                                 workers,
                             },
                         )
@@ -148,6 +166,7 @@ fn main() -> ExitCode {
             Command::Customers(cmd) => scenarios_cmd::customers(&cli.settings, cmd).await,
             Command::Agents(cmd) => followups_cmd::agents(&cli.settings, cmd).await,
             Command::Followups(cmd) => followups_cmd::followups(&cli.settings, cmd).await,
+            Command::Apikey(cmd) => apikey_cmd::run(&cli.settings, cmd).await,
         }
     });
     match result {

@@ -25,6 +25,8 @@ use crate::metrics_server::{self, Health, METRIC_BUILD_INFO};
 #[derive(Debug, Clone)]
 pub struct Roles {
     pub ingest: bool,
+    /// The agents' REST API.
+    pub api: bool,
     pub workers: Vec<String>,
 }
 
@@ -33,6 +35,7 @@ impl Roles {
     pub fn all() -> Self {
         Self {
             ingest: true,
+            api: true,
             workers: wapipe_workers::REGISTRY
                 .iter()
                 .map(|r| r.name().to_owned())
@@ -55,10 +58,11 @@ impl Roles {
 
     /// The process's role for its default metrics port and `build_info`.
     fn kind(&self) -> &'static str {
-        match (self.ingest, self.workers.is_empty()) {
-            (true, false) => "serve",
-            (true, true) => "ingest",
-            (false, _) => "workers",
+        match (self.ingest, self.api, self.workers.is_empty()) {
+            (true, _, false) => "serve",
+            (true, _, true) => "ingest",
+            (false, true, true) => "api",
+            (false, _, _) => "workers",
         }
     }
 
@@ -67,6 +71,9 @@ impl Roles {
         if self.ingest {
             parts.push("ingest".to_owned());
         }
+        if self.api {
+            parts.push("api".to_owned());
+        }
         parts.extend(self.workers.iter().cloned());
         parts.join(",")
     }
@@ -74,13 +81,15 @@ impl Roles {
 
 /// The metrics listener of a process running `roles`: WAPIPE_METRICS_LISTEN
 /// when set, else a port per kind of process, so `wapipe ingest` and
-/// `wapipe workers` start side by side on one host as the README shows.
+/// `wapipe workers` start side by side on one host as the README shows
+/// (and `wapipe api` on 9466).
 pub fn metrics_listen(settings: &Settings, roles: &Roles) -> SocketAddr {
     if let Some(addr) = settings.metrics_listen {
         return addr;
     }
     let port = match roles.kind() {
         "workers" => 9465,
+        "api" => 9466,
         _ => 9464,
     };
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -167,6 +176,8 @@ pub struct Listeners {
 /// graceful shutdown once `shutdown` is cancelled.
 pub struct Running {
     pub addr: Option<SocketAddr>,
+    /// Where the API answers (the same as `addr` when they share it).
+    pub api_addr: Option<SocketAddr>,
     pub metrics_addr: SocketAddr,
     pub db: sea_orm::DatabaseConnection,
     pub broker: Arc<dyn Broker>,
@@ -180,7 +191,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running> {
     let worker_roles = roles.worker_roles()?;
-    if !roles.ingest && worker_roles.is_empty() {
+    if !roles.ingest && !roles.api && worker_roles.is_empty() {
         bail!("no role to run");
     }
     let handle = metrics_server::install_recorder();
@@ -192,6 +203,9 @@ pub async fn start(
     }
     let broker = connect_broker(&settings, db.clone()).await?;
 
+    let api_at = settings.api_listen.unwrap_or(settings.listen);
+    // One listener for both when they run together on the same address.
+    let shared = roles.ingest && roles.api && api_at == settings.listen;
     let (http_listener, metrics_listener) = match listeners {
         Some(l) => (Some(l.http), l.metrics),
         None => {
@@ -202,11 +216,16 @@ pub async fn start(
                      address for each process on one host)"
                 )
             })?;
-            let http = if roles.ingest {
+            let at = if roles.ingest {
+                settings.listen
+            } else {
+                api_at
+            };
+            let http = if roles.ingest || roles.api {
                 Some(
-                    TcpListener::bind(settings.listen)
+                    TcpListener::bind(at)
                         .await
-                        .with_context(|| format!("cannot listen on {}", settings.listen))?,
+                        .with_context(|| format!("cannot listen on {at}"))?,
                 )
             } else {
                 None
@@ -214,10 +233,26 @@ pub async fn start(
             (http, metrics)
         }
     };
+    // The API's own listener, when it does not share the receiver's.
+    let (api_listener, http_listener) = if roles.api && !roles.ingest {
+        (http_listener, None)
+    } else if roles.api && !shared {
+        let l = TcpListener::bind(api_at).await.with_context(|| {
+            format!("cannot listen for the API on {api_at} (WAPIPE_API_LISTEN)")
+        })?;
+        (Some(l), http_listener)
+    } else {
+        (None, http_listener)
+    };
     let metrics_addr = metrics_listener.local_addr()?;
     let addr = match &http_listener {
         Some(l) if roles.ingest => Some(l.local_addr()?),
         _ => None,
+    };
+    let api_addr = match &api_listener {
+        Some(l) => Some(l.local_addr()?),
+        None if shared => addr,
+        None => None,
     };
     metrics::gauge!(METRIC_BUILD_INFO,
         "version" => env!("CARGO_PKG_VERSION"),
@@ -253,6 +288,32 @@ pub async fn start(
         shutdown.clone(),
     )?;
 
+    let api_deps = wapipe_api::ApiDeps {
+        db: db.clone(),
+        broker: broker.clone(),
+    };
+    let api_settings = wapipe_api::ApiSettings {
+        rate_per_s: settings.api_rate_per_s,
+        rate_burst: settings.api_rate_burst,
+        ..wapipe_api::ApiSettings::default()
+    };
+    let fallback: Option<wapipe_ingest::Fallback> = if shared {
+        Some(wapipe_api::hyper_handler(
+            api_deps.clone(),
+            api_settings.clone(),
+            shutdown.clone(),
+        ))
+    } else {
+        None
+    };
+    let api = api_listener.map(|listener| {
+        tracing::info!(listen = ?listener.local_addr().ok(), "wapipe API listening");
+        wapipe_api::start(api_deps, api_settings, listener, shutdown.clone())
+    });
+    if shared {
+        tracing::info!(listen = %settings.listen, "wapipe API on the receiver's listener under /api/");
+    }
+
     let ingest = match (roles.ingest, http_listener) {
         (true, Some(listener)) => {
             configs
@@ -271,6 +332,7 @@ pub async fn start(
                     db: db.clone(),
                     broker: broker.clone(),
                     configs,
+                    fallback,
                 },
                 IngestSettings {
                     receiver: ReceiverSettings {
@@ -302,10 +364,14 @@ pub async fn start(
         } else {
             shutdown.cancelled().await;
         }
+        if let Some(api) = api {
+            let _ = api.await;
+        }
         while workers.join_next().await.is_some() {}
     });
     Ok(Running {
         addr,
+        api_addr,
         metrics_addr,
         db,
         broker,

@@ -209,6 +209,7 @@ async fn add_config(db: &DatabaseConnection, phone: &str, waba: &str) -> Uuid {
         flagged_at: Set(None),
         is_deleted: Set(false),
         deleted_at: Set(None),
+        ..Default::default()
     }
     .insert(db)
     .await

@@ -173,6 +173,7 @@ async fn send_round_trip(mode: Mode, grace: Duration) {
     let (settings, dir) = wapipe_testkit::app::settings_for(mode).await;
     let roles = Roles {
         ingest: true,
+        api: false,
         workers: vec!["parse".into(), "status".into()],
     };
     let app = TestApp::spawn_with(mode, settings, dir, roles).await;

@@ -82,7 +82,7 @@ async fn unicode_escaped_on_the_wire(mode: Mode) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(c.profile_name.as_deref(), Some("José Müller"));
+    assert_eq!(c.whatsapp_name.as_deref(), Some("José Müller"));
     let chat = chats::Entity::find().one(&app.db).await.unwrap().unwrap();
     assert_eq!(
         chat.last_message.as_deref(),
@@ -239,6 +239,7 @@ async fn replay_changes_no_count(mode: Mode) {
         effect_target: Set(None),
         answers_message_id: Set(None),
         answer_seq: Set(None),
+        ..Default::default()
     }
     .insert(&app.db)
     .await

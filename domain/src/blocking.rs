@@ -132,6 +132,11 @@ pub async fn block(
         is_active: Set(true),
         unblocked_at: Set(None),
         unblocked_by: Set(None),
+        notes: Set(None),
+        blocked_by_name: Set(None),
+        blocked_at: Set(Some(now)),
+        is_deleted: Set(false),
+        deleted_at: Set(None),
     })
     .on_conflict(
         OnConflict::columns([
@@ -145,6 +150,9 @@ pub async fn block(
             blocked_numbers::Column::IsActive,
             blocked_numbers::Column::UnblockedAt,
             blocked_numbers::Column::UnblockedBy,
+            blocked_numbers::Column::BlockedAt,
+            blocked_numbers::Column::IsDeleted,
+            blocked_numbers::Column::DeletedAt,
         ])
         .to_owned(),
     )

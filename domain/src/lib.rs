@@ -6,13 +6,18 @@
 //! cache ([`configs`]).
 
 pub mod agents;
+pub mod apikeys;
+pub mod audit;
 pub mod blocking;
 pub mod clock;
 pub mod configs;
 pub mod followups;
+pub mod inbox;
 pub mod outbox;
 pub mod receipts;
 pub mod scenarios;
+pub mod stats;
+pub mod templates;
 
 /// The lane key of a customer's work, built in one place.
 pub use wapipe_shared::jobs::lane_key;

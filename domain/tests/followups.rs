@@ -74,7 +74,7 @@ async fn add_chat(db: &DatabaseConnection, config_id: Uuid, wa_id: &str) -> Uuid
         updated_at: Set(now),
         config_id: Set(config_id),
         customer_id: Set(customer),
-        customer_phone: Set(Some(wa_id.to_owned())),
+        phone_number: Set(Some(wa_id.to_owned())),
         ..Default::default()
     })
     .exec_without_returning(db)

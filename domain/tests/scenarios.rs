@@ -584,7 +584,7 @@ async fn silences(b: Backend) {
     .await
     .expect("agent");
     chats::Entity::update_many()
-        .col_expr(chats::Column::AssignedAgentId, Expr::value(agent))
+        .col_expr(chats::Column::AssignedTo, Expr::value(agent))
         .filter(chats::Column::Id.eq(assigned.1))
         .exec(&env.db)
         .await

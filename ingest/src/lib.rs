@@ -11,7 +11,9 @@ pub mod relay;
 pub mod store;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,12 +61,26 @@ impl Default for ReceiverSettings {
     }
 }
 
+/// Where requests that are not the receiver's go when another service
+/// shares its listener (the agents' REST API under `/api/`). The webhook
+/// paths themselves (`/api/whatsapp/webhooks[/{config uuid}]`) never
+/// reach it.
+pub type Fallback = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The prefix of the paths a [`Fallback`] serves.
+pub const FALLBACK_PREFIX: &str = "/api/";
+
 pub struct Receiver {
     pub db: DatabaseConnection,
     pub broker: Arc<dyn Broker>,
     pub configs: Arc<ConfigCache>,
     pub store: GroupCommit,
     pub settings: ReceiverSettings,
+    pub fallback: Option<Fallback>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -140,6 +156,16 @@ fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
 
 impl Receiver {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+        // Checked only when a service shares the listener, so the webhook
+        // path costs nothing more otherwise.
+        if let Some(fallback) = &self.fallback {
+            let p = req.uri().path();
+            // `/api/whatsapp/webhooks/events` is the API's, not a pinned
+            // webhook: only a well-formed webhook path stays here.
+            if p.starts_with(FALLBACK_PREFIX) && !matches!(webhook_route(p), Some(Ok(_))) {
+                return Ok(fallback(req).await);
+            }
+        }
         let path = req.uri().path().to_owned();
         let resp = match (req.method(), path.as_str()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
@@ -355,6 +381,8 @@ pub struct IngestDeps {
     pub db: DatabaseConnection,
     pub broker: Arc<dyn Broker>,
     pub configs: Arc<ConfigCache>,
+    /// Another service on the same listener, for `/api/*` paths.
+    pub fallback: Option<Fallback>,
 }
 
 /// The ingest role's settings.
@@ -390,6 +418,7 @@ pub fn start(
         configs: deps.configs,
         store,
         settings: settings.receiver,
+        fallback: deps.fallback,
     });
     tokio::spawn(async move {
         serve(listener, receiver, shutdown).await;

@@ -207,6 +207,8 @@ async fn insert<'a>(
             published_at: Set(None),
             processed_at: Set(None),
             processed_data: Set(None),
+            // event_type, chat_id, message_id: set by the parse worker.
+            ..Default::default()
         })
         .collect();
     if models.is_empty() {

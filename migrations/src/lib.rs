@@ -10,6 +10,7 @@ mod m20261121_000004_effects_and_plans;
 mod m20261129_000005_outbox_answers;
 mod m20261129_000006_scenarios_seed000;
 mod m20261129_000007_followups_seed002;
+mod m20261129_000008_api_seed002;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000005_outbox_answers::Migration),
             Box::new(m20261129_000006_scenarios_seed000::Migration),
             Box::new(m20261129_000007_followups_seed002::Migration),
+            Box::new(m20261129_000008_api_seed002::Migration),
         ]
     }
 }

@@ -259,6 +259,37 @@ pub struct Settings {
         global = true
     )]
     pub followup_lease_s: u64,
+
+    /// Address of the agents' REST API. Unset, or equal to WAPIPE_LISTEN:
+    /// one listener serves both (`/api/*` goes to the API, the rest to the
+    /// webhook receiver).
+    #[arg(
+        long,
+        env = "WAPIPE_API_LISTEN",
+        global = true,
+        help_heading = "Service settings"
+    )]
+    pub api_listen: Option<SocketAddr>,
+
+    /// Requests per second each API key may make (then 429 with Retry-After).
+    #[arg(
+        long,
+        env = "WAPIPE_API_RATE_PER_S",
+        default_value_t = 20,
+        global = true,
+        help_heading = "Service settings"
+    )]
+    pub api_rate_per_s: u32,
+
+    /// Burst of requests an API key may make above its rate.
+    #[arg(
+        long,
+        env = "WAPIPE_API_RATE_BURST",
+        default_value_t = 40,
+        global = true,
+        help_heading = "Service settings"
+    )]
+    pub api_rate_burst: u32,
 }
 
 /// The URL with its password masked (`scheme://user:***@host/…`), and any

@@ -130,6 +130,9 @@ pub async fn add(
         flagged_at: Set(None),
         is_deleted: Set(false),
         deleted_at: Set(None),
+        provider: Set("meta-whatsapp".to_owned()),
+        // The other providers' fields (seed 002) stay empty for a Meta number.
+        ..Default::default()
     };
     match am.insert(db).await {
         Ok(m) => Ok(m),

@@ -102,6 +102,7 @@ async fn schema_matches_entities(db: &DatabaseConnection) {
         customers,
         dead_letters,
         follow_ups,
+        idempotency_keys,
         labels,
         message_status_events,
         messages,
@@ -287,6 +288,15 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         flagged_reason: Some("token expired ⏰".to_owned()),
         flagged_code: Some("190".to_owned()),
         flagged_at: Some(ts(2)),
+        provider: "meta-whatsapp".to_owned(),
+        account_sid: Some("AC0123".to_owned()),
+        auth_token_enc: Some("v1:bm9uY2U=:dHdpbGlv".to_owned()),
+        instance_id: Some("inst-1".to_owned()),
+        api_key_enc: Some("v1:bm9uY2U=:YXBp".to_owned()),
+        webhook_url: Some("https://example.com/hook".to_owned()),
+        webhook_status: Some("active".to_owned()),
+        business_profile: Some(json!({"name": HELLO, "website": "https://example.com"})),
+        last_sync_at: Some(ts(3)),
         is_deleted: true,
         deleted_at: Some(ts(3)),
     };
@@ -308,12 +318,19 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         department: Some("Support".to_owned()),
         skills: Some(json!(["billing", "français", {"level": 3, "langs": ["fr", "en"]}])),
         max_concurrent_chats: 12,
-        active_chats: 3,
+        current_chat_count: 3,
         is_active: false,
         last_active_at: Some(ts(6)),
         is_deleted: true,
         deleted_at: Some(ts(7)),
         company: Some("Société Générale d'Été".to_owned()),
+        user_id: Some(format!("user-{}", id())),
+        availability: "unavailable".to_owned(),
+        is_online: true,
+        last_seen: Some(ts(6)),
+        permissions: Some(json!({"canAssignChats": true})),
+        stats: Some(json!({"messagesSent": 3})),
+        working_hours: Some(json!({"timezone": "Europe/Paris", "schedule": []})),
     };
     let agent = roundtrip::<agents::Entity, _>(db, "agents", agent.clone(), agent.id).await;
 
@@ -326,17 +343,27 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         user_id: Some("US.13491208655302741918".to_owned()),
         phone_number: Some("+16505551234".to_owned()),
         name: Some(HELLO.to_owned()),
-        profile_name: Some("Zoë 🌸".to_owned()),
+        whatsapp_name: Some("Zoë 🌸".to_owned()),
         email: Some("zoe@example.com".to_owned()),
-        profile_picture: Some("https://example.com/p/zoe.jpg".to_owned()),
+        whatsapp_profile_picture: Some("https://example.com/p/zoe.jpg".to_owned()),
         tags: Some(json!({"vip": true, "tags": ["été", "🔥"], "score": 4.5, "none": null})),
         notes: Some(format!("multi\nline {HELLO}")),
         is_blocked: true,
         total_chats: 7,
-        last_seen_at: Some(ts(10)),
+        last_contact_at: Some(ts(10)),
         last_inbound_at: Some(ts(11)),
         is_deleted: true,
         deleted_at: Some(ts(12)),
+        avatar: Some("https://example.com/a.png".to_owned()),
+        alternate_phone_numbers: Some(json!(["+33612345678"])),
+        address: Some(json!({"city": "Paris", "zipCode": "75001"})),
+        language: Some("fr".to_owned()),
+        is_verified: true,
+        total_messages: 12,
+        first_contact_at: Some(ts(9)),
+        preferred_agent: Some(agent.id),
+        preferred_contact_time: Some("morning".to_owned()),
+        is_active: false,
     };
     let customer =
         roundtrip::<customers::Entity, _>(db, "customers", customer.clone(), customer.id).await;
@@ -347,11 +374,11 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         updated_at: ts(14),
         config_id: config.id,
         customer_id: customer.id,
-        customer_phone: Some("+16505551234".to_owned()),
+        phone_number: Some("+16505551234".to_owned()),
         customer_name: Some(HELLO.to_owned()),
         status: "resolved".to_owned(),
         priority: "urgent".to_owned(),
-        assigned_agent_id: Some(agent.id),
+        assigned_to: Some(agent.id),
         unread_count: 4,
         last_message: Some(HELLO.to_owned()),
         last_message_time: Some(ts(15)),
@@ -368,6 +395,17 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         handoff_at: Some(ts(16)),
         is_deleted: true,
         deleted_at: Some(ts(18)),
+        assigned_at: Some(ts(20)),
+        assigned_by: Some(agent.id),
+        source: "api".to_owned(),
+        provider: "meta-whatsapp".to_owned(),
+        provider_chat_id: Some("chat-1".to_owned()),
+        whatsapp_business_account_id: Some("102290129340398".to_owned()),
+        phone_number_id: Some("106540352242922".to_owned()),
+        customer_info: Some(json!({"email": "z@example.com", "tags": ["vip"]})),
+        closed_at: Some(ts(21)),
+        first_response_time: Some(30.5),
+        avg_response_time: Some(61.25),
     };
     let chat = roundtrip::<chats::Entity, _>(db, "chats", chat.clone(), chat.id).await;
 
@@ -446,6 +484,13 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         effect_target: Some("wamid.target".to_owned()),
         answers_message_id: Some(Uuid::now_v7()),
         answer_seq: Some(2),
+        from: Some("16505551234".to_owned()),
+        to: Some("15550100199".to_owned()),
+        read_status: Some("read".to_owned()),
+        sender_name: Some(HELLO.to_owned()),
+        provider: "meta-whatsapp".to_owned(),
+        provider_status: Some("delivered".to_owned()),
+        metadata: Some(json!({"campaign": HELLO})),
     };
     let message =
         roundtrip::<messages::Entity, _>(db, "messages", message.clone(), message.id).await;
@@ -471,6 +516,10 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         published_at: Some(ts(36)),
         processed_at: Some(ts(37)),
         processed_data: Some(json!({"messages": 1, "statuses": 2, "ids": ["a", "b"]})),
+        event_type: Some("message".to_owned()),
+        provider: "meta-whatsapp".to_owned(),
+        chat_id: Some(chat.id),
+        message_id: Some(message.id),
     };
     let webhook_event = roundtrip::<webhook_events::Entity, _>(
         db,
@@ -520,6 +569,8 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         created_by: Some(agent.id),
         is_deleted: true,
         deleted_at: Some(ts(43)),
+        usage_count: 7,
+        is_active: false,
     };
     let label = roundtrip::<labels::Entity, _>(db, "labels", label.clone(), label.id).await;
 
@@ -542,7 +593,7 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         category: "MARKETING".to_owned(),
         status: "APPROVED".to_owned(),
         components: Some(json!([{"type": "BODY", "text": "Bonjour {{1}} 👋"}])),
-        provider_template_id: Some("594425479261596".to_owned()),
+        whatsapp_template_id: Some("594425479261596".to_owned()),
         rejected_reason: Some("NONE".to_owned()),
         quality_score: Some("GREEN".to_owned()),
         previous_category: Some("UTILITY".to_owned()),
@@ -550,6 +601,11 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         created_by: Some(agent.id),
         is_deleted: true,
         deleted_at: Some(ts(48)),
+        content: Some(format!("Bonjour {{{{1}}}} {HELLO}")),
+        variables: Some(json!(["name"])),
+        whatsapp_template_name: Some("order_update".to_owned()),
+        last_used_at: Some(ts(44)),
+        is_active: false,
     };
     roundtrip::<templates::Entity, _>(db, "templates", template.clone(), template.id).await;
 
@@ -587,8 +643,11 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         updated_at: ts(56),
         config_id: config.id,
         chat_id: chat.id,
-        agent_id: Some(agent.id),
-        content: format!("Note interne {HELLO}"),
+        author_id: Some(agent.id),
+        note: format!("Note interne {HELLO}"),
+        author_name: Some(HELLO.to_owned()),
+        edited_at: Some(ts(56)),
+        edited_by: Some(agent.id),
         is_pinned: true,
         mentions: Some(json!([agent.id.to_string()])),
         is_edited: true,
@@ -609,6 +668,11 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         is_active: false,
         unblocked_at: Some(ts(60)),
         unblocked_by: Some(agent.id),
+        notes: Some(HELLO.to_owned()),
+        blocked_by_name: Some("Zoë".to_owned()),
+        blocked_at: Some(ts(58)),
+        is_deleted: true,
+        deleted_at: Some(ts(60)),
     };
     roundtrip::<blocked_numbers::Entity, _>(db, "blocked_numbers", blocked.clone(), blocked.id)
         .await;
@@ -619,13 +683,14 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         updated_at: ts(62),
         config_id: config.id,
         chat_id: chat.id,
-        agent_id: agent.id,
+        assigned_to: agent.id,
         assigned_by: Some(agent.id),
         transferred_from: Some(id()),
-        reason: Some(format!("transfert {HELLO}")),
+        transfer_reason: Some(format!("transfert {HELLO}")),
         assigned_at: ts(63),
-        unassigned_at: Some(ts(64)),
-        is_active: false,
+        completed_at: Some(ts(64)),
+        assignment_type: "transfer".to_owned(),
+        status: "completed".to_owned(),
     };
     roundtrip::<chat_assignments::Entity, _>(
         db,
@@ -642,12 +707,19 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         agent_id: agent.id,
         config_id: Some(config.id),
         date: NaiveDate::from_ymd_opt(2026, 11, 21).expect("valid date"),
-        chats_handled: 31,
+        total_chats: 31,
         chats_resolved: 29,
         messages_sent: 412,
-        avg_response_time_secs: Some(42.125),
+        avg_response_time: Some(42.125),
         avg_resolution_time_secs: Some(3_600.5),
         customer_satisfaction: Some(4.87),
+        chats_assigned: 33,
+        chats_transferred: 2,
+        messages_received: 380,
+        first_response_time: Some(12.5),
+        total_active_time: Some(28_800.0),
+        avg_chat_duration: Some(900.25),
+        resolution_rate: Some(0.935),
     };
     roundtrip::<agent_performance::Entity, _>(
         db,
@@ -786,7 +858,8 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         updated_at: ts(84),
         agent_id: Some(agent.id),
         name: format!("clé {HELLO}"),
-        role: "admin".to_owned(),
+        kind: "admin".to_owned(),
+        companies: Some(json!(["Acme"])),
         key_prefix: "wp_live_ab12".to_owned(),
         key_hash: "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae".to_owned(),
         last_used_at: Some(ts(85)),
@@ -794,6 +867,17 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         revoked_at: Some(ts(87)),
     };
     roundtrip::<api_keys::Entity, _>(db, "api_keys", api_key.clone(), api_key.id).await;
+    let idem = idempotency_keys::Model {
+        id: id(),
+        created_at: ts(88),
+        updated_at: ts(89),
+        api_key_id: api_key.id,
+        key: format!("clé {HELLO}"),
+        request_hash: "ab".repeat(32),
+        response_status: Some(202),
+        response_body: Some(json!({"id": HELLO}).to_string()),
+    };
+    roundtrip::<idempotency_keys::Entity, _>(db, "idempotency_keys", idem.clone(), idem.id).await;
 
     let dead_letter = dead_letters::Model {
         id: id(),

@@ -8,14 +8,11 @@ use chrono::{TimeZone, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Statement, Value};
 use uuid::Uuid;
 use wapipe_migrations::{Migrator, MigratorTrait};
-use wapipe_shared::crypto::SecretKey;
 use wapipe_shared::db;
 use wapipe_shared::entities::{agents, follow_ups};
-use wapipe_shared::tenants::{self, NewConfig};
 use wapipe_testkit::db as testdb;
 
 const MIGRATION: &str = "m20261129_000007_followups_seed002";
-const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 #[tokio::test]
 async fn renames_keep_data_postgres() {
@@ -57,25 +54,30 @@ async fn renames_keep_data(db: &DatabaseConnection) {
         }
         Migrator::up(db, Some(1)).await.expect("up one");
     }
-    let key = SecretKey::from_base64(KEY).expect("key");
-    let config = tenants::add(
-        db,
-        &key,
-        NewConfig {
-            company: "Acme".into(),
-            name: None,
-            phone_number_id: "15550000001".into(),
-            waba_id: "15550009999".into(),
-            display_phone_number: None,
-            app_secret: "s".into(),
-            verify_token: "v".into(),
-            access_token: "t".into(),
-            webhook_secret: None,
-            max_mps: 80,
-        },
-    )
-    .await
-    .expect("config");
+    // Raw SQL: the config entity already has later migrations' columns.
+    let config_id = Uuid::now_v7();
+    {
+        let backend = db.get_database_backend();
+        let sql = "INSERT INTO whatsapp_configs (id, created_at, updated_at, company, \
+                   phone_number_id, waba_id, access_token_enc, app_secret_enc, verify_token_enc) \
+                   VALUES ($1, $2, $2, 'Acme', '15550000001', '15550009999', 'x', 'x', 'x')";
+        let sql = if backend == sea_orm::DbBackend::Sqlite {
+            sql.replace('$', "?")
+        } else {
+            sql.to_owned()
+        };
+        db.execute_raw(sea_orm::Statement::from_sql_and_values(
+            backend,
+            sql,
+            [config_id.into(), chrono::Utc::now().into()],
+        ))
+        .await
+        .expect("config");
+    }
+    struct Cfg {
+        id: Uuid,
+    }
+    let config = Cfg { id: config_id };
     let ts = |s: i64| {
         Utc.timestamp_opt(1_790_000_000 + s, 0)
             .single()

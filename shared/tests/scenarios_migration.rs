@@ -9,13 +9,11 @@ use sea_orm::{ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait
 use serde_json::json;
 use uuid::Uuid;
 use wapipe_migrations::{Migrator, MigratorTrait};
-use wapipe_shared::crypto::SecretKey;
 use wapipe_shared::db;
 use wapipe_shared::entities::{
     chats, customer_blocked_scenarios, customers, scenario_items, scenario_runs, scenarios,
     template_scenarios,
 };
-use wapipe_shared::tenants::{self, NewConfig};
 use wapipe_testkit::db as testdb;
 
 const NAME: &str = "m20261129_000006_scenarios_seed000";
@@ -41,26 +39,27 @@ async fn insert(db: &DatabaseConnection, table: &str, cols: &[&str], values: Vec
 async fn upgrade_keeps_rows(db: DatabaseConnection) {
     let (before, from_here) = split();
     Migrator::up(&db, Some(before)).await.expect("up to 000005");
-    let key = SecretKey::from_base64("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=").expect("key");
-    let config = tenants::add(
-        &db,
-        &key,
-        NewConfig {
-            company: "Boutique".into(),
-            name: None,
-            phone_number_id: "15550000001".into(),
-            waba_id: "15550009999".into(),
-            display_phone_number: None,
-            app_secret: "s".into(),
-            verify_token: "v".into(),
-            access_token: "t".into(),
-            webhook_secret: None,
-            max_mps: 80,
-        },
-    )
-    .await
-    .expect("config")
-    .id;
+    // Raw SQL: the config entity already has later migrations' columns.
+    let config_id = Uuid::now_v7();
+    {
+        let backend = db.get_database_backend();
+        let sql = "INSERT INTO whatsapp_configs (id, created_at, updated_at, company, \
+                   phone_number_id, waba_id, access_token_enc, app_secret_enc, verify_token_enc) \
+                   VALUES ($1, $2, $2, 'Boutique', '15550000001', '15550009999', 'x', 'x', 'x')";
+        let sql = if backend == sea_orm::DbBackend::Sqlite {
+            sql.replace('$', "?")
+        } else {
+            sql.to_owned()
+        };
+        db.execute_raw(sea_orm::Statement::from_sql_and_values(
+            backend,
+            sql,
+            [config_id.into(), chrono::Utc::now().into()],
+        ))
+        .await
+        .expect("config");
+    }
+    let config = config_id;
     let now = Utc::now();
     let customer = Uuid::now_v7();
     customers::Entity::insert(customers::ActiveModel {

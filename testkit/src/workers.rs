@@ -88,6 +88,7 @@ impl Env {
             published_at: Set(None),
             processed_at: Set(None),
             processed_data: Set(None),
+            ..Default::default()
         }
         .insert(&self.db)
         .await

@@ -83,6 +83,7 @@ async fn config_for(env: &Env, phone: &str, waba: &str) {
         flagged_at: Set(None),
         is_deleted: Set(false),
         deleted_at: Set(None),
+        ..Default::default()
     }
     .insert(&env.db)
     .await;

@@ -177,7 +177,7 @@ async fn every_type_becomes_its_row(b: Backend) {
     assert_eq!(customers.len(), 1);
     assert_eq!(customers[0].wa_id.as_deref(), Some(CUSTOMER));
     assert_eq!(
-        customers[0].profile_name.as_deref(),
+        customers[0].whatsapp_name.as_deref(),
         Some("Erika Mustermann")
     );
     assert_eq!(customers[0].total_chats, 1);
@@ -266,7 +266,7 @@ async fn customers_by_wa_id_or_user_id(b: Backend) {
     assert_eq!(c.len(), 1, "{c:?}");
     assert_eq!(c[0].wa_id.as_deref(), Some("4917000000001"));
     assert_eq!(c[0].user_id.as_deref(), Some("DE.1122334455"));
-    assert_eq!(c[0].profile_name.as_deref(), Some("Nick R."));
+    assert_eq!(c[0].whatsapp_name.as_deref(), Some("Nick R."));
     assert_eq!(c[0].name.as_deref(), Some("Nick R."));
     assert_eq!(c[0].last_inbound_at, Some(ts(1_760_000_200)));
     assert_eq!(env.chats().await.len(), 1);
@@ -287,7 +287,7 @@ async fn customers_by_wa_id_or_user_id(b: Backend) {
     env.post(&again).await;
     let c = env.customers().await;
     assert_eq!(c[0].name.as_deref(), Some("Nick (VIP)"));
-    assert_eq!(c[0].profile_name.as_deref(), Some("Nicky"));
+    assert_eq!(c[0].whatsapp_name.as_deref(), Some("Nicky"));
     // last_inbound_at never goes back.
     assert_eq!(c[0].last_inbound_at, Some(ts(1_760_000_200)));
 
@@ -536,7 +536,7 @@ async fn routing_batches_unknowns_and_updates(b: Backend) {
         category: Set("UTILITY".into()),
         status: Set("PENDING".into()),
         components: Set(None),
-        provider_template_id: Set(None),
+        whatsapp_template_id: Set(None),
         rejected_reason: Set(None),
         quality_score: Set(None),
         previous_category: Set(None),
@@ -544,6 +544,7 @@ async fn routing_batches_unknowns_and_updates(b: Backend) {
         created_by: Set(None),
         is_deleted: Set(false),
         deleted_at: Set(None),
+        ..Default::default()
     }
     .insert(&env.db)
     .await
@@ -558,7 +559,7 @@ async fn routing_batches_unknowns_and_updates(b: Backend) {
         category: Set("UTILITY".into()),
         status: Set("APPROVED".into()),
         components: Set(None),
-        provider_template_id: Set(Some("5550002".into())),
+        whatsapp_template_id: Set(Some("5550002".into())),
         rejected_reason: Set(None),
         quality_score: Set(Some("GREEN".into())),
         previous_category: Set(None),
@@ -566,6 +567,7 @@ async fn routing_batches_unknowns_and_updates(b: Backend) {
         created_by: Set(None),
         is_deleted: Set(false),
         deleted_at: Set(None),
+        ..Default::default()
     }
     .insert(&env.db)
     .await
@@ -600,7 +602,7 @@ async fn routing_batches_unknowns_and_updates(b: Backend) {
         .find(|t| t.name == "order_update")
         .expect("order_update");
     assert_eq!(order.status, "APPROVED");
-    assert_eq!(order.provider_template_id.as_deref(), Some("5550001"));
+    assert_eq!(order.whatsapp_template_id.as_deref(), Some("5550001"));
 
     // By template id, language spelled differently, reason kept.
     env.post(&fixture("template-status-rejected.json")).await;
@@ -849,7 +851,7 @@ async fn hostile_values_never_fail_the_event(b: Backend) {
         .expect("interactive");
     assert_eq!(i["response_json"], "{not json");
     assert_eq!(
-        env.customers().await[0].profile_name.as_deref(),
+        env.customers().await[0].whatsapp_name.as_deref(),
         Some("NulByte")
     );
     assert_eq!(env.status_events("wamid.s1").await[0].status, "unknown");
@@ -990,9 +992,9 @@ async fn canonical(env: &Env, events: &[Uuid]) -> serde_json::Value {
                 c.wa_id,
                 c.user_id,
                 c.name,
-                c.profile_name,
+                c.whatsapp_name,
                 c.total_chats,
-                c.last_seen_at
+                c.last_contact_at
             ])
         })
         .collect();

@@ -74,6 +74,7 @@ async fn outbound(env: &Env, wamid: &str, status: MessageStatus) -> Uuid {
         effect_target: Set(None),
         answers_message_id: Set(None),
         answer_seq: Set(None),
+        ..Default::default()
     }
     .insert(&env.db)
     .await

@@ -157,8 +157,12 @@ pub async fn queue_messages(
         updated_at: Set(now),
         config_id: Set(config.id),
         customer_id: Set(customer.id),
-        customer_phone: Set(Some(wa_id.clone())),
-        customer_name: Set(customer.name.clone().or(customer.profile_name.clone())),
+        phone_number: Set(Some(wa_id.clone())),
+        customer_name: Set(customer.name.clone().or(customer.whatsapp_name.clone())),
+        // Named, not left to the column defaults: SQLite keeps the defaults
+        // the table was created with (`open`, `normal`).
+        status: Set("unassigned".to_owned()),
+        priority: Set("medium".to_owned()),
         ..Default::default()
     })
     .on_conflict(

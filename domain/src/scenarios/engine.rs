@@ -324,7 +324,7 @@ fn emit(
 /// handed off by a scenario and not resolved since.
 pub fn in_human_hands(chat: &chats::Model) -> Option<Refusal> {
     let closed = matches!(chat.status.as_str(), "resolved" | "closed");
-    if chat.assigned_agent_id.is_some() && !closed {
+    if chat.assigned_to.is_some() && !closed {
         return Some(Refusal::Assigned);
     }
     if let Some(h) = chat.handoff_at

@@ -17,12 +17,20 @@ pub struct Model {
     pub config_id: Option<Uuid>,
     /// The UTC day the counters cover.
     pub date: Date,
-    pub chats_handled: i32,
+    pub total_chats: i32,
     pub chats_resolved: i32,
     pub messages_sent: i32,
-    pub avg_response_time_secs: Option<f64>,
+    pub avg_response_time: Option<f64>,
     pub avg_resolution_time_secs: Option<f64>,
     pub customer_satisfaction: Option<f64>,
+
+    pub chats_assigned: i32,
+    pub chats_transferred: i32,
+    pub messages_received: i32,
+    pub first_response_time: Option<f64>,
+    pub total_active_time: Option<f64>,
+    pub avg_chat_duration: Option<f64>,
+    pub resolution_rate: Option<f64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -14,7 +14,7 @@ pub struct Model {
     pub config_id: Option<Uuid>,
     pub name: String,
     pub email: String,
-    /// Default `agent`; `api_keys.role` uses the same names.
+    /// Default `agent`; `api_keys.kind` uses the same names.
     pub role: String,
     /// Presence, default `offline`.
     pub status: String,
@@ -25,13 +25,23 @@ pub struct Model {
     pub skills: Option<Json>,
     /// seed 002 `maxConcurrentChats`.
     pub max_concurrent_chats: i32,
-    pub active_chats: i32,
+    pub current_chat_count: i32,
     pub is_active: bool,
     pub last_active_at: Option<DateTimeUtc>,
     pub is_deleted: bool,
     pub deleted_at: Option<DateTimeUtc>,
     /// The company the agent works for (`whatsapp_configs.company`).
     pub company: Option<String>,
+
+    pub user_id: Option<String>,
+    /// `available | unavailable`.
+    pub availability: String,
+    pub is_online: bool,
+    pub last_seen: Option<DateTimeUtc>,
+    /// seed 002 `permissions` (`canAssignChats`, ...); `None` = none granted.
+    pub permissions: Option<Json>,
+    pub stats: Option<Json>,
+    pub working_hours: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -42,7 +52,7 @@ pub enum Relation {
         to = "super::whatsapp_configs::Column::Id"
     )]
     Config,
-    /// Chats currently assigned to this agent (`chats.assigned_agent_id`).
+    /// Chats currently assigned to this agent (`chats.assigned_to`).
     #[sea_orm(has_many = "super::chats::Entity")]
     Chats,
     #[sea_orm(has_many = "super::chat_assignments::Entity")]

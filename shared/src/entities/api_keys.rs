@@ -14,14 +14,17 @@ pub struct Model {
     /// `None` for an admin key not tied to an agent.
     pub agent_id: Option<Uuid>,
     pub name: String,
-    /// Default `agent`.
-    pub role: String,
+    /// `admin | agent`.
+    pub kind: String,
     pub key_prefix: String,
     #[serde(skip)]
     pub key_hash: String,
     pub last_used_at: Option<DateTimeUtc>,
     pub expires_at: Option<DateTimeUtc>,
     pub revoked_at: Option<DateTimeUtc>,
+
+    /// Companies an admin key may act for; `None` = every company.
+    pub companies: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -18,6 +18,12 @@ pub struct Model {
     pub is_active: bool,
     pub unblocked_at: Option<DateTimeUtc>,
     pub unblocked_by: Option<Uuid>,
+
+    pub notes: Option<String>,
+    pub blocked_by_name: Option<String>,
+    pub blocked_at: Option<DateTimeUtc>,
+    pub is_deleted: bool,
+    pub deleted_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

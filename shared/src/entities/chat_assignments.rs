@@ -14,13 +14,17 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     pub config_id: Uuid,
     pub chat_id: Uuid,
-    pub agent_id: Uuid,
+    pub assigned_to: Uuid,
     pub assigned_by: Option<Uuid>,
     pub transferred_from: Option<Uuid>,
-    pub reason: Option<String>,
+    pub transfer_reason: Option<String>,
     pub assigned_at: DateTimeUtc,
-    pub unassigned_at: Option<DateTimeUtc>,
-    pub is_active: bool,
+    pub completed_at: Option<DateTimeUtc>,
+
+    /// `manual | auto | transfer`.
+    pub assignment_type: String,
+    /// `active | completed | cancelled`.
+    pub status: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -39,7 +43,7 @@ pub enum Relation {
     Chat,
     #[sea_orm(
         belongs_to = "super::agents::Entity",
-        from = "Column::AgentId",
+        from = "Column::AssignedTo",
         to = "super::agents::Column::Id"
     )]
     Agent,

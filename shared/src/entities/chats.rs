@@ -4,7 +4,7 @@
 use sea_orm::entity::prelude::*;
 use serde::Serialize;
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, Serialize)]
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel, Serialize)]
 #[sea_orm(table_name = "chats")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
@@ -13,13 +13,13 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     pub config_id: Uuid,
     pub customer_id: Uuid,
-    pub customer_phone: Option<String>,
+    pub phone_number: Option<String>,
     pub customer_name: Option<String>,
-    /// Default `open`.
+    /// `unassigned | assigned | resolved | closed`.
     pub status: String,
-    /// Default `normal`.
+    /// `low | medium | high | urgent`.
     pub priority: String,
-    pub assigned_agent_id: Option<Uuid>,
+    pub assigned_to: Option<Uuid>,
     pub unread_count: i32,
     pub last_message: Option<String>,
     pub last_message_time: Option<DateTimeUtc>,
@@ -39,6 +39,22 @@ pub struct Model {
     pub handoff_at: Option<DateTimeUtc>,
     pub is_deleted: bool,
     pub deleted_at: Option<DateTimeUtc>,
+
+    pub assigned_at: Option<DateTimeUtc>,
+    /// Who assigned it: an agent id, or `None` for an admin key.
+    pub assigned_by: Option<Uuid>,
+    /// `whatsapp | api | webhook`.
+    pub source: String,
+    pub provider: String,
+    pub provider_chat_id: Option<String>,
+    pub whatsapp_business_account_id: Option<String>,
+    pub phone_number_id: Option<String>,
+    /// seed 002 `customerInfo` (email, address, city, country, notes, tags).
+    pub customer_info: Option<Json>,
+    pub closed_at: Option<DateTimeUtc>,
+    /// Seconds from the first inbound message to the first answer.
+    pub first_response_time: Option<f64>,
+    pub avg_response_time: Option<f64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -57,7 +73,7 @@ pub enum Relation {
     Customer,
     #[sea_orm(
         belongs_to = "super::agents::Entity",
-        from = "Column::AssignedAgentId",
+        from = "Column::AssignedTo",
         to = "super::agents::Column::Id"
     )]
     AssignedAgent,

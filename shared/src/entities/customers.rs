@@ -18,18 +18,30 @@ pub struct Model {
     pub phone_number: Option<String>,
     pub name: Option<String>,
     /// `contacts[].profile.name` as Meta last sent it.
-    pub profile_name: Option<String>,
+    pub whatsapp_name: Option<String>,
     pub email: Option<String>,
-    pub profile_picture: Option<String>,
+    pub whatsapp_profile_picture: Option<String>,
     pub tags: Option<Json>,
     pub notes: Option<String>,
     pub is_blocked: bool,
     pub total_chats: i32,
-    pub last_seen_at: Option<DateTimeUtc>,
+    pub last_contact_at: Option<DateTimeUtc>,
     /// Start of the 24-hour customer-service window (DESIGN invariant 7).
     pub last_inbound_at: Option<DateTimeUtc>,
     pub is_deleted: bool,
     pub deleted_at: Option<DateTimeUtc>,
+
+    pub avatar: Option<String>,
+    pub alternate_phone_numbers: Option<Json>,
+    /// seed 002 `address` (street, city, state, country, zipCode).
+    pub address: Option<Json>,
+    pub language: Option<String>,
+    pub is_verified: bool,
+    pub total_messages: i32,
+    pub first_contact_at: Option<DateTimeUtc>,
+    pub preferred_agent: Option<Uuid>,
+    pub preferred_contact_time: Option<String>,
+    pub is_active: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -19,6 +19,10 @@ pub struct Model {
     pub created_by: Option<Uuid>,
     pub is_deleted: bool,
     pub deleted_at: Option<DateTimeUtc>,
+
+    /// Chats carrying the label, kept by the add and remove endpoints.
+    pub usage_count: i32,
+    pub is_active: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -270,6 +270,15 @@ pub struct Model {
     /// message cannot queue the same reply twice.
     pub answers_message_id: Option<Uuid>,
     pub answer_seq: Option<i32>,
+
+    /// Sender and recipient numbers (seed 002 `from`, `to`).
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub read_status: Option<String>,
+    pub sender_name: Option<String>,
+    pub provider: String,
+    pub provider_status: Option<String>,
+    pub metadata: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -13,6 +13,7 @@ pub mod customer_blocked_scenarios;
 pub mod customers;
 pub mod dead_letters;
 pub mod follow_ups;
+pub mod idempotency_keys;
 pub mod labels;
 pub mod message_status_events;
 pub mod messages;
@@ -41,6 +42,7 @@ pub mod prelude {
     pub use super::customers::Entity as Customers;
     pub use super::dead_letters::Entity as DeadLetters;
     pub use super::follow_ups::Entity as FollowUps;
+    pub use super::idempotency_keys::Entity as IdempotencyKeys;
     pub use super::labels::Entity as Labels;
     pub use super::message_status_events::Entity as MessageStatusEvents;
     pub use super::messages::Entity as Messages;

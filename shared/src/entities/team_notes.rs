@@ -13,8 +13,8 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     pub config_id: Uuid,
     pub chat_id: Uuid,
-    pub agent_id: Option<Uuid>,
-    pub content: String,
+    pub author_id: Option<Uuid>,
+    pub note: String,
     pub is_pinned: bool,
     /// Agent ids mentioned in the note.
     pub mentions: Option<Json>,
@@ -22,6 +22,10 @@ pub struct Model {
     pub edit_history: Option<Json>,
     pub is_deleted: bool,
     pub deleted_at: Option<DateTimeUtc>,
+
+    pub author_name: Option<String>,
+    pub edited_at: Option<DateTimeUtc>,
+    pub edited_by: Option<Uuid>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -20,7 +20,7 @@ pub struct Model {
     /// `REJECTED`, `PAUSED`, ...).
     pub status: String,
     pub components: Option<Json>,
-    pub provider_template_id: Option<String>,
+    pub whatsapp_template_id: Option<String>,
     pub rejected_reason: Option<String>,
     pub quality_score: Option<String>,
     pub previous_category: Option<String>,
@@ -28,6 +28,13 @@ pub struct Model {
     pub created_by: Option<Uuid>,
     pub is_deleted: bool,
     pub deleted_at: Option<DateTimeUtc>,
+
+    /// A quick reply's text (`status = local`).
+    pub content: Option<String>,
+    pub variables: Option<Json>,
+    pub whatsapp_template_name: Option<String>,
+    pub last_used_at: Option<DateTimeUtc>,
+    pub is_active: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

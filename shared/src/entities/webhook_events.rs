@@ -73,6 +73,12 @@ pub struct Model {
     pub published_at: Option<DateTimeUtc>,
     pub processed_at: Option<DateTimeUtc>,
     pub processed_data: Option<Json>,
+
+    /// `message | status | ...`, set by the parse worker.
+    pub event_type: Option<String>,
+    pub provider: String,
+    pub chat_id: Option<Uuid>,
+    pub message_id: Option<Uuid>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -33,6 +33,18 @@ pub struct Model {
     pub flagged_at: Option<DateTimeUtc>,
     pub is_deleted: bool,
     pub deleted_at: Option<DateTimeUtc>,
+
+    pub provider: String,
+    pub account_sid: Option<String>,
+    #[serde(skip)]
+    pub auth_token_enc: Option<String>,
+    pub instance_id: Option<String>,
+    #[serde(skip)]
+    pub api_key_enc: Option<String>,
+    pub webhook_url: Option<String>,
+    pub webhook_status: Option<String>,
+    pub business_profile: Option<Json>,
+    pub last_sync_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

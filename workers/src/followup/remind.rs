@@ -222,14 +222,14 @@ async fn customer_label(
     let chat = chats::Entity::find_by_id(fu.chat_id).one(db).await?;
     let label = customer
         .as_ref()
-        .and_then(|c| c.name.clone().or(c.profile_name.clone()))
+        .and_then(|c| c.name.clone().or(c.whatsapp_name.clone()))
         .or_else(|| chat.as_ref().and_then(|c| c.customer_name.clone()))
         .or_else(|| {
             customer
                 .as_ref()
                 .and_then(|c| c.phone_number.clone().or(c.wa_id.clone()))
         })
-        .or_else(|| chat.as_ref().and_then(|c| c.customer_phone.clone()))
+        .or_else(|| chat.as_ref().and_then(|c| c.phone_number.clone()))
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty());
     Ok(label.unwrap_or_else(|| "a customer".to_owned()))

@@ -52,7 +52,7 @@ pub(super) async fn upsert_chats<C: ConnectionTrait>(
         for chat in chats::Entity::insert_many(models)
             .on_conflict(
                 OnConflict::columns([chats::Column::ConfigId, chats::Column::CustomerId])
-                    .update_columns([chats::Column::CustomerPhone, chats::Column::CustomerName])
+                    .update_columns([chats::Column::PhoneNumber, chats::Column::CustomerName])
                     .to_owned(),
             )
             .exec_with_returning(db)
@@ -84,11 +84,11 @@ fn new_chat(id: Uuid, customer: &customers::Model, now: DateTime<Utc>) -> chats:
         updated_at: Set(now),
         config_id: Set(customer.config_id),
         customer_id: Set(customer.id),
-        customer_phone: Set(customer.wa_id.clone()),
+        phone_number: Set(customer.wa_id.clone()),
         customer_name: Set(customer.name.clone()),
-        status: Set("open".to_owned()),
-        priority: Set("normal".to_owned()),
-        assigned_agent_id: Set(None),
+        status: Set("unassigned".to_owned()),
+        priority: Set("medium".to_owned()),
+        assigned_to: Set(None),
         unread_count: Set(0),
         last_message: Set(None),
         last_message_time: Set(None),
@@ -105,6 +105,11 @@ fn new_chat(id: Uuid, customer: &customers::Model, now: DateTime<Utc>) -> chats:
         handoff_at: Set(None),
         is_deleted: Set(false),
         deleted_at: Set(None),
+        source: Set("whatsapp".to_owned()),
+        provider: Set("meta-whatsapp".to_owned()),
+        phone_number_id: Set(None),
+        // The rest of seed 002's fields start empty (the API fills them).
+        ..Default::default()
     }
 }
 

@@ -49,17 +49,20 @@ pub(super) fn new_customer(
         user_id: Set(sender.user_id.clone()),
         phone_number: Set(sender.wa_id.clone()),
         name: Set(sender.name.clone()),
-        profile_name: Set(sender.name.clone()),
+        whatsapp_name: Set(sender.name.clone()),
         email: Set(None),
-        profile_picture: Set(None),
+        whatsapp_profile_picture: Set(None),
         tags: Set(None),
         notes: Set(None),
         is_blocked: Set(false),
         total_chats: Set(0),
-        last_seen_at: Set(Some(seen_at)),
+        last_contact_at: Set(Some(seen_at)),
         last_inbound_at: Set(Some(seen_at)),
         is_deleted: Set(false),
         deleted_at: Set(None),
+        first_contact_at: Set(Some(seen_at)),
+        // seed 002's profile fields (address, language, ...) are the API's.
+        ..Default::default()
     }
 }
 
@@ -121,13 +124,13 @@ pub(super) async fn upsert_customer<C: ConnectionTrait>(
     };
     let mut out = row.clone();
     if let Some(name) = &sender.name {
-        if out.profile_name.as_ref() != Some(name) {
-            am.profile_name = Set(Some(name.clone()));
-            out.profile_name = Some(name.clone());
+        if out.whatsapp_name.as_ref() != Some(name) {
+            am.whatsapp_name = Set(Some(name.clone()));
+            out.whatsapp_name = Some(name.clone());
         }
         // `name` is the agents' name for the customer: seeded from the
         // profile and kept in step with it while nobody has changed it.
-        if out.name.is_none() || out.name == row.profile_name {
+        if out.name.is_none() || out.name == row.whatsapp_name {
             am.name = Set(Some(name.clone()));
             out.name = Some(name.clone());
         }
@@ -150,9 +153,9 @@ pub(super) async fn upsert_customer<C: ConnectionTrait>(
         am.user_id = Set(Some(u.clone()));
         out.user_id = Some(u.clone());
     }
-    if out.last_seen_at.is_none_or(|t| t < seen_at) {
-        am.last_seen_at = Set(Some(seen_at));
-        out.last_seen_at = Some(seen_at);
+    if out.last_contact_at.is_none_or(|t| t < seen_at) {
+        am.last_contact_at = Set(Some(seen_at));
+        out.last_contact_at = Some(seen_at);
     }
     if out.last_inbound_at.is_none_or(|t| t < seen_at) {
         am.last_inbound_at = Set(Some(seen_at));
@@ -185,18 +188,18 @@ fn customer_refresh() -> OnConflict {
     };
     let mut oc = OnConflict::columns([Cu::ConfigId, Cu::WaId]);
     oc.value(Cu::UpdatedAt, new(Cu::UpdatedAt))
-        .value(Cu::LastSeenAt, later(Cu::LastSeenAt))
+        .value(Cu::LastContactAt, later(Cu::LastContactAt))
         .value(Cu::LastInboundAt, later(Cu::LastInboundAt))
         .value(
-            Cu::ProfileName,
-            Func::coalesce([new(Cu::ProfileName), old(Cu::ProfileName)]),
+            Cu::WhatsappName,
+            Func::coalesce([new(Cu::WhatsappName), old(Cu::WhatsappName)]),
         )
         .value(
             Cu::Name,
             Expr::case(
                 Condition::any()
                     .add(old(Cu::Name).is_null())
-                    .add(old(Cu::Name).eq(old(Cu::ProfileName))),
+                    .add(old(Cu::Name).eq(old(Cu::WhatsappName))),
                 Func::coalesce([new(Cu::Name), old(Cu::Name)]),
             )
             .finally(old(Cu::Name)),

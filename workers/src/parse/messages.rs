@@ -326,6 +326,8 @@ fn new_message(
         effect_target: Set(None),
         answers_message_id: Set(None),
         answer_seq: Set(None),
+        provider: Set("meta-whatsapp".to_owned()),
+        ..Default::default()
     }
 }
 

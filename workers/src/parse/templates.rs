@@ -47,7 +47,7 @@ pub(super) async fn apply_template_update<C: ConnectionTrait>(
 
     let mut matched = Condition::any();
     if let Some(id) = &provider_id {
-        matched = matched.add(T::ProviderTemplateId.eq(clean_str(id)));
+        matched = matched.add(T::WhatsappTemplateId.eq(clean_str(id)));
     }
     if let (Some(name), Some(lang)) = (name, language) {
         // Meta writes `en_US` in some payloads and `en-US` in others.
@@ -74,7 +74,7 @@ pub(super) async fn apply_template_update<C: ConnectionTrait>(
     // Prefer the id match: names can be reused after a deletion.
     let target = found
         .iter()
-        .find(|t| provider_id.is_some() && t.provider_template_id == provider_id)
+        .find(|t| provider_id.is_some() && t.whatsapp_template_id == provider_id)
         .or_else(|| found.first());
     let Some(t) = target else {
         return Ok(0);
@@ -116,10 +116,10 @@ pub(super) async fn apply_template_update<C: ConnectionTrait>(
     if !changed {
         return Ok(0);
     }
-    if t.provider_template_id.is_none()
+    if t.whatsapp_template_id.is_none()
         && let Some(id) = provider_id
     {
-        am.provider_template_id = Set(Some(clean_str(&id)));
+        am.whatsapp_template_id = Set(Some(clean_str(&id)));
     }
     let res = templates::Entity::update_many()
         .set(am)

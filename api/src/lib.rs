@@ -1,0 +1,211 @@
+//! wapipe's agents' REST API (axum): the seed 002 endpoints under
+//! `/api/whatsapp`, API keys and permissions, cursor pagination,
+//! idempotent creates, one error shape, and the OpenAPI document.
+//!
+//! [`start`] serves it on its own listener; [`router`] and [`hyper_handler`]
+//! let the binary mount it behind the webhook receiver on one listener.
+//! Reads and writes that the workers share live in `wapipe-domain`.
+
+pub mod agents;
+pub mod auth;
+pub mod blocked;
+pub mod chats;
+pub mod directory;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod followups;
+pub mod idempotency;
+pub mod labels;
+pub mod messages;
+pub mod notes;
+pub mod openapi;
+pub mod page;
+pub mod scenarios;
+pub mod stats;
+pub mod templates;
+pub mod views;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use wapipe_shared::broker::Broker;
+
+use crate::error::ApiError;
+
+/// What the API is given.
+#[derive(Clone)]
+pub struct ApiDeps {
+    pub db: DatabaseConnection,
+    pub broker: Arc<dyn Broker>,
+}
+
+/// The API's settings (`WAPIPE_API_*`).
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Requests per second per key (`WAPIPE_API_RATE_PER_S`).
+    pub rate_per_s: u32,
+    /// Burst per key (`WAPIPE_API_RATE_BURST`).
+    pub rate_burst: u32,
+    pub max_body_bytes: usize,
+    /// How often `agent_performance` is rolled up (today and yesterday).
+    pub rollup_every: Duration,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            rate_per_s: 20,
+            rate_burst: 40,
+            max_body_bytes: 1024 * 1024,
+            rollup_every: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub broker: Arc<dyn Broker>,
+    pub settings: Arc<ApiSettings>,
+    pub limiter: Arc<auth::Limiter>,
+}
+
+impl AppState {
+    pub fn new(deps: ApiDeps, settings: ApiSettings) -> Self {
+        Self {
+            db: deps.db,
+            broker: deps.broker,
+            limiter: auth::limiter(settings.rate_per_s, settings.rate_burst),
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+async fn not_found() -> impl IntoResponse {
+    ApiError::not_found("route")
+}
+
+/// Every route: `/api/whatsapp/*` behind the key and rate limit,
+/// `/api/openapi.json` and `/api/docs` open.
+pub fn router(state: AppState) -> Router {
+    let (api, doc) = openapi::routes().split_for_parts();
+    let doc = Arc::new(doc);
+    let protected = api
+        .layer(from_fn_with_state(state.clone(), idempotency::layer))
+        .layer(from_fn_with_state(state.clone(), auth::layer))
+        .with_state(state.clone());
+    Router::new()
+        .merge(protected)
+        .merge(openapi::public(doc))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+}
+
+/// Forgets rate-limit state of keys not seen lately.
+fn spawn_limiter_upkeep(state: &AppState, shutdown: CancellationToken) {
+    let limiter = state.limiter.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => limiter.retain_recent(),
+                () = shutdown.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// Rolls up today and yesterday into `agent_performance` every few
+/// minutes. Idempotent (an upsert per agent and day), so several API
+/// processes doing it at once is harmless.
+fn spawn_rollup(state: &AppState, shutdown: CancellationToken) {
+    let db = state.db.clone();
+    let every = state.settings.rollup_every;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            let today = wapipe_domain::clock::now().date_naive();
+            for day in [today.pred_opt(), Some(today)].into_iter().flatten() {
+                if let Err(e) = wapipe_domain::stats::rollup_day(&db, day).await {
+                    tracing::warn!(error = %e, %day, "agent performance roll-up failed; next tick retries");
+                }
+            }
+        }
+    });
+}
+
+/// The API on its own listener until `shutdown`, then a graceful stop.
+pub fn start(
+    deps: ApiDeps,
+    settings: ApiSettings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let state = AppState::new(deps, settings);
+    spawn_limiter_upkeep(&state, shutdown.clone());
+    spawn_rollup(&state, shutdown.clone());
+    let app = router(state);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "the API server failed");
+        }
+    })
+}
+
+/// A response future of [`hyper_handler`].
+pub type HandlerFuture = Pin<Box<dyn Future<Output = hyper::Response<Full<Bytes>>> + Send>>;
+
+/// The API as a plain hyper handler, for a server that routes some paths
+/// to it (the webhook receiver, when both share a listener). Answers are
+/// buffered: they are small JSON documents.
+pub fn hyper_handler(
+    deps: ApiDeps,
+    settings: ApiSettings,
+    shutdown: CancellationToken,
+) -> Arc<dyn Fn(hyper::Request<hyper::body::Incoming>) -> HandlerFuture + Send + Sync> {
+    let state = AppState::new(deps, settings);
+    spawn_limiter_upkeep(&state, shutdown.clone());
+    spawn_rollup(&state, shutdown);
+    let app = router(state);
+    Arc::new(move |req| {
+        let app = app.clone();
+        Box::pin(async move {
+            let resp = match app.oneshot(req.map(axum::body::Body::new)).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            let (parts, body) = resp.into_parts();
+            let bytes = match body.collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    let err = ApiError::internal(e).into_response();
+                    let (p, b) = err.into_parts();
+                    let bytes = b.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                    return hyper::Response::from_parts(p, Full::new(bytes));
+                }
+            };
+            hyper::Response::from_parts(parts, Full::new(bytes))
+        })
+    })
+}

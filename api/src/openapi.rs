@@ -1,0 +1,125 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations by
+//! utoipa (each route is registered with its documentation, so a route
+//! cannot be served undocumented), served at `/api/openapi.json`, and a
+//! reference page at `/api/docs` that needs nothing from the internet.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::{
+    AppState, agents, blocked, chats, directory, events, followups, labels, messages, notes,
+    scenarios, stats, templates,
+};
+
+struct BearerKey;
+
+impl Modify for BearerKey {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "apiKey",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("`wapipe apikey create` prints a key once"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "wapipe agents' API",
+        description = "Chats, messages, assignment and more for agents of a WhatsApp Business number (seed 002 model). Every route under /api/whatsapp needs `Authorization: Bearer KEY`.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerKey),
+    security(("apiKey" = [])),
+    tags(
+        (name = "chats", description = "Conversations with customers"),
+        (name = "messages", description = "Messages of a chat; sends"),
+        (name = "agents", description = "Agents, their permissions and presence"),
+        (name = "labels", description = "Labels and a chat's labels"),
+        (name = "notes", description = "Team notes on a chat"),
+        (name = "follow-ups", description = "Scheduled follow-ups"),
+        (name = "blocked numbers", description = "Numbers nobody may message"),
+        (name = "webhooks", description = "Webhook deliveries as received"),
+        (name = "templates", description = "Quick replies and WhatsApp templates"),
+        (name = "stats", description = "Reports"),
+        (name = "customers", description = "Customers' profiles"),
+        (name = "configs", description = "The WhatsApp numbers"),
+        (name = "scenarios", description = "The chatbot's scenarios (seed 000)")
+    )
+)]
+pub struct ApiDoc;
+
+/// Every documented route.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(chats::list, chats::create))
+        .routes(routes!(chats::get, chats::update, chats::delete))
+        .routes(routes!(chats::assign))
+        .routes(routes!(chats::unassign))
+        .routes(routes!(chats::transfer))
+        .routes(routes!(chats::mark_read))
+        .routes(routes!(messages::list, messages::send))
+        .routes(routes!(messages::get))
+        .routes(routes!(messages::mark_read))
+        .routes(routes!(agents::list, agents::create))
+        .routes(routes!(agents::online))
+        .routes(routes!(agents::get, agents::update))
+        .routes(routes!(agents::status))
+        .routes(routes!(labels::list, labels::create))
+        .routes(routes!(labels::update, labels::delete))
+        .routes(routes!(labels::add_to_chat, labels::remove_from_chat))
+        .routes(routes!(notes::list, notes::create))
+        .routes(routes!(notes::update, notes::delete))
+        .routes(routes!(followups::list, followups::create))
+        .routes(routes!(followups::of_chat))
+        .routes(routes!(followups::update, followups::delete))
+        .routes(routes!(blocked::list, blocked::block))
+        .routes(routes!(blocked::unblock))
+        .routes(routes!(events::list))
+        .routes(routes!(templates::list, templates::create))
+        .routes(routes!(templates::update, templates::delete))
+        .routes(routes!(stats::admin))
+        .routes(routes!(stats::agent))
+        .routes(routes!(directory::customer))
+        .routes(routes!(directory::assignments))
+        .routes(routes!(directory::configs))
+        .routes(routes!(scenarios::list, scenarios::create))
+        .routes(routes!(
+            scenarios::get,
+            scenarios::update,
+            scenarios::delete
+        ))
+}
+
+/// The document as JSON.
+pub fn document() -> utoipa::openapi::OpenApi {
+    routes().split_for_parts().1
+}
+
+const DOCS_PAGE: &str = include_str!("docs.html");
+
+/// `/api/openapi.json` and `/api/docs`, open to all (no key).
+pub fn public(doc: Arc<utoipa::openapi::OpenApi>) -> Router {
+    Router::new()
+        .route(
+            "/api/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()).into_response() }
+            }),
+        )
+        .route("/api/docs", get(|| async { Html(DOCS_PAGE) }))
+}
