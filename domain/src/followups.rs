@@ -27,13 +27,16 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Duration, Utc};
-use sea_orm::sea_query::{Expr, LockBehavior, LockType, Query};
+use std::collections::HashSet;
+
+use sea_orm::sea_query::{CaseStatement, Expr, LockBehavior, LockType, Query};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, ExprTrait, Order,
     QueryFilter, QueryOrder, QuerySelect,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+use wapipe_shared::db::pad_pow2;
 use wapipe_shared::entities::follow_ups::{self, Column as F};
 use wapipe_shared::entities::{agents, chats, whatsapp_configs};
 
@@ -586,18 +589,49 @@ pub async fn mark_reminded(
     id: Uuid,
     r: &Reminded,
 ) -> Result<bool, FollowUpError> {
-    let res = follow_ups::Entity::update_many()
+    Ok(mark_reminded_all(db, &[(id, r.clone())])
+        .await?
+        .contains(&id))
+}
+
+/// [`mark_reminded`] for many follow-ups in one statement: each row gets
+/// its own values, and only rows not reminded yet are touched. Answers the
+/// ids this call set.
+pub async fn mark_reminded_all(
+    db: &impl ConnectionTrait,
+    reminded: &[(Uuid, Reminded)],
+) -> Result<HashSet<Uuid>, FollowUpError> {
+    if reminded.is_empty() {
+        return Ok(HashSet::new());
+    }
+    // Padded (a repeated last row changes nothing) so the statement has a
+    // few shapes: see `wapipe_shared::db::pad_pow2`.
+    let rows = pad_pow2(reminded.to_vec());
+    let column = |value: &dyn Fn(&Reminded) -> sea_orm::Value| {
+        let mut case = CaseStatement::new();
+        for (id, r) in &rows {
+            case = case.case(Expr::col(F::Id).eq(*id), Expr::val(value(r)));
+        }
+        case
+    };
+    let set: Vec<Uuid> = follow_ups::Entity::update_many()
         .col_expr(F::ReminderSent, Expr::value(true))
-        .col_expr(F::ReminderSentAt, Expr::value(r.at))
-        .col_expr(F::ReminderChannel, Expr::value(r.channel))
-        .col_expr(F::ReminderMessageId, Expr::value(r.message_id))
-        .col_expr(F::ReminderNote, Expr::value(r.note.clone()))
-        .col_expr(F::UpdatedAt, Expr::value(r.at))
-        .filter(F::Id.eq(id))
+        .col_expr(F::ReminderSentAt, column(&|r| r.at.into()).into())
+        .col_expr(F::ReminderChannel, column(&|r| r.channel.into()).into())
+        .col_expr(
+            F::ReminderMessageId,
+            column(&|r| r.message_id.into()).into(),
+        )
+        .col_expr(F::ReminderNote, column(&|r| r.note.clone().into()).into())
+        .col_expr(F::UpdatedAt, column(&|r| r.at.into()).into())
+        .filter(F::Id.is_in(rows.iter().map(|(id, _)| *id)))
         .filter(F::ReminderSent.eq(false))
-        .exec(db)
-        .await?;
-    Ok(res.rows_affected == 1)
+        .exec_with_returning(db)
+        .await?
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    Ok(set.into_iter().collect())
 }
 
 /// Counts for the gauges: open follow-ups overdue, and the age of the

@@ -455,6 +455,247 @@ both_backends!(
     worker_threads = 4
 );
 
+/// An agent named `name` (the email follows) with phone `phone`.
+async fn named_agent(e: &Env, name: &str, phone: Option<&str>) -> Uuid {
+    agents::create(
+        &e.db,
+        NewAgent {
+            name: name.into(),
+            email: format!("{}@acme.example", name.to_lowercase()),
+            phone_number: phone.map(str::to_owned),
+            company: None,
+        },
+    )
+    .await
+    .expect("agent")
+    .id
+}
+
+/// One batch mixing every case: two WhatsApp reminders to one agent (a
+/// template each), one to an agent whose window is open (free text), one
+/// event-only, one already reminded, one closed, one gone. Each gets its
+/// own outcome; the WhatsApp ones are one message each, their sends
+/// published, the chats counted once; one real-time publish carries the
+/// four events. A run that died after queueing (reminder not recorded)
+/// is finished by the next run with the same message, counted once.
+async fn a_batch_reminds_each_follow_up_by_its_own_rules(backend: Backend) {
+    let e = env(backend).await;
+    let ana = named_agent(&e, "Ana", Some(AGENT_PHONE)).await;
+    let bo = named_agent(&e, "Bo", Some("+33 6 00 00 00 02")).await;
+    let cy = named_agent(&e, "Cy", None).await;
+    let now = clock::now();
+    customers::Entity::insert(customers::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        config_id: Set(e.config_id),
+        wa_id: Set(Some("33600000002".into())),
+        last_inbound_at: Set(Some(now - chrono::Duration::hours(3))),
+        ..Default::default()
+    })
+    .exec_without_returning(&e.db)
+    .await
+    .expect("Bo as a customer of the number");
+    let ana_ids = e.due(ana, 2).await;
+    let bo_id = e.due(bo, 1).await[0];
+    let cy_id = e.due(cy, 1).await[0];
+    let done = e.due(ana, 1).await[0];
+    followup::remind(&e.db, e.broker.as_ref(), &e.settings, done)
+        .await
+        .expect("reminded before");
+    let closed = e.due(ana, 1).await[0];
+    followups::cancel(&e.db, closed).await.expect("cancel");
+    let gone = Uuid::now_v7();
+    let before = messages::Entity::find().count(&e.db).await.expect("count");
+    assert_eq!(before, 1);
+    let mut realtime = e.broker.subscribe_realtime().await.expect("subscribe");
+
+    let ids = [ana_ids[0], bo_id, done, cy_id, closed, gone, ana_ids[1]];
+    let outcomes = followup::remind_all(&e.db, e.broker.as_ref(), &e.settings, &ids)
+        .await
+        .expect("remind the batch");
+    let whatsapp = Outcome::Reminded {
+        channel: CHANNEL_WHATSAPP,
+    };
+    assert_eq!(
+        outcomes,
+        vec![
+            whatsapp.clone(),
+            whatsapp.clone(),
+            Outcome::Skipped("already reminded"),
+            Outcome::Reminded {
+                channel: CHANNEL_EVENT
+            },
+            Outcome::Skipped("closed"),
+            Outcome::Skipped("gone"),
+            whatsapp.clone(),
+        ]
+    );
+
+    let mut sent_ids = Vec::new();
+    for (id, kind, to) in [
+        (ana_ids[0], "template", AGENT_WA_ID),
+        (ana_ids[1], "template", AGENT_WA_ID),
+        (bo_id, "text", "33600000002"),
+    ] {
+        let sent = e.reminders(id).await;
+        assert_eq!(sent.len(), 1, "one message for {id}");
+        assert_eq!(sent[0].r#type, kind);
+        let body = sent[0].payload.clone().expect("body");
+        assert_eq!(body["to"], to);
+        let row = e.row(id).await;
+        assert!(row.reminder_sent);
+        assert_eq!(row.reminder_channel.as_deref(), Some(CHANNEL_WHATSAPP));
+        assert_eq!(row.reminder_message_id, Some(sent[0].id));
+        sent_ids.push(sent[0].id);
+    }
+    let bo_text = e.reminders(bo_id).await[0].text.clone().unwrap_or_default();
+    assert!(bo_text.contains("Zoë Martin"), "{bo_text}");
+    let cy_row = e.row(cy_id).await;
+    assert!(cy_row.reminder_sent);
+    assert_eq!(cy_row.reminder_channel.as_deref(), Some(CHANNEL_EVENT));
+    assert_eq!(
+        cy_row.reminder_note.as_deref(),
+        Some("agent has no phone number: event only")
+    );
+    assert!(e.reminders(cy_id).await.is_empty());
+    assert!(!e.row(closed).await.reminder_sent);
+    assert_eq!(
+        messages::Entity::find().count(&e.db).await.expect("count"),
+        before + 3
+    );
+
+    // Ana's chat (her number as a customer of ours) counts her two
+    // reminders and shows the later one.
+    let ana_chat = chats::Entity::find_by_id(e.reminders(ana_ids[1]).await[0].chat_id)
+        .one(&e.db)
+        .await
+        .expect("chat")
+        .expect("Ana's chat");
+    assert_eq!(
+        ana_chat.total_messages, 3,
+        "the earlier reminder and these two"
+    );
+    assert_eq!(ana_chat.last_message_id, Some(sent_ids[1]));
+
+    let events: Vec<RealtimeEvent> =
+        serde_json::from_slice(&realtime.recv().await.expect("event")).expect("events");
+    let reminded: Vec<&Value> = events.iter().map(|ev| &ev.data["followUpId"]).collect();
+    assert_eq!(
+        reminded,
+        [ana_ids[0], bo_id, cy_id, ana_ids[1]]
+            .iter()
+            .map(|id| Value::from(id.to_string()))
+            .collect::<Vec<_>>()
+            .iter()
+            .collect::<Vec<_>>(),
+        "one publish with the batch's four events"
+    );
+    let mut sends = HashSet::new();
+    while let Some(job) = e.next_job(Queue::Outbound).await {
+        if let OutboundWork::Send { message_id } =
+            OutboundSend::decode(&job.body).expect("decode").work
+        {
+            sends.insert(message_id);
+        }
+        job.ack().await.expect("ack");
+    }
+    for id in &sent_ids {
+        assert!(sends.contains(id), "send of {id} published");
+    }
+
+    // A run that died after queueing: the next one records the same
+    // message and queues nothing.
+    follow_ups::Entity::update_many()
+        .col_expr(
+            follow_ups::Column::ReminderSent,
+            sea_orm::sea_query::Expr::value(false),
+        )
+        .filter(follow_ups::Column::Id.eq(ana_ids[0]))
+        .exec(&e.db)
+        .await
+        .expect("forget the record");
+    let again = followup::remind_all(&e.db, e.broker.as_ref(), &e.settings, &ids)
+        .await
+        .expect("again");
+    assert_eq!(again[0], whatsapp);
+    assert!(
+        again[1..].iter().all(|o| matches!(o, Outcome::Skipped(_))),
+        "{again:?}"
+    );
+    assert_eq!(e.reminders(ana_ids[0]).await.len(), 1);
+    assert_eq!(
+        e.row(ana_ids[0]).await.reminder_message_id,
+        Some(sent_ids[0])
+    );
+    assert_eq!(
+        messages::Entity::find().count(&e.db).await.expect("count"),
+        before + 3
+    );
+    let ana_chat = chats::Entity::find_by_id(ana_chat.id)
+        .one(&e.db)
+        .await
+        .expect("chat")
+        .expect("Ana's chat");
+    assert_eq!(ana_chat.total_messages, 3, "nothing counted twice");
+}
+both_backends!(
+    a_batch_reminds_each_follow_up_by_its_own_rules,
+    flavor = "multi_thread",
+    worker_threads = 4
+);
+
+/// The same batch run by several workers at once (redeliveries racing the
+/// original), over many agents: one message and one recorded reminder
+/// per follow-up.
+async fn concurrent_batches_remind_once(backend: Backend) {
+    let e = Arc::new(env(backend).await);
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let agent = named_agent(&e, &format!("Agent{i}"), Some(&format!("+3361000000{i}"))).await;
+        ids.extend(e.due(agent, 3).await);
+    }
+    let mut tasks = Vec::new();
+    for n in 0..4 {
+        let (e, mut ids) = (e.clone(), ids.clone());
+        // Each run sees the batch in its own order.
+        ids.rotate_left(n * 5);
+        tasks.push(tokio::spawn(async move {
+            // SQLite's one writer may answer "busy"; the runtime retries.
+            for _ in 0..100 {
+                match followup::remind_all(&e.db, e.broker.as_ref(), &e.settings, &ids).await {
+                    Ok(o) => return o,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+            panic!("remind kept failing");
+        }));
+    }
+    let mut reminded = 0;
+    for t in tasks {
+        reminded += t
+            .await
+            .expect("task")
+            .iter()
+            .filter(|o| matches!(o, Outcome::Reminded { .. }))
+            .count();
+    }
+    assert_eq!(reminded, ids.len(), "each recorded once");
+    for id in &ids {
+        assert_eq!(e.reminders(*id).await.len(), 1, "queued once");
+        assert!(e.row(*id).await.reminder_sent);
+    }
+    assert_eq!(
+        messages::Entity::find().count(&e.db).await.expect("count"),
+        ids.len() as u64
+    );
+}
+both_backends!(
+    concurrent_batches_remind_once,
+    flavor = "multi_thread",
+    worker_threads = 4
+);
+
 /// Two schedulers, each with its own broker and worker (two processes in
 /// all but the database), race over the same 1,000 due follow-ups:
 /// every follow-up is claimed once and reminded by exactly one message.

@@ -19,7 +19,7 @@ use wapipe_domain::outbox::content::{
     ButtonSubType, ListRow, ListSection, MediaKind, MediaSource, ProductSection, ReplyButton,
     Template, TemplateComponent, TemplateParam,
 };
-use wapipe_domain::outbox::{NewOutbound, OutboundContent, OutboxError};
+use wapipe_domain::outbox::{NewOutbound, OutboundContent, OutboxError, QueuedMessage};
 use wapipe_shared::broker::{Broker, BrokerSettings, EmbeddedBroker};
 use wapipe_shared::crypto::SecretKey;
 use wapipe_shared::entities::messages::{self, MessageStatus, Origin};
@@ -1559,3 +1559,98 @@ async fn queueing_several_keeps_order_and_counts_once(backend: Backend) {
     ));
 }
 both_backends!(queueing_several_keeps_order_and_counts_once);
+
+/// Messages to several recipients in one transaction: each recipient's
+/// customer and chat are upserted once and their counters add up per chat;
+/// a message refused for good is that message's error alone (not
+/// written); an answer queued before comes back as the first row.
+async fn queueing_to_many_answers_each_message(backend: Backend) {
+    let env = env(backend, 80).await;
+    let new = |to: &str, body: &str, seq: Option<i32>| NewOutbound {
+        config_id: env.config_id,
+        to: to.into(),
+        content: text(body),
+        reply_to: None,
+        origin: Origin::Bot,
+        sender_type: "bot".into(),
+        sender_id: None,
+        answers: seq.map(|seq| wapipe_domain::outbox::Answer {
+            message_id: Uuid::nil(),
+            seq,
+        }),
+    };
+    let (a, b) = ("4915100000060", "4915100000061");
+    let mut unknown = new(a, "elsewhere", None);
+    unknown.config_id = Uuid::now_v7();
+    let out = wapipe_domain::outbox::queue_each(
+        &env.db,
+        vec![
+            new(a, "a1", Some(0)),
+            new(b, "b1", Some(1)),
+            new("12ab", "bad number", None),
+            new(a, "a2", Some(2)),
+            new(b, "", None),
+            unknown,
+        ],
+    )
+    .await
+    .expect("queue");
+    assert_eq!(out.len(), 6);
+    let ok: Vec<&QueuedMessage> = out.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(ok.len(), 3);
+    assert!(matches!(out[2], Err(OutboxError::BadPhone(_))));
+    assert!(matches!(out[4], Err(OutboxError::Content(_))));
+    assert!(matches!(out[5], Err(OutboxError::UnknownConfig(_))));
+    let (a1, b1, a2) = (ok[0], ok[1], ok[2]);
+    assert!(ok.iter().all(|q| q.is_new));
+    assert_eq!((a1.chat_id, a1.customer_id), (a2.chat_id, a2.customer_id));
+    assert_ne!(a1.chat_id, b1.chat_id);
+    assert_eq!(a1.lane_key, format!("{PHONE}:{a}"));
+    assert_eq!(b1.lane_key, format!("{PHONE}:{b}"));
+    assert!(a1.message_id < a2.message_id, "one recipient's in order");
+    for (q, want) in [(a1, "a1"), (b1, "b1"), (a2, "a2")] {
+        assert_eq!(env.message(q.message_id).await.text.as_deref(), Some(want));
+    }
+    assert_eq!(
+        messages::Entity::find()
+            .count(&env.db)
+            .await
+            .expect("count"),
+        3,
+        "refused messages are not written"
+    );
+    let db = env.db.clone();
+    let chat = |id| {
+        let db = db.clone();
+        async move {
+            wapipe_shared::entities::chats::Entity::find_by_id(id)
+                .one(&db)
+                .await
+                .expect("db")
+                .expect("chat")
+        }
+    };
+    let chat_a = chat(a1.chat_id).await;
+    assert_eq!((chat_a.total_messages, chat_a.bot_messages), (2, 2));
+    assert_eq!(chat_a.last_message_id, Some(a2.message_id));
+    assert_eq!(chat(b1.chat_id).await.total_messages, 1);
+
+    // Again, with one more: the answers queued before come back as theirs.
+    let again = wapipe_domain::outbox::queue_each(
+        &env.db,
+        vec![new(b, "b1", Some(1)), new(a, "a3", Some(3))],
+    )
+    .await
+    .expect("queue");
+    let again: Vec<QueuedMessage> = again.into_iter().map(|r| r.expect("ok")).collect();
+    assert_eq!(
+        (again[0].message_id, again[0].is_new),
+        (b1.message_id, false)
+    );
+    assert!(again[1].is_new);
+    let chat_a = chat(a1.chat_id).await;
+    assert_eq!(chat_a.total_messages, 3);
+    assert_eq!(chat_a.last_message_id, Some(again[1].message_id));
+    assert_eq!(chat(b1.chat_id).await.total_messages, 1, "counted once");
+}
+both_backends!(queueing_to_many_answers_each_message);

@@ -7,15 +7,18 @@
 //! Used by every producer (`wapipe send`, the API, scenarios, reminders),
 //! so the sweep does not re-publish their messages needlessly.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use sea_orm::ExprTrait;
-use sea_orm::sea_query::{Alias, Expr, OnConflict};
+use sea_orm::sea_query::{Alias, Expr, LockType, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use uuid::Uuid;
 use wapipe_shared::broker::Broker;
+use wapipe_shared::db::{pad_pow2, pow2_chunks, with_values};
 use wapipe_shared::entities::messages::{self, Direction, MessageStatus, Origin};
 use wapipe_shared::entities::{chats, customers, whatsapp_configs};
 use wapipe_shared::jobs::{Job, OutboundSend, lane_key};
@@ -26,6 +29,10 @@ use crate::clock::now;
 
 /// The column the sweep reads; see the migration `m20261121_000003_outbound`.
 pub const DISPATCHED_AT: &str = "dispatched_at";
+
+/// Rows per multi-row INSERT: well below both databases' bind-parameter
+/// limits for `messages` (~45 columns).
+const CHUNK: usize = 256;
 
 pub fn dispatched_at() -> Alias {
     Alias::new(DISPATCHED_AT)
@@ -92,12 +99,13 @@ pub async fn queue_message(
 /// customer and chat are resolved once and the chat row updated once, so a
 /// reply costs one insert rather than a transaction of its own. Answers in
 /// the order given; a message whose [`Answer`] was queued before comes back
-/// as that first row with `is_new = false`.
+/// as that first row with `is_new = false`. A message refused (bad number
+/// or content, unknown or inactive config) refuses them all: nothing is
+/// written.
 pub async fn queue_messages(
     db: &DatabaseConnection,
     news: Vec<NewOutbound>,
 ) -> Result<Vec<QueuedMessage>, OutboxError> {
-    use messages::Column as M;
     let Some(first) = news.first() else {
         return Ok(Vec::new());
     };
@@ -107,99 +115,240 @@ pub async fn queue_messages(
             "messages queued together go to one recipient of one config".into(),
         ));
     }
-    let wa_id = normalize_wa_id(&to)?;
-    for new in &news {
+    let checked = check(db, news)
+        .await?
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    write(db, checked).await
+}
+
+/// Creates messages to any number of recipients, of any configs (a batch
+/// of reminders to different agents, say), in one transaction: customers,
+/// chats and messages are each written with a few multi-row statements,
+/// and each chat row is updated once. Answers one result per message, in
+/// the order given: a message refused for good (bad number or content,
+/// unknown or inactive config) is that message's error and is not written;
+/// the others are. Messages to one recipient keep their order. The outer
+/// error is the database's, and then nothing was written.
+pub async fn queue_each(
+    db: &DatabaseConnection,
+    news: Vec<NewOutbound>,
+) -> Result<Vec<Result<QueuedMessage, OutboxError>>, OutboxError> {
+    let checked = check(db, news).await?;
+    let mut accepted = Vec::with_capacity(checked.len());
+    let mut out: Vec<Option<Result<QueuedMessage, OutboxError>>> =
+        Vec::with_capacity(checked.len());
+    for c in checked {
+        match c {
+            Ok(c) => {
+                accepted.push(c);
+                out.push(None);
+            }
+            Err(e) => out.push(Some(Err(e))),
+        }
+    }
+    let mut written = write(db, accepted).await?.into_iter();
+    Ok(out
+        .into_iter()
+        .map(|slot| match slot {
+            Some(refused) => refused,
+            None => written
+                .next()
+                .ok_or_else(|| sea_orm::DbErr::RecordNotInserted.into()),
+        })
+        .collect())
+}
+
+/// A message that passed [`check`]: its recipient as a `wa_id` and the
+/// lane its job goes to.
+struct Checked {
+    new: NewOutbound,
+    wa_id: String,
+    lane_key: String,
+}
+
+/// What no retry can fix, per message: the number, the content, the
+/// origin, and the config (one look at `whatsapp_configs` for all).
+async fn check(
+    db: &DatabaseConnection,
+    news: Vec<NewOutbound>,
+) -> Result<Vec<Result<Checked, OutboxError>>, OutboxError> {
+    let config_ids: Vec<Uuid> = news
+        .iter()
+        .map(|n| n.config_id)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let configs: HashMap<Uuid, whatsapp_configs::Model> = if config_ids.is_empty() {
+        HashMap::new()
+    } else {
+        whatsapp_configs::Entity::find()
+            .filter(whatsapp_configs::Column::Id.is_in(pad_pow2(config_ids)))
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|c| (c.id, c))
+            .collect()
+    };
+    let one = |new: NewOutbound| -> Result<Checked, OutboxError> {
+        let wa_id = normalize_wa_id(&new.to)?;
         new.content.validate()?;
         if new.origin == Origin::User {
             return Err(OutboxError::Config(
                 "an outbound message has origin admin, bot or system, not user".into(),
             ));
         }
-    }
-    let config = whatsapp_configs::Entity::find_by_id(config_id)
-        .one(db)
-        .await?
-        .ok_or(OutboxError::UnknownConfig(config_id))?;
-    if config.is_deleted || !config.is_active {
-        return Err(OutboxError::InactiveConfig(config.id));
+        let config = configs
+            .get(&new.config_id)
+            .ok_or(OutboxError::UnknownConfig(new.config_id))?;
+        if config.is_deleted || !config.is_active {
+            return Err(OutboxError::InactiveConfig(config.id));
+        }
+        Ok(Checked {
+            lane_key: lane_key(&config.phone_number_id, &wa_id),
+            wa_id,
+            new,
+        })
+    };
+    Ok(news.into_iter().map(one).collect())
+}
+
+/// Writes checked messages in one transaction (see [`queue_each`]).
+///
+/// Rows are written in key order (customers by config and number, chats
+/// locked by id) so that two batches sharing recipients wait for each
+/// other instead of deadlocking.
+async fn write(
+    db: &DatabaseConnection,
+    checked: Vec<Checked>,
+) -> Result<Vec<QueuedMessage>, OutboxError> {
+    use messages::Column as M;
+    if checked.is_empty() {
+        return Ok(Vec::new());
     }
     let now = now();
-    let lane_key = lane_key(&config.phone_number_id, &wa_id);
+    let recipients: BTreeSet<(Uuid, String)> = checked
+        .iter()
+        .map(|c| (c.new.config_id, c.wa_id.clone()))
+        .collect();
+    let configs: Vec<Uuid> = recipients
+        .iter()
+        .map(|(c, _)| *c)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
 
     let txn = db.begin().await?;
     // Uniqueness lives in the database: insert-or-nothing, then read back
-    // whichever row won (ours or a concurrent one).
-    customers::Entity::insert(customers::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        created_at: Set(now),
-        updated_at: Set(now),
-        config_id: Set(config.id),
-        wa_id: Set(Some(wa_id.clone())),
-        phone_number: Set(Some(wa_id.clone())),
-        ..Default::default()
-    })
-    .on_conflict(
-        OnConflict::columns([customers::Column::ConfigId, customers::Column::WaId])
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(&txn)
-    .await?;
-    let customer = customers::Entity::find()
-        .filter(customers::Column::ConfigId.eq(config.id))
-        .filter(customers::Column::WaId.eq(&wa_id))
-        .one(&txn)
+    // whichever rows won (ours or a concurrent transaction's).
+    let new_customers: Vec<customers::ActiveModel> = recipients
+        .iter()
+        .map(|(config_id, wa_id)| customers::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            created_at: Set(now),
+            updated_at: Set(now),
+            config_id: Set(*config_id),
+            wa_id: Set(Some(wa_id.clone())),
+            phone_number: Set(Some(wa_id.clone())),
+            ..Default::default()
+        })
+        .collect();
+    for chunk in pow2_chunks(new_customers, CHUNK) {
+        customers::Entity::insert_many(chunk)
+            .on_conflict(
+                OnConflict::columns([customers::Column::ConfigId, customers::Column::WaId])
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+    }
+    // Config ids × numbers may match a few rows beyond the batch's pairs;
+    // the map keeps the pairs asked for.
+    let wa_ids: Vec<String> = recipients
+        .iter()
+        .map(|(_, w)| w.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let customer_of: HashMap<(Uuid, String), customers::Model> = customers::Entity::find()
+        .filter(customers::Column::ConfigId.is_in(pad_pow2(configs.clone())))
+        .filter(customers::Column::WaId.is_in(pad_pow2(wa_ids)))
+        .all(&txn)
         .await?
-        .ok_or_else(|| sea_orm::DbErr::RecordNotFound("customer after upsert".into()))?;
-    chats::Entity::insert(chats::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        created_at: Set(now),
-        updated_at: Set(now),
-        config_id: Set(config.id),
-        customer_id: Set(customer.id),
-        phone_number: Set(Some(wa_id.clone())),
-        customer_name: Set(customer.name.clone().or(customer.whatsapp_name.clone())),
-        // Named, not left to the column defaults: SQLite keeps the defaults
-        // the table was created with (`open`, `normal`).
-        status: Set("unassigned".to_owned()),
-        priority: Set("medium".to_owned()),
-        ..Default::default()
-    })
-    .on_conflict(
-        OnConflict::columns([chats::Column::ConfigId, chats::Column::CustomerId])
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(&txn)
-    .await?;
-    let chat = chats::Entity::find()
-        .filter(chats::Column::ConfigId.eq(config.id))
-        .filter(chats::Column::CustomerId.eq(customer.id))
-        .one(&txn)
-        .await?
-        .ok_or_else(|| sea_orm::DbErr::RecordNotFound("chat after upsert".into()))?;
-
-    let queued = |message_id, chat_id, customer_id, is_new| QueuedMessage {
-        message_id,
-        chat_id,
-        customer_id,
-        config_id: config.id,
-        lane_key: lane_key.clone(),
-        is_new,
+        .into_iter()
+        .filter_map(|c| Some(((c.config_id, c.wa_id.clone()?), c)))
+        .filter(|(k, _)| recipients.contains(k))
+        .collect();
+    let customer = |config_id: Uuid, wa_id: &str| {
+        customer_of
+            .get(&(config_id, wa_id.to_owned()))
+            .ok_or_else(|| sea_orm::DbErr::RecordNotFound("customer after upsert".into()))
     };
-    let mut out = Vec::with_capacity(news.len());
-    // What the chat row counts: the latest new message, and who wrote.
-    let mut latest: Option<(Uuid, String)> = None;
-    let (mut agent, mut bot) = (0i32, 0i32);
-    for new in news {
-        let body = new.content.graph_body(&wa_id, new.reply_to.as_deref());
+
+    let mut new_chats = Vec::with_capacity(recipients.len());
+    let mut customer_ids = Vec::with_capacity(recipients.len());
+    for (config_id, wa_id) in &recipients {
+        let c = customer(*config_id, wa_id)?;
+        customer_ids.push(c.id);
+        new_chats.push(chats::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            created_at: Set(now),
+            updated_at: Set(now),
+            config_id: Set(*config_id),
+            customer_id: Set(c.id),
+            phone_number: Set(Some(wa_id.clone())),
+            customer_name: Set(c.name.clone().or(c.whatsapp_name.clone())),
+            // Named, not left to the column defaults: SQLite keeps the
+            // defaults the table was created with (`open`, `normal`).
+            status: Set("unassigned".to_owned()),
+            priority: Set("medium".to_owned()),
+            ..Default::default()
+        });
+    }
+    for chunk in pow2_chunks(new_chats, CHUNK) {
+        chats::Entity::insert_many(chunk)
+            .on_conflict(
+                OnConflict::columns([chats::Column::ConfigId, chats::Column::CustomerId])
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+    }
+    let mut chat_query = chats::Entity::find()
+        .filter(chats::Column::ConfigId.is_in(pad_pow2(configs)))
+        .filter(chats::Column::CustomerId.is_in(pad_pow2(customer_ids)))
+        .order_by_asc(chats::Column::Id);
+    if txn.get_database_backend() == DbBackend::Postgres {
+        // The counters below update these rows: lock them now, in id
+        // order. NO KEY UPDATE does not block the messages' foreign keys.
+        chat_query = chat_query.lock(LockType::NoKeyUpdate);
+    }
+    let chat_of: HashMap<(Uuid, Uuid), chats::Model> = chat_query
+        .all(&txn)
+        .await?
+        .into_iter()
+        .map(|c| ((c.config_id, c.customer_id), c))
+        .collect();
+
+    // The messages, in the order given (their v7 ids too).
+    let mut rows = Vec::with_capacity(checked.len());
+    let mut models = Vec::with_capacity(checked.len());
+    for c in &checked {
+        let customer = customer(c.new.config_id, &c.wa_id)?;
+        let chat = chat_of
+            .get(&(c.new.config_id, customer.id))
+            .ok_or_else(|| sea_orm::DbErr::RecordNotFound("chat after upsert".into()))?;
+        let new = &c.new;
+        let body = new.content.graph_body(&c.wa_id, new.reply_to.as_deref());
         let fields = new.content.row_fields(&body);
         let message_id = Uuid::now_v7();
-        let inserted = messages::Entity::insert(messages::ActiveModel {
+        models.push(messages::ActiveModel {
             id: Set(message_id),
             created_at: Set(now),
             updated_at: Set(now),
-            config_id: Set(config.id),
+            config_id: Set(new.config_id),
             chat_id: Set(chat.id),
             customer_id: Set(customer.id),
             conversation_id: Set(None),
@@ -225,66 +374,171 @@ pub async fn queue_messages(
             answers_message_id: Set(new.answers.map(|a| a.message_id)),
             answer_seq: Set(new.answers.map(|a| a.seq)),
             ..Default::default()
-        })
+        });
+        rows.push(QueuedMessage {
+            message_id,
+            chat_id: chat.id,
+            customer_id: customer.id,
+            config_id: new.config_id,
+            lane_key: c.lane_key.clone(),
+            is_new: true,
+        });
+    }
+    let mut inserted = 0;
+    for chunk in pow2_chunks(models, CHUNK) {
         // Rows without an answer have NULLs there, which never conflict.
-        .on_conflict(
-            OnConflict::columns([M::AnswersMessageId, M::AnswerSeq])
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(&txn)
-        .await?;
-        if inserted == 0 {
-            // This reply was queued before (a redelivered inbound message):
-            // keep the first, count nothing twice. The insert waited for
-            // any concurrent writer of that key, so its row is visible.
-            let answer = new
-                .answers
-                .ok_or_else(|| sea_orm::DbErr::RecordNotInserted)?;
-            let first = messages::Entity::find()
-                .filter(M::AnswersMessageId.eq(answer.message_id))
-                .filter(M::AnswerSeq.eq(answer.seq))
-                .one(&txn)
-                .await?
-                .ok_or_else(|| sea_orm::DbErr::RecordNotFound("the reply queued before".into()))?;
-            out.push(queued(first.id, first.chat_id, first.customer_id, false));
-            continue;
+        inserted += messages::Entity::insert_many(chunk)
+            .on_conflict(
+                OnConflict::columns([M::AnswersMessageId, M::AnswerSeq])
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+    }
+    if inserted < rows.len() as u64 {
+        // Some answers were queued before (a redelivered job): keep the
+        // first of each, count nothing twice. The insert waited for any
+        // concurrent writer of those keys, so their rows are visible.
+        let answered: Vec<Uuid> = checked
+            .iter()
+            .filter_map(|c| c.new.answers.map(|a| a.message_id))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let winners: HashMap<Answer, messages::Model> = messages::Entity::find()
+            .filter(M::AnswersMessageId.is_in(pad_pow2(answered)))
+            .all(&txn)
+            .await?
+            .into_iter()
+            .filter_map(|m| {
+                let answer = Answer {
+                    message_id: m.answers_message_id?,
+                    seq: m.answer_seq?,
+                };
+                Some((answer, m))
+            })
+            .collect();
+        for (c, q) in checked.iter().zip(rows.iter_mut()) {
+            let Some(answer) = c.new.answers else {
+                continue;
+            };
+            let first = winners
+                .get(&answer)
+                .ok_or_else(|| sea_orm::DbErr::RecordNotFound("the answer queued before".into()))?;
+            if first.id != q.message_id {
+                q.message_id = first.id;
+                q.chat_id = first.chat_id;
+                q.customer_id = first.customer_id;
+                q.is_new = false;
+            }
         }
-        match new.origin {
-            Origin::Admin => agent += 1,
-            Origin::Bot => bot += 1,
-            Origin::System | Origin::User => {}
-        }
-        latest = Some((message_id, new.content.preview()));
-        out.push(queued(message_id, chat.id, customer.id, true));
     }
 
-    if let Some((message_id, preview)) = latest {
-        let fresh = out.iter().filter(|q| q.is_new).count() as i32;
-        // The chat list shows the latest message and counts who wrote.
+    // The chat list shows each chat's latest message and counts who wrote.
+    let mut counts: BTreeMap<Uuid, ChatCount> = BTreeMap::new();
+    for (c, q) in checked.iter().zip(&rows) {
+        if !q.is_new {
+            continue;
+        }
+        let n = counts.entry(q.chat_id).or_default();
+        n.total += 1;
+        match c.new.origin {
+            Origin::Admin => n.agent += 1,
+            Origin::Bot => n.bot += 1,
+            Origin::System | Origin::User => {}
+        }
+        n.latest = Some((q.message_id, c.new.content.preview()));
+    }
+    update_chat_counts(&txn, counts, now).await?;
+    txn.commit().await?;
+    Ok(rows)
+}
+
+/// What one transaction adds to a chat row.
+#[derive(Default)]
+struct ChatCount {
+    total: i32,
+    agent: i32,
+    bot: i32,
+    /// The latest new message and its preview.
+    latest: Option<(Uuid, String)>,
+}
+
+/// One statement on PostgreSQL (a `VALUES` list); one per chat on SQLite,
+/// whose statements cost no round trip.
+async fn update_chat_counts(
+    txn: &impl ConnectionTrait,
+    counts: BTreeMap<Uuid, ChatCount>,
+    now: DateTime<Utc>,
+) -> Result<(), sea_orm::DbErr> {
+    let counts: Vec<(Uuid, ChatCount, Uuid, String)> = counts
+        .into_iter()
+        .filter_map(|(chat, n)| {
+            let (message_id, preview) = n.latest.clone()?;
+            Some((chat, n, message_id, preview))
+        })
+        .collect();
+    if counts.is_empty() {
+        return Ok(());
+    }
+    if txn.get_database_backend() == DbBackend::Postgres {
+        let rows = counts
+            .into_iter()
+            .map(|(chat, n, message_id, preview)| {
+                vec![
+                    chat.into(),
+                    preview.into(),
+                    message_id.into(),
+                    n.total.into(),
+                    n.agent.into(),
+                    n.bot.into(),
+                ]
+            })
+            .collect();
+        with_values(
+            txn,
+            "UPDATE chats AS c SET last_message = v.preview, last_message_time = $1, \
+             last_message_id = v.message_id, total_messages = c.total_messages + v.total, \
+             agent_messages = c.agent_messages + v.agent, bot_messages = c.bot_messages + v.bot, \
+             updated_at = $1 FROM {values} WHERE c.id = v.id",
+            vec![now.into()],
+            &[
+                ("id", "uuid"),
+                ("preview", "text"),
+                ("message_id", "uuid"),
+                ("total", "int4"),
+                ("agent", "int4"),
+                ("bot", "int4"),
+            ],
+            rows,
+        )
+        .await?;
+        return Ok(());
+    }
+    for (chat, n, message_id, preview) in counts {
         chats::Entity::update_many()
             .col_expr(chats::Column::LastMessage, Expr::value(preview))
             .col_expr(chats::Column::LastMessageTime, Expr::value(now))
             .col_expr(chats::Column::LastMessageId, Expr::value(message_id))
             .col_expr(
                 chats::Column::TotalMessages,
-                Expr::col(chats::Column::TotalMessages).add(fresh),
+                Expr::col(chats::Column::TotalMessages).add(n.total),
             )
             .col_expr(
                 chats::Column::AgentMessages,
-                Expr::col(chats::Column::AgentMessages).add(agent),
+                Expr::col(chats::Column::AgentMessages).add(n.agent),
             )
             .col_expr(
                 chats::Column::BotMessages,
-                Expr::col(chats::Column::BotMessages).add(bot),
+                Expr::col(chats::Column::BotMessages).add(n.bot),
             )
             .col_expr(chats::Column::UpdatedAt, Expr::value(now))
-            .filter(chats::Column::Id.eq(chat.id))
-            .exec(&txn)
+            .filter(chats::Column::Id.eq(chat))
+            .exec(txn)
             .await?;
     }
-    txn.commit().await?;
-    Ok(out)
+    Ok(())
 }
 
 /// Publishes the message's `outbound.send` job, then stamps
@@ -297,23 +551,48 @@ pub async fn enqueue(
     enqueue_all(db, broker, std::slice::from_ref(queued)).await
 }
 
-/// Publishes the jobs of `queued`'s new messages one after another (they
-/// share a lane, whose order is the order the customer reads them in),
-/// then stamps `dispatched_at` on all of them at once.
+/// Publishes the jobs of `queued`'s new messages, then stamps
+/// `dispatched_at` on all that were published at once. Messages of one lane
+/// are published one after another, in order (the order the customer
+/// reads them in); different lanes at once. A failed publish leaves its
+/// message, and those after it in its lane, to the sweep.
 pub async fn enqueue_all(
     db: &impl ConnectionTrait,
     broker: &dyn Broker,
     queued: &[QueuedMessage],
 ) -> Result<(), OutboxError> {
-    let mut published = Vec::with_capacity(queued.len());
+    let mut lanes: Vec<(&str, Vec<Uuid>)> = Vec::new();
     for q in queued.iter().filter(|q| q.is_new) {
-        broker
-            .publish(OutboundSend::message(q.message_id, q.lane_key.clone()).to_outbound())
-            .await?;
-        published.push(q.message_id);
+        match lanes.iter_mut().find(|(lane, _)| *lane == q.lane_key) {
+            Some((_, ids)) => ids.push(q.message_id),
+            None => lanes.push((&q.lane_key, vec![q.message_id])),
+        }
+    }
+    let results = futures::future::join_all(lanes.into_iter().map(|(lane, ids)| async move {
+        let mut published = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Err(e) = broker
+                .publish(OutboundSend::message(id, lane.to_owned()).to_outbound())
+                .await
+            {
+                return (published, Some(e));
+            }
+            published.push(id);
+        }
+        (published, None)
+    }))
+    .await;
+    let mut published = Vec::with_capacity(queued.len());
+    let mut failed = None;
+    for (ids, err) in results {
+        published.extend(ids);
+        failed = failed.or(err);
     }
     stamp_dispatched(db, &published, now()).await?;
-    Ok(())
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 /// Queues the message and publishes its job, unless its [`Answer`] was

@@ -21,7 +21,7 @@ use crate::runtime::{
     BatchOutcome, JobError, JobWorker, TypedJob, Worker, concurrent_db_tasks, typed,
 };
 
-pub use remind::{Outcome, RemindError, remind};
+pub use remind::{Outcome, RemindError, remind, remind_all};
 pub use scheduler::{PassStats, pass};
 
 pub const REGISTRATION: Registration = Registration {
@@ -52,12 +52,13 @@ fn background(deps: &Deps, shutdown: CancellationToken) -> Background {
 pub struct FollowupWorker {
     pub deps: Deps,
     pub settings: FollowupSettings,
-    /// Reminders in flight across all lanes (see [`concurrent_db_tasks`]).
+    /// Batches in flight across all lanes (see [`concurrent_db_tasks`]).
     permits: tokio::sync::Semaphore,
 }
 
 /// `followup.due` jobs of one lane taken at once: a scheduler pass
-/// publishes hundreds, and each reminder waits mostly on the database.
+/// publishes hundreds, and a batch costs a few statements whatever its
+/// size.
 const BATCH: usize = 32;
 
 impl FollowupWorker {
@@ -70,19 +71,22 @@ impl FollowupWorker {
         }
     }
 
-    async fn remind_one(&self, job: &FollowupDue) -> Result<(), JobError> {
+    /// Reminds the follow-ups of `jobs` as one batch (see [`remind_all`]).
+    async fn remind_jobs(&self, jobs: &[&FollowupDue]) -> Result<(), JobError> {
         // Closed only when the worker is dropped, which ends the job anyway.
         let _permit = self.permits.acquire().await.map_err(JobError::retryable)?;
-        remind(
+        let ids: Vec<uuid::Uuid> = jobs.iter().map(|j| j.follow_up_id).collect();
+        remind_all(
             &self.deps.db,
             self.deps.broker.as_ref(),
             &self.settings,
-            job.follow_up_id,
+            &ids,
         )
         .await
         .map(|_| ())
-        // What is refused for good became an event-only reminder inside;
-        // what is left is the database or the broker: try again.
+        // What is refused for good became an event-only reminder
+        // inside; what is left is the database or the broker: try
+        // again (each reminder is idempotent).
         .map_err(JobError::retryable)
     }
 }
@@ -92,22 +96,23 @@ impl JobWorker for FollowupWorker {
     type Job = FollowupDue;
 
     async fn handle(&self, job: FollowupDue, _: &Delivery) -> Result<(), JobError> {
-        self.remind_one(&job).await
+        self.remind_jobs(&[&job]).await
     }
 
     fn batch_size(&self) -> usize {
         BATCH
     }
 
-    /// Reminders are independent of each other (one follow-up each, and
-    /// each idempotent): a lane's batch runs at once, and each job is
-    /// settled from its own answer.
+    /// A lane's batch is reminded with a few statements for all of it;
+    /// they succeed or are retried together (each reminder is idempotent,
+    /// so a retry redoes nothing that was done).
     async fn handle_batch(
         &self,
         jobs: Vec<TypedJob<'_, FollowupDue>>,
     ) -> Result<BatchOutcome, JobError> {
-        let results = futures::future::join_all(jobs.iter().map(|j| self.remind_one(&j.job))).await;
-        Ok(BatchOutcome::Each(results))
+        let jobs: Vec<&FollowupDue> = jobs.iter().map(|j| &j.job).collect();
+        self.remind_jobs(&jobs).await?;
+        Ok(BatchOutcome::AllDone)
     }
 }
 

@@ -17,13 +17,16 @@
 //! number), or a number that cannot send (removed or inactive config),
 //! gets the event only, and the follow-up's `reminder_note` says why.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
 use uuid::Uuid;
 use wapipe_domain::followups::{self, CHANNEL_EVENT, CHANNEL_WHATSAPP, Reminded, Status};
 use wapipe_domain::outbox::content::Template;
 use wapipe_domain::outbox::{self, Answer, NewOutbound, OutboundContent, OutboxError};
 use wapipe_shared::broker::Broker;
+use wapipe_shared::db::pad_pow2;
 use wapipe_shared::entities::messages::Origin;
 use wapipe_shared::entities::{agents, chats, customers, follow_ups};
 use wapipe_shared::jobs::{REALTIME_FOLLOWUP_REMINDER, RealtimeEvent};
@@ -66,58 +69,188 @@ pub async fn remind(
     settings: &FollowupSettings,
     id: Uuid,
 ) -> Result<Outcome, RemindError> {
-    let Some(fu) = follow_ups::Entity::find_by_id(id).one(db).await? else {
-        return Ok(Outcome::Skipped("gone"));
-    };
-    if fu.reminder_sent {
-        return Ok(Outcome::Skipped("already reminded"));
-    }
-    let open = fu.status.parse::<Status>().is_ok_and(Status::is_open);
-    if fu.is_deleted || !open {
-        return Ok(Outcome::Skipped("closed"));
-    }
-    let agent = match fu.agent_id {
-        Some(a) => agents::Entity::find_by_id(a)
-            .one(db)
-            .await?
-            .filter(|a| !a.is_deleted),
-        None => None,
-    };
-    let customer = customer_label(db, &fu).await?;
-    let title = fu.title.clone().unwrap_or_else(|| "follow-up".to_owned());
+    remind_all(db, broker, settings, &[id])
+        .await?
+        .pop()
+        .ok_or_else(|| RemindError::Db(sea_orm::DbErr::RecordNotFound("an outcome".into())))
+}
 
-    let mut channel = match agent.as_ref().and_then(|a| a.phone_number.clone()) {
-        None if agent.is_none() => Channel::EventOnly {
-            note: "no agent to remind: event only".to_owned(),
-        },
-        None => Channel::EventOnly {
-            note: "agent has no phone number: event only".to_owned(),
-        },
-        Some(p) => match outbox::normalize_wa_id(&p) {
-            Ok(to) => Channel::WhatsApp { to },
-            Err(_) => Channel::EventOnly {
-                note: format!("agent phone number {p:?} is not a WhatsApp number: event only"),
-            },
-        },
-    };
+/// A follow-up to remind, with what its reminder says.
+struct Due {
+    fu: follow_ups::Model,
+    title: String,
+    customer: String,
+    channel: Channel,
+}
+
+/// Reminds the agents of follow-ups `ids` (see the module doc) with a few
+/// statements for the whole batch rather than a dozen per follow-up: one
+/// look each at the follow-ups, their agents, customers and chats, and
+/// the agents' windows; the WhatsApp messages queued in one transaction
+/// ([`outbox::queue_each`]) and published lane by lane at once; one
+/// real-time publish; one statement that records them all. Answers one
+/// outcome per id, in order. Idempotent like [`remind`]. An error is the
+/// database's or the broker's, for the whole batch: running it again is
+/// safe.
+pub async fn remind_all(
+    db: &DatabaseConnection,
+    broker: &dyn Broker,
+    settings: &FollowupSettings,
+    ids: &[Uuid],
+) -> Result<Vec<Outcome>, RemindError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let unique: Vec<Uuid> = ids
+        .iter()
+        .copied()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let found: HashMap<Uuid, follow_ups::Model> = follow_ups::Entity::find()
+        .filter(follow_ups::Column::Id.is_in(pad_pow2(unique)))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|f| (f.id, f))
+        .collect();
+    // Each follow-up once, in the order asked; the rest are skipped.
+    let mut skipped: HashMap<Uuid, &'static str> = HashMap::new();
+    let mut open = Vec::new();
+    for id in ids {
+        if skipped.contains_key(id) || open.iter().any(|f: &follow_ups::Model| f.id == *id) {
+            continue;
+        }
+        match found.get(id) {
+            None => {
+                skipped.insert(*id, "gone");
+            }
+            Some(fu) if fu.reminder_sent => {
+                skipped.insert(*id, "already reminded");
+            }
+            Some(fu)
+                if fu.is_deleted || !fu.status.parse::<Status>().is_ok_and(Status::is_open) =>
+            {
+                skipped.insert(*id, "closed");
+            }
+            Some(fu) => open.push(fu.clone()),
+        }
+    }
+
+    let agents = load_agents(db, &open).await?;
+    let labels = customer_labels(db, &open).await?;
+    let mut due: Vec<Due> = open
+        .into_iter()
+        .map(|fu| {
+            let agent = fu.agent_id.and_then(|a| agents.get(&a));
+            let channel = channel(agent);
+            Due {
+                title: fu.title.clone().unwrap_or_else(|| "follow-up".to_owned()),
+                customer: labels
+                    .get(&fu.id)
+                    .cloned()
+                    .unwrap_or_else(|| "a customer".to_owned()),
+                fu,
+                channel,
+            }
+        })
+        .collect();
 
     let now = wapipe_domain::clock::now();
-    let mut message_id = None;
-    if let Channel::WhatsApp { to } = &channel {
-        let content = if agent_window_open(db, fu.config_id, to, now).await? {
+    let message_ids = queue_reminders(db, broker, settings, &mut due, now).await?;
+
+    let reminded: Vec<(Uuid, Reminded)> = due
+        .iter()
+        .zip(&message_ids)
+        .map(|(d, message_id)| {
+            let (channel, note) = d.channel.recorded();
+            (
+                d.fu.id,
+                Reminded {
+                    at: now,
+                    channel,
+                    message_id: *message_id,
+                    note,
+                },
+            )
+        })
+        .collect();
+    let events: Vec<RealtimeEvent> = due
+        .iter()
+        .zip(&reminded)
+        .map(|(d, (_, r))| event(d, r))
+        .collect();
+    if !events.is_empty()
+        && let Err(e) = broker
+            .publish_realtime(RealtimeEvent::encode(&events))
+            .await
+    {
+        tracing::debug!(follow_ups = events.len(), error = %e,
+            "real-time reminder events not published");
+    }
+
+    let set = followups::mark_reminded_all(db, &reminded).await?;
+    let mut outcomes: HashMap<Uuid, Outcome> = skipped
+        .into_iter()
+        .map(|(id, why)| (id, Outcome::Skipped(why)))
+        .collect();
+    for (id, r) in &reminded {
+        let outcome = if set.contains(id) {
+            metrics::counter!(METRIC_REMINDED_TOTAL, "channel" => r.channel).increment(1);
+            Outcome::Reminded { channel: r.channel }
+        } else {
+            // A concurrent run recorded it first.
+            Outcome::Skipped("already reminded")
+        };
+        outcomes.insert(*id, outcome);
+    }
+    ids.iter()
+        .map(|id| {
+            outcomes
+                .get(id)
+                .cloned()
+                .ok_or_else(|| RemindError::Db(sea_orm::DbErr::RecordNotFound(id.to_string())))
+        })
+        .collect()
+}
+
+/// Queues the WhatsApp reminders of `due` in one transaction and publishes
+/// their sends. Answers each follow-up's message, in order; one whose
+/// number cannot send becomes event-only.
+async fn queue_reminders(
+    db: &DatabaseConnection,
+    broker: &dyn Broker,
+    settings: &FollowupSettings,
+    due: &mut [Due],
+    now: DateTime<Utc>,
+) -> Result<Vec<Option<Uuid>>, RemindError> {
+    let numbers: Vec<(Uuid, String)> = due
+        .iter()
+        .filter_map(|d| match &d.channel {
+            Channel::WhatsApp { to } => Some((d.fu.config_id, to.clone())),
+            Channel::EventOnly { .. } => None,
+        })
+        .collect();
+    let windows = agent_windows_open(db, &numbers, now).await?;
+    let mut news = Vec::with_capacity(numbers.len());
+    for d in due.iter() {
+        let Channel::WhatsApp { to } = &d.channel else {
+            continue;
+        };
+        let content = if windows.contains(&(d.fu.config_id, to.clone())) {
             OutboundContent::Text {
-                body: reminder_text(&title, &customer, &fu),
+                body: reminder_text(&d.title, &d.customer, &d.fu),
                 preview_url: false,
             }
         } else {
             OutboundContent::Template(Template::with_body_params(
                 &settings.template,
                 &settings.template_language,
-                &[title.clone(), customer.clone()],
+                &[d.title.clone(), d.customer.clone()],
             ))
         };
-        let new = NewOutbound {
-            config_id: fu.config_id,
+        news.push(NewOutbound {
+            config_id: d.fu.config_id,
             to: to.clone(),
             content,
             reply_to: None,
@@ -125,78 +258,123 @@ pub async fn remind(
             sender_type: "system".to_owned(),
             sender_id: None,
             answers: Some(Answer {
-                message_id: fu.id,
+                message_id: d.fu.id,
                 seq: REMINDER_SEQ,
             }),
-        };
-        match outbox::queue_message(db, new).await {
-            Ok(q) => {
-                // Also when an earlier run queued it (`is_new` false): that
-                // run may have died before publishing, and the outbound
-                // worker's claim makes a second job harmless.
-                if let Err(e) = outbox::enqueue(db, broker, &q).await {
-                    // The outbound sweep publishes queued messages whose
-                    // job is missing: the reminder is safe in the database.
-                    tracing::warn!(follow_up = %fu.id, error = %e,
-                        "cannot publish the reminder's send; the sweep will");
-                }
-                message_id = Some(q.message_id);
+        });
+    }
+    let mut results = outbox::queue_each(db, news)
+        .await
+        .map_err(RemindError::Outbox)?
+        .into_iter();
+    let mut queued = Vec::new();
+    let mut message_ids = Vec::with_capacity(due.len());
+    for d in due.iter_mut() {
+        if !matches!(d.channel, Channel::WhatsApp { .. }) {
+            message_ids.push(None);
+            continue;
+        }
+        match results.next() {
+            Some(Ok(q)) => {
+                message_ids.push(Some(q.message_id));
+                queued.push(q);
             }
-            Err(e) if is_refused_for_good(&e) => {
-                channel = Channel::EventOnly {
+            Some(Err(e)) if is_refused_for_good(&e) => {
+                d.channel = Channel::EventOnly {
                     note: format!("cannot send by WhatsApp ({e}): event only"),
                 };
+                message_ids.push(None);
             }
-            Err(e) => return Err(RemindError::Outbox(e)),
+            Some(Err(e)) => return Err(RemindError::Outbox(e)),
+            None => {
+                return Err(RemindError::Db(sea_orm::DbErr::RecordNotFound(
+                    "a queued reminder".into(),
+                )));
+            }
         }
     }
-
-    let (channel_name, note) = match &channel {
-        Channel::WhatsApp { .. } => (CHANNEL_WHATSAPP, None),
-        Channel::EventOnly { note } => (CHANNEL_EVENT, Some(note.clone())),
-    };
-    let event = RealtimeEvent {
-        event: REALTIME_FOLLOWUP_REMINDER.to_owned(),
-        config_id: fu.config_id,
-        chat_id: Some(fu.chat_id),
-        message_id,
-        data: serde_json::json!({
-            "followUpId": fu.id,
-            "agentId": fu.agent_id,
-            "title": title,
-            "notes": fu.notes,
-            "priority": fu.priority,
-            "scheduledAt": fu.scheduled_at,
-            "customer": customer,
-            "channel": channel_name,
-            "note": note,
-        }),
-    };
-    if let Err(e) = broker
-        .publish_realtime(RealtimeEvent::encode(&[event]))
-        .await
-    {
-        tracing::debug!(follow_up = %fu.id, error = %e, "real-time reminder event not published");
+    // A message an earlier run queued (`is_new` false) is not published
+    // again: that run published it, or died first and left it to the sweep.
+    if let Err(e) = outbox::enqueue_all(db, broker, &queued).await {
+        // The outbound sweep publishes queued messages whose job is
+        // missing: the reminders are safe in the database.
+        tracing::warn!(reminders = queued.len(), error = %e,
+            "cannot publish some reminders' sends; the sweep will");
     }
+    Ok(message_ids)
+}
 
-    let set = followups::mark_reminded(
-        db,
-        fu.id,
-        &Reminded {
-            at: now,
-            channel: channel_name,
-            message_id,
-            note,
+impl Channel {
+    /// The channel and note recorded on the follow-up.
+    fn recorded(&self) -> (&'static str, Option<String>) {
+        match self {
+            Channel::WhatsApp { .. } => (CHANNEL_WHATSAPP, None),
+            Channel::EventOnly { note } => (CHANNEL_EVENT, Some(note.clone())),
+        }
+    }
+}
+
+/// How the agent is reached, from their phone number.
+fn channel(agent: Option<&agents::Model>) -> Channel {
+    match agent.map(|a| a.phone_number.clone()) {
+        None => Channel::EventOnly {
+            note: "no agent to remind: event only".to_owned(),
         },
-    )
-    .await?;
-    if !set {
-        return Ok(Outcome::Skipped("already reminded"));
+        Some(None) => Channel::EventOnly {
+            note: "agent has no phone number: event only".to_owned(),
+        },
+        Some(Some(p)) => match outbox::normalize_wa_id(&p) {
+            Ok(to) => Channel::WhatsApp { to },
+            Err(_) => Channel::EventOnly {
+                note: format!("agent phone number {p:?} is not a WhatsApp number: event only"),
+            },
+        },
     }
-    metrics::counter!(METRIC_REMINDED_TOTAL, "channel" => channel_name).increment(1);
-    Ok(Outcome::Reminded {
-        channel: channel_name,
-    })
+}
+
+/// The `followup.reminder` real-time event of one reminder.
+fn event(d: &Due, r: &Reminded) -> RealtimeEvent {
+    RealtimeEvent {
+        event: REALTIME_FOLLOWUP_REMINDER.to_owned(),
+        config_id: d.fu.config_id,
+        chat_id: Some(d.fu.chat_id),
+        message_id: r.message_id,
+        data: serde_json::json!({
+            "followUpId": d.fu.id,
+            "agentId": d.fu.agent_id,
+            "title": d.title,
+            "notes": d.fu.notes,
+            "priority": d.fu.priority,
+            "scheduledAt": d.fu.scheduled_at,
+            "customer": d.customer,
+            "channel": r.channel,
+            "note": r.note,
+        }),
+    }
+}
+
+/// The follow-ups' agents still there, by id.
+async fn load_agents(
+    db: &DatabaseConnection,
+    fus: &[follow_ups::Model],
+) -> Result<HashMap<Uuid, agents::Model>, sea_orm::DbErr> {
+    let ids: Vec<Uuid> = fus
+        .iter()
+        .filter_map(|f| f.agent_id)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(agents::Entity::find()
+        .filter(agents::Column::Id.is_in(pad_pow2(ids)))
+        .filter(agents::Column::IsDeleted.eq(false))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|a| (a.id, a))
+        .collect())
 }
 
 /// Errors no retry can fix: the reminder goes out as the event only.
@@ -210,44 +388,104 @@ fn is_refused_for_good(e: &OutboxError) -> bool {
     )
 }
 
-/// The customer as the agent knows them: their name, else their number.
-async fn customer_label(
+/// The customer as the agent knows them, by follow-up: their name, else
+/// their number (one look at `customers` and one at `chats`).
+async fn customer_labels(
     db: &DatabaseConnection,
-    fu: &follow_ups::Model,
-) -> Result<String, sea_orm::DbErr> {
-    let customer = match fu.customer_id {
-        Some(c) => customers::Entity::find_by_id(c).one(db).await?,
-        None => None,
+    fus: &[follow_ups::Model],
+) -> Result<HashMap<Uuid, String>, sea_orm::DbErr> {
+    if fus.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let customer_ids: Vec<Uuid> = fus
+        .iter()
+        .filter_map(|f| f.customer_id)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let customers: HashMap<Uuid, customers::Model> = if customer_ids.is_empty() {
+        HashMap::new()
+    } else {
+        customers::Entity::find()
+            .filter(customers::Column::Id.is_in(pad_pow2(customer_ids)))
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|c| (c.id, c))
+            .collect()
     };
-    let chat = chats::Entity::find_by_id(fu.chat_id).one(db).await?;
-    let label = customer
-        .as_ref()
-        .and_then(|c| c.name.clone().or(c.whatsapp_name.clone()))
-        .or_else(|| chat.as_ref().and_then(|c| c.customer_name.clone()))
-        .or_else(|| {
-            customer
-                .as_ref()
-                .and_then(|c| c.phone_number.clone().or(c.wa_id.clone()))
+    let chat_ids: Vec<Uuid> = fus
+        .iter()
+        .map(|f| f.chat_id)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let chats: HashMap<Uuid, chats::Model> = chats::Entity::find()
+        .filter(chats::Column::Id.is_in(pad_pow2(chat_ids)))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    Ok(fus
+        .iter()
+        .map(|f| {
+            let customer = f.customer_id.and_then(|c| customers.get(&c));
+            let chat = chats.get(&f.chat_id);
+            (f.id, customer_label(customer, chat))
         })
-        .or_else(|| chat.as_ref().and_then(|c| c.phone_number.clone()))
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty());
-    Ok(label.unwrap_or_else(|| "a customer".to_owned()))
+        .collect())
 }
 
-/// The agent wrote to this number within 24 hours: free text may go.
-async fn agent_window_open(
+/// The customer's name, else the chat's, else a number.
+fn customer_label(customer: Option<&customers::Model>, chat: Option<&chats::Model>) -> String {
+    customer
+        .and_then(|c| c.name.clone().or(c.whatsapp_name.clone()))
+        .or_else(|| chat.and_then(|c| c.customer_name.clone()))
+        .or_else(|| customer.and_then(|c| c.phone_number.clone().or(c.wa_id.clone())))
+        .or_else(|| chat.and_then(|c| c.phone_number.clone()))
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "a customer".to_owned())
+}
+
+/// The `(config, number)` pairs whose agent wrote to that number of ours
+/// within 24 hours: free text may go to them.
+async fn agent_windows_open(
     db: &DatabaseConnection,
-    config_id: Uuid,
-    wa_id: &str,
+    numbers: &[(Uuid, String)],
     now: DateTime<Utc>,
-) -> Result<bool, sea_orm::DbErr> {
-    let me = customers::Entity::find()
-        .filter(customers::Column::ConfigId.eq(config_id))
-        .filter(customers::Column::WaId.eq(wa_id))
-        .one(db)
+) -> Result<HashSet<(Uuid, String)>, sea_orm::DbErr> {
+    if numbers.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let configs: Vec<Uuid> = numbers
+        .iter()
+        .map(|(c, _)| *c)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let wa_ids: Vec<String> = numbers
+        .iter()
+        .map(|(_, w)| w.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let found: Vec<(Uuid, Option<String>, Option<DateTime<Utc>>)> = customers::Entity::find()
+        .select_only()
+        .column(customers::Column::ConfigId)
+        .column(customers::Column::WaId)
+        .column(customers::Column::LastInboundAt)
+        .filter(customers::Column::ConfigId.is_in(pad_pow2(configs)))
+        .filter(customers::Column::WaId.is_in(pad_pow2(wa_ids)))
+        .into_tuple()
+        .all(db)
         .await?;
-    Ok(me.is_some_and(|c| outbox::window_open(c.last_inbound_at, now)))
+    Ok(found
+        .into_iter()
+        .filter(|(_, _, at)| outbox::window_open(*at, now))
+        .filter_map(|(config, wa_id, _)| Some((config, wa_id?)))
+        .collect())
 }
 
 fn reminder_text(title: &str, customer: &str, fu: &follow_ups::Model) -> String {
