@@ -11,3 +11,4 @@ pub mod ops_cmd;
 pub mod scenarios_cmd;
 pub mod send_cmd;
 pub mod serve;
+pub mod templates_cmd;

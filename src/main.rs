@@ -2,7 +2,10 @@
 //! role (serve, ingest, workers) and per operator task (migrate, config,
 //! replay, dlq). Errors print as one clear line on stderr with a non-zero exit.
 
-use wapipe::{apikey_cmd, app, config_cmd, followups_cmd, ops_cmd, scenarios_cmd, send_cmd, serve};
+use wapipe::{
+    apikey_cmd, app, config_cmd, followups_cmd, ops_cmd, scenarios_cmd, send_cmd, serve,
+    templates_cmd,
+};
 
 use std::process::ExitCode;
 
@@ -72,6 +75,9 @@ enum Command {
     /// Create, list and revoke keys of the agents' REST API.
     #[command(subcommand)]
     Apikey(apikey_cmd::ApikeyCommand),
+    /// Fetch a number's WhatsApp templates from Meta.
+    #[command(subcommand)]
+    Templates(templates_cmd::TemplatesCommand),
 }
 
 impl Command {
@@ -95,7 +101,8 @@ impl Command {
             | Command::Customers(_)
             | Command::Agents(_)
             | Command::Followups(_)
-            | Command::Apikey(_) => app::LogDefault::Command,
+            | Command::Apikey(_)
+            | Command::Templates(_) => app::LogDefault::Command,
         }
     }
 }
@@ -167,6 +174,7 @@ fn main() -> ExitCode {
             Command::Agents(cmd) => followups_cmd::agents(&cli.settings, cmd).await,
             Command::Followups(cmd) => followups_cmd::followups(&cli.settings, cmd).await,
             Command::Apikey(cmd) => apikey_cmd::run(&cli.settings, cmd).await,
+            Command::Templates(cmd) => templates_cmd::run(&cli.settings, cmd).await,
         }
     });
     match result {

@@ -291,10 +291,19 @@ pub async fn start(
     let api_deps = wapipe_api::ApiDeps {
         db: db.clone(),
         broker: broker.clone(),
+        meta: Some(wapipe_api::MetaAccess {
+            configs: configs.clone(),
+            graph: wapipe_domain::templates::GraphTarget {
+                base: settings.graph_api_base.clone(),
+                version: settings.graph_api_version.clone(),
+            },
+        }),
     };
     let api_settings = wapipe_api::ApiSettings {
         rate_per_s: settings.api_rate_per_s,
         rate_burst: settings.api_rate_burst,
+        template_sync_every: (settings.template_sync_s > 0)
+            .then(|| Duration::from_secs(settings.template_sync_s)),
         ..wapipe_api::ApiSettings::default()
     };
     let fallback: Option<wapipe_ingest::Fallback> = if shared {

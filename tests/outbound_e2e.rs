@@ -320,3 +320,169 @@ async fn send_cli_bad_input() {
     let o = run(&["--config", &config, "--to", "4915112345678", "--text", "hi"]);
     sent_id(&o);
 }
+
+/// Through the agents' API: a customer writes (webhook → chat), an agent
+/// sends a template with an Idempotency-Key twice (one Graph call), its
+/// statuses come back by webhook to `GET /messages/{id}`, and marking the
+/// chat read reaches Meta's mark-as-read.
+async fn api_round_trip(mode: Mode) {
+    install_tls_provider();
+    let (settings, dir) = common::settings_for(mode).await;
+    let roles = Roles {
+        ingest: true,
+        api: true,
+        workers: vec!["parse".into(), "status".into()],
+    };
+    let app = TestApp::spawn_with(mode, settings, dir, roles).await;
+    let out = outbound_role(&app, Duration::from_millis(300)).await;
+    let key = wapipe_domain::apikeys::create(
+        &app.db,
+        wapipe_domain::apikeys::NewKey::Admin {
+            name: None,
+            companies: vec![],
+        },
+    )
+    .await
+    .expect("key")
+    .secret;
+    let now = chrono::Utc::now();
+    wapipe_shared::entities::templates::Entity::insert(
+        wapipe_shared::entities::templates::ActiveModel {
+            id: sea_orm::ActiveValue::Set(Uuid::now_v7()),
+            created_at: sea_orm::ActiveValue::Set(now),
+            updated_at: sea_orm::ActiveValue::Set(now),
+            config_id: sea_orm::ActiveValue::Set(app.config_id),
+            name: sea_orm::ActiveValue::Set("order_update".into()),
+            language: sea_orm::ActiveValue::Set("en_US".into()),
+            status: sea_orm::ActiveValue::Set("APPROVED".into()),
+            components: sea_orm::ActiveValue::Set(Some(
+                json!([{"type": "BODY", "text": "Hi {{1}}, order {{2}} shipped"}]),
+            )),
+            ..Default::default()
+        },
+    )
+    .exec_without_returning(&app.db)
+    .await
+    .expect("template");
+
+    let (status, _) = app
+        .post(&common::text_webhook(
+            "rt1",
+            "4915112345678",
+            "Where is my order?",
+        ))
+        .await;
+    assert_eq!(status, 200);
+    let api =
+        |m: reqwest::Method, path: String| app.http.request(m, app.url(&path)).bearer_auth(&key);
+    let mut chat = serde_json::Value::Null;
+    for _ in 0..200 {
+        let list: serde_json::Value = api(reqwest::Method::GET, "/api/whatsapp/chats".into())
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        if !list["data"][0].is_null() {
+            chat = list["data"][0].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let chat_id = chat["id"]
+        .as_str()
+        .expect("a chat from the webhook")
+        .to_owned();
+
+    let body = json!({"type": "template",
+        "template": {"name": "order_update", "language": "en_US", "parameters": ["Ada", "42"]}});
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let r = api(
+            reqwest::Method::POST,
+            format!("/api/whatsapp/chats/{chat_id}/messages"),
+        )
+        .header("Idempotency-Key", "order-42")
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+        assert_eq!(r.status(), 202);
+        let m: serde_json::Value = r.json().await.expect("json");
+        ids.push(m["id"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(ids[0], ids[1], "the replay answers the first send");
+    let r = api(reqwest::Method::POST, format!("/api/whatsapp/chats/{chat_id}/messages"))
+        .header("Idempotency-Key", "order-42")
+        .json(&json!({"type": "template", "template": {"name": "order_update", "language": "en_US", "parameters": ["Bob", "7"]}}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 422);
+
+    // Statuses come back through Meta's webhooks to GET /messages/{id}.
+    let start = Instant::now();
+    let message = loop {
+        let m: serde_json::Value = api(
+            reqwest::Method::GET,
+            format!("/api/whatsapp/messages/{}", ids[0]),
+        )
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+        if m["status"] == "read" {
+            break m;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "still {}",
+            m["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let sent = out.graph.sent();
+    assert_eq!(
+        sent.len(),
+        1,
+        "one Graph call for two requests with one key"
+    );
+    assert_eq!(message["providerMessageId"], json!(sent[0].wamid));
+    assert!(message["deliveredAt"].is_string() && message["readAt"].is_string());
+    assert_eq!(message["template"]["parameters"], json!(["Ada", "42"]));
+
+    // Marking the chat read reaches Meta.
+    let r = api(
+        reqwest::Method::PUT,
+        format!("/api/whatsapp/chats/{chat_id}/read"),
+    )
+    .send()
+    .await
+    .expect("read");
+    assert_eq!(r.status(), 200);
+    let start = Instant::now();
+    while out.graph.reads().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no mark-as-read reached Meta"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(out.graph.reads().len(), 1);
+
+    out.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn api_round_trip_embedded() {
+    api_round_trip(Mode::Embedded).await;
+}
+
+#[tokio::test]
+async fn api_round_trip_production() {
+    api_round_trip(Mode::Production).await;
+}

@@ -37,7 +37,7 @@ use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use sea_orm::DatabaseConnection;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -50,6 +50,16 @@ use crate::error::ApiError;
 pub struct ApiDeps {
     pub db: DatabaseConnection,
     pub broker: Arc<dyn Broker>,
+    /// Decrypted configs and the Graph API, for the template sync; without
+    /// them `POST /templates/sync` answers 409.
+    pub meta: Option<MetaAccess>,
+}
+
+/// What talking to Meta takes.
+#[derive(Clone)]
+pub struct MetaAccess {
+    pub configs: Arc<wapipe_domain::configs::ConfigCache>,
+    pub graph: wapipe_domain::templates::GraphTarget,
 }
 
 /// The API's settings (`WAPIPE_API_*`).
@@ -62,6 +72,8 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// How often `agent_performance` is rolled up (today and yesterday).
     pub rollup_every: Duration,
+    /// How often every number's templates are synced from Meta (`None`: never).
+    pub template_sync_every: Option<Duration>,
 }
 
 impl Default for ApiSettings {
@@ -71,6 +83,7 @@ impl Default for ApiSettings {
             rate_burst: 40,
             max_body_bytes: 1024 * 1024,
             rollup_every: Duration::from_secs(300),
+            template_sync_every: None,
         }
     }
 }
@@ -80,6 +93,7 @@ impl Default for ApiSettings {
 pub struct AppState {
     pub db: DatabaseConnection,
     pub broker: Arc<dyn Broker>,
+    pub meta: Option<MetaAccess>,
     pub settings: Arc<ApiSettings>,
     pub limiter: Arc<auth::Limiter>,
 }
@@ -89,6 +103,7 @@ impl AppState {
         Self {
             db: deps.db,
             broker: deps.broker,
+            meta: deps.meta,
             limiter: auth::limiter(settings.rate_per_s, settings.rate_burst),
             settings: Arc::new(settings),
         }
@@ -152,6 +167,43 @@ fn spawn_rollup(state: &AppState, shutdown: CancellationToken) {
     });
 }
 
+/// Syncs every number's templates from Meta every
+/// `template_sync_every` (the template webhooks keep them fresh between).
+fn spawn_template_sync(state: &AppState, shutdown: CancellationToken) {
+    let (Some(every), Some(meta)) = (state.settings.template_sync_every, state.meta.clone()) else {
+        return;
+    };
+    let db = state.db.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            let configs = match wapipe_shared::entities::whatsapp_configs::Entity::find()
+                .filter(wapipe_shared::entities::whatsapp_configs::Column::IsDeleted.eq(false))
+                .filter(wapipe_shared::entities::whatsapp_configs::Column::IsActive.eq(true))
+                .all(&db)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "template sync: cannot list the numbers");
+                    continue;
+                }
+            };
+            for c in configs {
+                if let Err(e) =
+                    wapipe_domain::templates::sync(&db, &meta.configs, &meta.graph, c.id).await
+                {
+                    tracing::warn!(error = %e, config = %c.id, "template sync failed; next tick retries");
+                }
+            }
+        }
+    });
+}
+
 /// The API on its own listener until `shutdown`, then a graceful stop.
 pub fn start(
     deps: ApiDeps,
@@ -162,6 +214,7 @@ pub fn start(
     let state = AppState::new(deps, settings);
     spawn_limiter_upkeep(&state, shutdown.clone());
     spawn_rollup(&state, shutdown.clone());
+    spawn_template_sync(&state, shutdown.clone());
     let app = router(state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
@@ -186,7 +239,8 @@ pub fn hyper_handler(
 ) -> Arc<dyn Fn(hyper::Request<hyper::body::Incoming>) -> HandlerFuture + Send + Sync> {
     let state = AppState::new(deps, settings);
     spawn_limiter_upkeep(&state, shutdown.clone());
-    spawn_rollup(&state, shutdown);
+    spawn_rollup(&state, shutdown.clone());
+    spawn_template_sync(&state, shutdown);
     let app = router(state);
     Arc::new(move |req| {
         let app = app.clone();

@@ -91,6 +91,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(events::list))
         .routes(routes!(templates::list, templates::create))
         .routes(routes!(templates::update, templates::delete))
+        .routes(routes!(templates::sync))
         .routes(routes!(stats::admin))
         .routes(routes!(stats::agent))
         .routes(routes!(directory::customer))

@@ -363,3 +363,66 @@ pub async fn delete(
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyncBody {
+    /// Needed when the key has several WhatsApp numbers.
+    pub config_id: Option<Uuid>,
+}
+
+/// What a sync did.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncResult {
+    pub config_id: Uuid,
+    pub pages: u64,
+    pub templates: u64,
+}
+
+#[utoipa::path(post, path = "/api/whatsapp/templates/sync", tag = "templates", request_body = SyncBody,
+    responses((status = 200, body = SyncResult), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "no access to Meta configured"),
+        (status = 502, body = ErrorBody, description = "Meta refused or could not be reached")))]
+pub async fn sync(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Body(b): Body<SyncBody>,
+) -> ApiResult<axum::Json<SyncResult>> {
+    who.require(Perm::ManageTemplates)?;
+    let config = who.pick_config(&state, b.config_id).await?;
+    let meta = state.meta.as_ref().ok_or_else(|| {
+        ApiError::conflict(
+            "sync_unavailable",
+            "this process has no access to Meta configured",
+        )
+    })?;
+    use wapipe_domain::templates::TemplateSyncError as E;
+    let report = wapipe_domain::templates::sync(&state.db, &meta.configs, &meta.graph, config.id)
+        .await
+        .map_err(|e| match e {
+            E::Graph { .. } | E::Http(_) | E::Shape(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "meta_error", e.to_string())
+            }
+            E::UnknownConfig(_) => ApiError::not_found("config"),
+            other => ApiError::internal(other),
+        })?;
+    audit::record(
+        &state.db,
+        Entry {
+            config_id: Some(config.id),
+            who: who.who(),
+            action: "template.sync",
+            entity_type: "whatsapp_configs",
+            entity_id: config.id.to_string(),
+            before: None,
+            after: Some(json!({"templates": report.templates})),
+        },
+    )
+    .await?;
+    Ok(axum::Json(SyncResult {
+        config_id: config.id,
+        pages: report.pages,
+        templates: report.templates,
+    }))
+}

@@ -150,6 +150,170 @@ pub async fn record_use<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<(), sea_
     Ok(())
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateSyncError {
+    #[error("no WhatsApp config with id {0}")]
+    UnknownConfig(Uuid),
+    #[error("the Graph API answered {status}: {message}")]
+    Graph { status: u16, message: String },
+    #[error("cannot reach the Graph API: {0}")]
+    Http(String),
+    #[error("the Graph API sent a page that is not a template list: {0}")]
+    Shape(String),
+    #[error(transparent)]
+    Config(#[from] crate::configs::ConfigError),
+    #[error("database: {0}")]
+    Db(#[from] sea_orm::DbErr),
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SyncReport {
+    pub pages: u64,
+    /// Templates Meta listed (one per name and language).
+    pub templates: u64,
+}
+
+/// Where the Graph API is (`GRAPH_API_BASE`, `GRAPH_API_VERSION`).
+#[derive(Debug, Clone)]
+pub struct GraphTarget {
+    pub base: String,
+    pub version: String,
+}
+
+/// Fetches every page of the account's templates (`GET
+/// /{waba_id}/message_templates`) and upserts each on (config, name,
+/// language): Meta's id, status, category, quality and components. A
+/// rerun changes only what Meta changed; templates Meta no longer lists
+/// are left as they are (their status webhooks keep them right).
+pub async fn sync<C: ConnectionTrait>(
+    db: &C,
+    configs: &crate::configs::ConfigCache,
+    graph: &GraphTarget,
+    config_id: Uuid,
+) -> Result<SyncReport, TemplateSyncError> {
+    use sea_orm::ActiveValue::Set;
+    use sea_orm::sea_query::OnConflict;
+    use secrecy::ExposeSecret;
+    use wapipe_shared::entities::whatsapp_configs;
+    let row = whatsapp_configs::Entity::find_by_id(config_id)
+        .one(db)
+        .await?
+        .filter(|c| !c.is_deleted)
+        .ok_or(TemplateSyncError::UnknownConfig(config_id))?;
+    let send = configs
+        .get(db, config_id)
+        .await?
+        .ok_or(TemplateSyncError::UnknownConfig(config_id))?;
+    let version = send
+        .graph_api_version
+        .clone()
+        .unwrap_or_else(|| graph.version.clone());
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| TemplateSyncError::Http(e.to_string()))?;
+    let mut url = Some(format!(
+        "{}/{}/{}/message_templates?limit=100&fields=id,name,language,status,category,quality_score,components",
+        graph.base.trim_end_matches('/'),
+        version,
+        row.waba_id
+    ));
+    let mut report = SyncReport::default();
+    // A bound on pages, in case a peer keeps sending a `next`.
+    while let Some(u) = url.take().filter(|_| report.pages < 10_000) {
+        let resp = http
+            .get(&u)
+            .bearer_auth(send.access_token.expose_secret())
+            .send()
+            .await
+            .map_err(|e| TemplateSyncError::Http(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let page: Value = resp
+            .json()
+            .await
+            .map_err(|e| TemplateSyncError::Shape(e.to_string()))?;
+        if !(200..300).contains(&status) {
+            return Err(TemplateSyncError::Graph {
+                status,
+                message: page["error"]["message"]
+                    .as_str()
+                    .unwrap_or("no message")
+                    .to_owned(),
+            });
+        }
+        let data = page["data"]
+            .as_array()
+            .ok_or_else(|| TemplateSyncError::Shape("no `data` array".into()))?;
+        report.pages += 1;
+        let now = clock::now();
+        for t in data {
+            let (Some(name), Some(language)) = (t["name"].as_str(), t["language"].as_str()) else {
+                continue;
+            };
+            let quality = t["quality_score"]["score"]
+                .as_str()
+                .or_else(|| t["quality_score"].as_str())
+                .map(str::to_owned);
+            let meta_id = t["id"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| t["id"].as_u64().map(|n| n.to_string()));
+            use templates::Column as T;
+            templates::Entity::insert(templates::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                created_at: Set(now),
+                updated_at: Set(now),
+                config_id: Set(config_id),
+                name: Set(name.to_owned()),
+                language: Set(language.to_owned()),
+                category: Set(t["category"]
+                    .as_str()
+                    .unwrap_or("UTILITY")
+                    .to_ascii_uppercase()),
+                status: Set(t["status"]
+                    .as_str()
+                    .unwrap_or("PENDING")
+                    .to_ascii_uppercase()),
+                components: Set(t.get("components").cloned()),
+                whatsapp_template_id: Set(meta_id),
+                whatsapp_template_name: Set(Some(name.to_owned())),
+                quality_score: Set(quality),
+                usage_count: Set(0),
+                is_active: Set(true),
+                is_deleted: Set(false),
+                ..Default::default()
+            })
+            .on_conflict(
+                OnConflict::columns([T::ConfigId, T::Name, T::Language])
+                    .update_columns([
+                        T::UpdatedAt,
+                        T::Category,
+                        T::Status,
+                        T::Components,
+                        T::WhatsappTemplateId,
+                        T::WhatsappTemplateName,
+                        T::QualityScore,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+            report.templates += 1;
+        }
+        url = page["paging"]["next"].as_str().map(str::to_owned);
+    }
+    whatsapp_configs::Entity::update_many()
+        .col_expr(
+            whatsapp_configs::Column::LastSyncAt,
+            Expr::value(clock::now()),
+        )
+        .filter(whatsapp_configs::Column::Id.eq(config_id))
+        .exec(db)
+        .await?;
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -290,6 +290,17 @@ pub struct Settings {
         help_heading = "Service settings"
     )]
     pub api_rate_burst: u32,
+
+    /// Seconds between two syncs of every number's WhatsApp templates from
+    /// Meta (by the API role); 0 turns it off.
+    #[arg(
+        long,
+        env = "WAPIPE_TEMPLATE_SYNC_S",
+        default_value_t = 900,
+        global = true,
+        help_heading = "Service settings"
+    )]
+    pub template_sync_s: u64,
 }
 
 /// The URL with its password masked (`scheme://user:***@host/…`), and any

@@ -228,6 +228,10 @@ struct Inner {
     callbacks: Vec<CallbackRecord>,
     /// Bumped by reset, so callbacks of earlier sends are not recorded after it.
     generation: u64,
+    /// What `GET /{version}/{waba_id}/message_templates` lists.
+    templates: Vec<Value>,
+    /// Pages of that list served.
+    template_pages: u64,
 }
 
 struct State {
@@ -280,6 +284,17 @@ impl GraphHandle {
 
     pub fn sent(&self) -> Vec<SentMessage> {
         self.state.lock().sent.clone()
+    }
+
+    /// Sets the account's message templates (Meta's shape: `id`, `name`,
+    /// `language`, `status`, `category`, `components`, …).
+    pub fn set_templates(&self, templates: Vec<Value>) {
+        self.state.lock().templates = templates;
+    }
+
+    /// Pages of the template list served so far.
+    pub fn template_pages(&self) -> u64 {
+        self.state.lock().template_pages
     }
 
     /// Mark-as-read bodies received.
@@ -412,6 +427,9 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             let phone_id = (*phone_id).to_owned();
             upload(&state, &phone_id, req).await
         }
+        (&Method::GET, [version, _waba_id, "message_templates"]) if is_version(version) => {
+            message_templates(&state, &path, &req)
+        }
         (&Method::GET, [version, media_id]) if is_version(version) => {
             let media_id = (*media_id).to_owned();
             media_object(&state, &media_id, req)
@@ -437,6 +455,44 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             None,
         ),
     }
+}
+
+/// One page of the account's templates, with Meta's cursor paging
+/// (`limit`, `after`; `paging.next` while more remain).
+fn message_templates<B>(state: &State, path: &str, req: &Request<B>) -> Response<Body> {
+    if let Err(resp) = bearer(state, req) {
+        return resp;
+    }
+    let query = req.uri().query().unwrap_or("");
+    let param = |k: &str| {
+        query.split('&').find_map(|kv| {
+            let (key, v) = kv.split_once('=')?;
+            (key == k).then(|| v.to_owned())
+        })
+    };
+    let limit = param("limit")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(25)
+        .clamp(1, 100);
+    let after = param("after")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut inner = state.lock();
+    inner.template_pages += 1;
+    let all = &inner.templates;
+    let end = (after + limit).min(all.len());
+    let data: Vec<Value> = all
+        .get(after..end)
+        .map(<[Value]>::to_vec)
+        .unwrap_or_default();
+    let mut paging = json!({"cursors": {"before": after.to_string(), "after": end.to_string()}});
+    if end < all.len() {
+        paging["next"] = json!(format!(
+            "{}{path}?limit={limit}&after={end}",
+            state.base_url
+        ));
+    }
+    json_response(StatusCode::OK, &json!({"data": data, "paging": paging}))
 }
 
 /// `v21.0`, `v23`: Graph API versions start with `v` and a digit.

@@ -141,6 +141,7 @@ impl Api {
             ApiDeps {
                 db: db.clone(),
                 broker: broker.clone(),
+                meta: None,
             },
             settings,
             listener,
