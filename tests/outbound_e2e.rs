@@ -19,7 +19,9 @@ use wapipe_shared::entities::messages::{self, MessageStatus};
 use wapipe_shared::retry::RetryPolicy;
 use wapipe_sim::payloads::Business;
 use wapipe_sim::{GraphConfig, GraphHandle, spawn_graph};
-use wapipe_testkit::app::{APP_SECRET, KEY, Mode, PHONE_NUMBER_ID, TestApp, WABA_ID};
+use wapipe_testkit::app::{
+    APP_SECRET, KEY, Mode, PHONE_NUMBER_ID, TestApp, WABA_ID, settings_for, text_webhook,
+};
 use wapipe_workers::Deps;
 use wapipe_workers::outbound::OutboundSettings;
 use wapipe_workers::runtime;
@@ -327,7 +329,7 @@ async fn send_cli_bad_input() {
 /// chat read reaches Meta's mark-as-read.
 async fn api_round_trip(mode: Mode) {
     install_tls_provider();
-    let (settings, dir) = common::settings_for(mode).await;
+    let (settings, dir) = settings_for(mode).await;
     let roles = Roles {
         ingest: true,
         api: true,
@@ -366,11 +368,7 @@ async fn api_round_trip(mode: Mode) {
     .expect("template");
 
     let (status, _) = app
-        .post(&common::text_webhook(
-            "rt1",
-            "4915112345678",
-            "Where is my order?",
-        ))
+        .post(&text_webhook("rt1", "4915112345678", "Where is my order?"))
         .await;
     assert_eq!(status, 200);
     let api =

@@ -3,17 +3,15 @@
 //! what Meta changed, by `wapipe templates sync` and `POST
 //! /api/whatsapp/templates/sync`; Meta's refusal is a clear error.
 
-mod common;
-
 use std::process::Command;
 
-use common::{APP_SECRET, KEY, Mode, PHONE_NUMBER_ID, TestApp, WABA_ID};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde_json::{Value, json};
 use wapipe::serve::Roles;
 use wapipe_shared::entities::templates;
 use wapipe_sim::payloads::Business;
 use wapipe_sim::{GraphConfig, GraphHandle, spawn_graph};
+use wapipe_testkit::app::*;
 
 fn meta_templates(status_of_second: &str) -> Vec<Value> {
     vec![
@@ -61,8 +59,8 @@ async fn rows(db: &sea_orm::DatabaseConnection, config: uuid::Uuid) -> Vec<templ
 // The CLI blocks this thread: the fake Graph answers from another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_sync_pages_and_reruns() {
-    let (mut settings, dir) = common::settings_for(Mode::Embedded).await;
-    let (db, config) = common::prepare_db(&settings).await;
+    let (mut settings, dir) = settings_for(Mode::Embedded).await;
+    let (db, config) = prepare_db(&settings).await;
     let g = graph("EAAG-test").await;
     g.set_templates(meta_templates("PENDING"));
     settings.graph_api_base = g.base_url();
@@ -116,7 +114,7 @@ async fn cli_sync_pages_and_reruns() {
 }
 
 async fn api_sync(mode: Mode) {
-    let (mut settings, dir) = common::settings_for(mode).await;
+    let (mut settings, dir) = settings_for(mode).await;
     let g = graph("EAAG-test").await;
     // More than one page of Meta's list (the API asks 100 a page).
     let many: Vec<Value> = (0..130)
