@@ -6,7 +6,9 @@
 # each BENCH_RUNS times for BENCH_SECS seconds at BENCH_CONC connections.
 # Prints the median of each figure and the ratio to the baseline. Then
 #   4. outbound sends/s through the fake Graph API (bench_outbound example),
-#   5. end to end, webhook -> messages row (scripts/bench_e2e.sh).
+#   5. end to end, webhook -> messages row (scripts/bench_e2e.sh),
+#   6. bot replies (scripts/bench_bot.sh, with and without status webhooks),
+#   7. follow-up reminders (scripts/bench_reminders.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -142,3 +144,11 @@ PY
 # of bodies are receipts) for 60 s, which must be stored as they come.
 E2E_SECS=${E2E_SECS:-15} E2E_RUNS=${E2E_RUNS:-$RUNS} scripts/bench_e2e.sh
 E2E_SECS=60 E2E_RUNS=${E2E_RUNS:-$RUNS} E2E_BODIES=10 E2E_RATE=${E2E_TARGET_RATE:-620} scripts/bench_e2e.sh
+
+# 6. the chatbot: replies/s and webhook -> Graph latency, first with Meta's
+# status webhooks coming back (three per reply), then the bot alone.
+scripts/bench_bot.sh
+BOT_STATUSES=0 scripts/bench_bot.sh
+
+# 7. follow-up reminders: 20,000 due at once, two worker processes.
+scripts/bench_reminders.sh
