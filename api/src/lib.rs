@@ -117,7 +117,7 @@ async fn not_found() -> impl IntoResponse {
 /// Every route: `/api/whatsapp/*` behind the key and rate limit,
 /// `/api/openapi.json` and `/api/docs` open.
 pub fn router(state: AppState) -> Router {
-    let (api, doc) = openapi::routes().split_for_parts();
+    let (api, doc) = openapi::split();
     let doc = Arc::new(doc);
     let protected = api
         .layer(from_fn_with_state(state.clone(), idempotency::layer))

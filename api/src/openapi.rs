@@ -105,9 +105,76 @@ pub fn routes() -> OpenApiRouter<AppState> {
         ))
 }
 
+/// The routes and their document, with the answers every route can give
+/// added to each operation (see [`add_common_responses`]).
+pub fn split() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut doc) = routes().split_for_parts();
+    add_common_responses(&mut doc);
+    (router, doc)
+}
+
 /// The document as JSON.
 pub fn document() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+    split().1
+}
+
+/// Answers that come from the layers in front of every handler, not from
+/// the handler, so its annotation does not list them: the key (401), the
+/// rate limit (429), a query or path that does not parse (400); for a body,
+/// its size (413), its type (415) and its JSON (400); for a create, the
+/// `Idempotency-Key` reused with another body (422) or still in flight
+/// (409). Without them a client generated from the document would treat
+/// these documented-nowhere answers as protocol errors.
+fn add_common_responses(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, HttpMethod, Ref, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for item in doc.paths.paths.values_mut() {
+        let ops = [
+            (HttpMethod::Get, item.get.as_mut()),
+            (HttpMethod::Post, item.post.as_mut()),
+            (HttpMethod::Put, item.put.as_mut()),
+            (HttpMethod::Patch, item.patch.as_mut()),
+            (HttpMethod::Delete, item.delete.as_mut()),
+        ];
+        for (method, op) in ops {
+            let Some(op) = op else { continue };
+            let mut common = vec![
+                ("400", "bad_request: a parameter does not parse"),
+                ("401", "unauthorized: no key, or an unknown or revoked one"),
+                ("429", "rate_limited: over the key's rate; see Retry-After"),
+            ];
+            if op.request_body.is_some() {
+                common.push(("413", "payload_too_large"));
+                common.push(("415", "unsupported_media_type: send JSON"));
+            }
+            if method == HttpMethod::Post {
+                common.push((
+                    "409",
+                    "conflict, or the same Idempotency-Key still in flight",
+                ));
+                common.push((
+                    "422",
+                    "the Idempotency-Key was used with another body, or the request is refused",
+                ));
+            }
+            for (code, description) in common {
+                op.responses
+                    .responses
+                    .entry(code.to_owned())
+                    .or_insert_with(|| error(description).into());
+            }
+        }
+    }
 }
 
 const DOCS_PAGE: &str = include_str!("docs.html");
