@@ -4,6 +4,8 @@
 
 pub use sea_orm_migration::prelude::*;
 
+mod alter;
+
 mod m20261121_000001_init;
 mod m20261121_000003_outbound;
 mod m20261121_000004_effects_and_plans;

@@ -29,6 +29,8 @@
 
 use sea_orm_migration::{prelude::*, schema::*};
 
+use crate::alter::{add, drop_col, rename};
+
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -38,44 +40,6 @@ const RENAMES: &[(&str, &str, &str)] = &[
     ("agents", "phone", "phone_number"),
     ("agents", "max_chats", "max_concurrent_chats"),
 ];
-
-async fn rename(
-    manager: &SchemaManager<'_>,
-    table: &'static str,
-    from: &'static str,
-    to: &'static str,
-) -> Result<(), DbErr> {
-    manager
-        .alter_table(
-            Table::alter()
-                .table(table)
-                .rename_column(from, to)
-                .to_owned(),
-        )
-        .await
-}
-
-/// SQLite takes one alteration per statement, so each column is its own.
-async fn add(
-    manager: &SchemaManager<'_>,
-    table: &'static str,
-    col: ColumnDef,
-) -> Result<(), DbErr> {
-    let mut col = col;
-    manager
-        .alter_table(Table::alter().table(table).add_column(&mut col).to_owned())
-        .await
-}
-
-async fn drop_col(
-    manager: &SchemaManager<'_>,
-    table: &'static str,
-    col: &'static str,
-) -> Result<(), DbErr> {
-    manager
-        .alter_table(Table::alter().table(table).drop_column(col).to_owned())
-        .await
-}
 
 const NEW_FOLLOW_UP_COLUMNS: &[&str] = &[
     "completed_by",

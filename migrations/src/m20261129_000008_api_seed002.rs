@@ -30,6 +30,8 @@
 
 use sea_orm_migration::{prelude::*, schema::*};
 
+use crate::alter::{add, drop_col, rename};
+
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -174,49 +176,6 @@ fn new_columns() -> Vec<(&'static str, ColumnDef)> {
         ),
         ("api_keys", json_binary_null("companies")),
     ]
-}
-
-async fn rename(
-    manager: &SchemaManager<'_>,
-    table: &'static str,
-    from: &'static str,
-    to: &'static str,
-) -> Result<(), DbErr> {
-    manager
-        .alter_table(
-            Table::alter()
-                .table(table)
-                .rename_column(from, to)
-                .to_owned(),
-        )
-        .await
-}
-
-/// SQLite takes one alteration per statement, so each column is its own.
-async fn add(
-    manager: &SchemaManager<'_>,
-    table: &'static str,
-    col: ColumnDef,
-) -> Result<(), DbErr> {
-    let mut col = col;
-    manager
-        .alter_table(Table::alter().table(table).add_column(&mut col).to_owned())
-        .await
-}
-
-async fn drop_col(
-    manager: &SchemaManager<'_>,
-    table: &'static str,
-    col: &str,
-) -> Result<(), DbErr> {
-    manager
-        .alter_table(
-            Table::alter()
-                .table(table)
-                .drop_column(Alias::new(col))
-                .to_owned(),
-        )
-        .await
 }
 
 async fn drop_index(manager: &SchemaManager<'_>, table: &str, name: &str) -> Result<(), DbErr> {
