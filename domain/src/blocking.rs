@@ -6,14 +6,14 @@
 
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use wapipe_shared::entities::{
-    audit_log, blocked_numbers, customer_blocked_scenarios, customers, whatsapp_configs,
+    audit_log, blocked_numbers, customer_blocked_scenarios, customers, scenarios, whatsapp_configs,
 };
 
 use crate::clock;
@@ -305,23 +305,54 @@ pub async fn deny_scenario(
         )
         .exec_without_returning(&txn)
         .await?;
-    let changed = inserted > 0;
+    settle_access(
+        txn,
+        Access {
+            config_id,
+            actor,
+            action: "customer.deny_scenario",
+            number: &number,
+            customer: &customer,
+            scenario: &scenario,
+        },
+        inserted > 0,
+    )
+    .await
+}
+
+/// A change of a customer's `scenario_not_allowed`, for its audit row.
+struct Access<'a> {
+    config_id: Uuid,
+    actor: Actor,
+    action: &'static str,
+    number: &'a str,
+    customer: &'a customers::Model,
+    scenario: &'a scenarios::Model,
+}
+
+/// Audits the change when there was one (a repeat changes nothing and
+/// writes nothing), commits, and answers.
+async fn settle_access(
+    txn: DatabaseTransaction,
+    a: Access<'_>,
+    changed: bool,
+) -> Result<ScenarioAccess, BlockError> {
     if changed {
         audit(
             &txn,
-            config_id,
-            actor,
-            "customer.deny_scenario",
+            a.config_id,
+            a.actor,
+            a.action,
             "customers",
-            customer.id.to_string(),
-            json!({"phone_number": number, "scenario_id": scenario.id, "scenario": scenario.title}),
+            a.customer.id.to_string(),
+            json!({"phone_number": a.number, "scenario_id": a.scenario.id, "scenario": a.scenario.title}),
         )
         .await?;
     }
     txn.commit().await?;
     Ok(ScenarioAccess {
-        customer_id: customer.id,
-        scenario_id: scenario.id,
+        customer_id: a.customer.id,
+        scenario_id: a.scenario.id,
         changed,
     })
 }
@@ -351,25 +382,19 @@ pub async fn allow_scenario(
         .filter(customer_blocked_scenarios::Column::ScenarioId.eq(scenario.id))
         .exec(&txn)
         .await?;
-    let changed = deleted.rows_affected > 0;
-    if changed {
-        audit(
-            &txn,
+    settle_access(
+        txn,
+        Access {
             config_id,
             actor,
-            "customer.allow_scenario",
-            "customers",
-            customer.id.to_string(),
-            json!({"phone_number": number, "scenario_id": scenario.id, "scenario": scenario.title}),
-        )
-        .await?;
-    }
-    txn.commit().await?;
-    Ok(ScenarioAccess {
-        customer_id: customer.id,
-        scenario_id: scenario.id,
-        changed,
-    })
+            action: "customer.allow_scenario",
+            number: &number,
+            customer: &customer,
+            scenario: &scenario,
+        },
+        deleted.rows_affected > 0,
+    )
+    .await
 }
 
 /// The titles of the scenarios the customer may not run.
