@@ -6,7 +6,7 @@ PG_ADMIN ?= postgres://postgres@127.0.0.1:5432/postgres
 export WAPIPE_TEST_PG ?= $(PG_ADMIN)
 export WAPIPE_TEST_AMQP ?= amqp://guest:guest@127.0.0.1:5672/%2f
 
-.PHONY: run test lint fmt migrate build bench bench-e2e bench-bot bench-reminders sim clean-test-dbs
+.PHONY: run test lint fmt migrate build bench bench-e2e bench-bot bench-reminders bench-api sim clean-test-dbs api-conformance
 
 ## Embedded default: SQLite in ./data, in-process queue, every role in one process.
 run:
@@ -15,10 +15,17 @@ run:
 build:
 	$(CARGO) build --release --workspace
 
-## Lint, then every test against PostgreSQL, RabbitMQ and SQLite.
+## Lint, then every test against PostgreSQL, RabbitMQ and SQLite, then
+## Schemathesis against a live API.
 test: lint
 	$(CARGO) test --workspace --all-targets --no-fail-fast
+	@$(MAKE) --no-print-directory api-conformance
 	@$(MAKE) --no-print-directory clean-test-dbs
+
+## Schemathesis (installed from PyPI into target/) against `wapipe serve`:
+## no 5xx, no answer the OpenAPI document does not declare. ST_MAX_EXAMPLES.
+api-conformance:
+	scripts/api_conformance.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -58,6 +65,12 @@ bench-bot:
 # Follow-up reminders alone: REM_COUNT (20,000) due at once, REM_PROCS (2) worker processes.
 bench-reminders:
 	scripts/bench_reminders.sh
+
+# The REST API alone: lists, deep cursor, messages and sends at API_CONC (64)
+# connections over API_MESSAGES (100,000) in API_CHATS (5,000), next to a
+# no-work axum route.
+bench-api:
+	scripts/bench_api.sh
 
 ## wapipe (embedded) wired to wapipe-sim's fake Graph API: a two-minute demo.
 sim:

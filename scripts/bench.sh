@@ -8,7 +8,8 @@
 #   4. outbound sends/s through the fake Graph API (bench_outbound example),
 #   5. end to end, webhook -> messages row (scripts/bench_e2e.sh),
 #   6. bot replies (scripts/bench_bot.sh, with and without status webhooks),
-#   7. follow-up reminders (scripts/bench_reminders.sh).
+#   7. follow-up reminders (scripts/bench_reminders.sh),
+#   8. the REST API (scripts/bench_api.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -152,3 +153,7 @@ BOT_STATUSES=0 scripts/bench_bot.sh
 
 # 7. follow-up reminders: 20,000 due at once, two worker processes.
 scripts/bench_reminders.sh
+
+# 8. the agents' REST API: lists, a deep cursor, messages and sends, next to
+# a no-work axum route.
+scripts/bench_api.sh

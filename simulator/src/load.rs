@@ -1,9 +1,13 @@
-//! The webhook load generator (`wapipe-sim load`) and the no-work baseline server (`wapipe-sim nowork`).
+//! The load generators (`wapipe-sim load`: signed webhooks; `wapipe-sim http`:
+//! a list of plain requests, for the REST API) and the no-work baseline
+//! servers (`wapipe-sim nowork`, `--axum` for the API's stack).
 //!
 //! Each worker owns one keep-alive HTTP/1.1 connection and sends one request
 //! at a time on it, so `concurrency` is both the number of connections and
 //! the most requests in flight. A shared ticket counter spreads the target
-//! rate over the workers: ticket `i` is due at `start + i / rate`.
+//! rate over the workers: ticket `i` is due at `start + i / rate`. Both
+//! generators share that driver; they differ only in the requests a worker
+//! makes ([`Requests`]).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,7 +18,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
-use hyper::{Request, Response, StatusCode, Uri, header};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, header};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
@@ -186,44 +191,252 @@ async fn resolve_target(url: &str) -> Result<Target, LoadError> {
     })
 }
 
-/// Runs one load test and reports. Bounded by `duration` (no request starts
-/// after it) and `max_requests`; requests in flight at the end finish or
-/// time out after `request_timeout`.
+/// Runs one webhook load test and reports. Bounded by `duration` (no
+/// request starts after it) and `max_requests`; requests in flight at the
+/// end finish or time out after `request_timeout`.
 pub async fn run_load(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
-    if cfg.concurrency == 0 || cfg.concurrency > 10_000 {
-        return Err(LoadError::Settings(format!(
-            "concurrency must be 1..=10000, got {}",
-            cfg.concurrency
-        )));
+    let pace = Pace::checked(
+        cfg.rate,
+        cfg.duration,
+        cfg.concurrency,
+        cfg.max_requests,
+        cfg.request_timeout,
+    )?;
+    let target = resolve_target(&cfg.webhook).await?;
+    let signer = Arc::new(Signer::new(cfg.app_secret.as_bytes()));
+    let sources = (0..cfg.concurrency)
+        .map(|_| Webhooks {
+            payloads: PayloadGen::new(cfg.business.clone(), cfg.customers)
+                .with_messages_per_body(cfg.messages_per_body),
+            signer: signer.clone(),
+            path: target.path.clone(),
+        })
+        .collect();
+    Ok(drive(target, pace, sources).await)
+}
+
+/// `wapipe-sim http`: plain requests (no signature) against any loopback
+/// server, taken round robin from a list, with the same headers on each.
+#[derive(Debug, Clone)]
+pub struct HttpLoadConfig {
+    /// `http://127.0.0.1:PORT`: where the requests' paths are sent.
+    pub base: String,
+    pub requests: Vec<HttpRequest>,
+    /// Sent with every request, e.g. `Authorization: Bearer …`.
+    pub headers: Vec<(String, String)>,
+    pub rate: f64,
+    pub duration: Duration,
+    pub concurrency: usize,
+    pub max_requests: Option<u64>,
+    pub request_timeout: Duration,
+}
+
+/// One line of a request list: `METHOD /path [JSON body]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: Method,
+    pub path: String,
+    pub body: Option<Bytes>,
+}
+
+impl HttpRequest {
+    /// Parses a request list: one `METHOD /path [body]` per line; blank
+    /// lines and `#` comments are skipped. The body is the rest of the line.
+    pub fn parse_list(text: &str) -> Result<Vec<HttpRequest>, LoadError> {
+        let mut out = Vec::new();
+        for (no, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad =
+                |reason: &str| LoadError::Settings(format!("request line {}: {reason}", no + 1));
+            let (method, rest) = line
+                .split_once(' ')
+                .ok_or_else(|| bad("expected `METHOD /path [body]`"))?;
+            let method =
+                Method::from_bytes(method.as_bytes()).map_err(|_| bad("unknown method"))?;
+            let rest = rest.trim_start();
+            let (path, body) = match rest.split_once(' ') {
+                Some((p, b)) => (p, Some(Bytes::from(b.trim().to_owned()))),
+                None => (rest, None),
+            };
+            if !path.starts_with('/') {
+                return Err(bad("the path must start with /"));
+            }
+            out.push(HttpRequest {
+                method,
+                path: path.to_owned(),
+                body,
+            });
+        }
+        if out.is_empty() {
+            return Err(LoadError::Settings("the request list is empty".into()));
+        }
+        Ok(out)
     }
-    if !cfg.rate.is_finite() || cfg.rate < 0.0 {
-        return Err(LoadError::Settings(format!(
-            "rate must be >= 0, got {}",
-            cfg.rate
-        )));
+}
+
+pub async fn run_http_load(cfg: HttpLoadConfig) -> Result<LoadReport, LoadError> {
+    let pace = Pace::checked(
+        cfg.rate,
+        cfg.duration,
+        cfg.concurrency,
+        cfg.max_requests,
+        cfg.request_timeout,
+    )?;
+    if cfg.requests.is_empty() {
+        return Err(LoadError::Settings("no requests to send".into()));
     }
-    let target = Arc::new(resolve_target(&cfg.webhook).await?);
-    let shared = Arc::new(Shared {
-        tickets: AtomicU64::new(0),
-        signer: Signer::new(cfg.app_secret.as_bytes()),
-        rate: cfg.rate,
-        max_requests: cfg.max_requests,
-        request_timeout: cfg.request_timeout,
-    });
+    let target = resolve_target(&cfg.base).await?;
+    let mut headers = Vec::with_capacity(cfg.headers.len());
+    for (name, value) in &cfg.headers {
+        let bad = || LoadError::Settings(format!("invalid header {name:?}"));
+        headers.push((
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?,
+            HeaderValue::from_str(value).map_err(|_| bad())?,
+        ));
+    }
+    let requests: Arc<[HttpRequest]> = cfg.requests.into();
+    let headers: Arc<[(HeaderName, HeaderValue)]> = headers.into();
+    // Each worker starts at its own place in the list so the first requests
+    // of a run are spread over it rather than all the first line.
+    let sources = (0..cfg.concurrency)
+        .map(|i| RoundRobin {
+            next: i % requests.len(),
+            requests: requests.clone(),
+            headers: headers.clone(),
+        })
+        .collect();
+    Ok(drive(target, pace, sources).await)
+}
+
+/// What one request of a run puts on the wire.
+struct Outgoing {
+    method: Method,
+    path: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Bytes,
+    /// Inbound messages the body carries (webhooks only), for the report.
+    inbound: u32,
+}
+
+/// The requests one worker sends, in order.
+trait Requests: Send + 'static {
+    fn next_request(&mut self) -> Outgoing;
+}
+
+/// Signed webhooks from a payload generator.
+struct Webhooks {
+    payloads: PayloadGen,
+    signer: Arc<Signer>,
+    path: String,
+}
+
+impl Requests for Webhooks {
+    fn next_request(&mut self) -> Outgoing {
+        let payload = self.payloads.next_payload();
+        let signature = self.signer.sign(&payload.body);
+        let mut headers = vec![(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )];
+        if let Ok(v) = HeaderValue::from_str(&signature) {
+            headers.push((HeaderName::from_static(SIGNATURE_HEADER), v));
+        }
+        Outgoing {
+            method: Method::POST,
+            path: self.path.clone(),
+            headers,
+            body: Bytes::from(payload.body),
+            inbound: payload.inbound_messages,
+        }
+    }
+}
+
+/// A fixed list of requests, taken in turn.
+struct RoundRobin {
+    requests: Arc<[HttpRequest]>,
+    headers: Arc<[(HeaderName, HeaderValue)]>,
+    next: usize,
+}
+
+impl Requests for RoundRobin {
+    fn next_request(&mut self) -> Outgoing {
+        let r = &self.requests[self.next];
+        self.next = (self.next + 1) % self.requests.len();
+        let mut headers = self.headers.to_vec();
+        if r.body.is_some() {
+            headers.push((
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ));
+        }
+        Outgoing {
+            method: r.method.clone(),
+            path: r.path.clone(),
+            headers,
+            body: r.body.clone().unwrap_or_default(),
+            inbound: 0,
+        }
+    }
+}
+
+/// How fast and how long a run goes, checked once.
+struct Pace {
+    tickets: AtomicU64,
+    rate: f64,
+    duration: Duration,
+    max_requests: Option<u64>,
+    request_timeout: Duration,
+}
+
+impl Pace {
+    fn checked(
+        rate: f64,
+        duration: Duration,
+        concurrency: usize,
+        max_requests: Option<u64>,
+        request_timeout: Duration,
+    ) -> Result<Pace, LoadError> {
+        if concurrency == 0 || concurrency > 10_000 {
+            return Err(LoadError::Settings(format!(
+                "concurrency must be 1..=10000, got {concurrency}"
+            )));
+        }
+        if !rate.is_finite() || rate < 0.0 {
+            return Err(LoadError::Settings(format!(
+                "rate must be >= 0, got {rate}"
+            )));
+        }
+        Ok(Pace {
+            tickets: AtomicU64::new(0),
+            rate,
+            duration,
+            max_requests,
+            request_timeout,
+        })
+    }
+}
+
+/// Runs one worker per source until the pace says stop, and sums them up.
+async fn drive<R: Requests>(target: Target, pace: Pace, sources: Vec<R>) -> LoadReport {
+    let target = Arc::new(target);
+    let pace = Arc::new(pace);
     let start = Instant::now();
-    let deadline = start + cfg.duration;
-    let mut workers = Vec::with_capacity(cfg.concurrency);
-    for _ in 0..cfg.concurrency {
-        let gen_ = PayloadGen::new(cfg.business.clone(), cfg.customers)
-            .with_messages_per_body(cfg.messages_per_body);
-        workers.push(tokio::spawn(worker(
-            shared.clone(),
-            target.clone(),
-            gen_,
-            start,
-            deadline,
-        )));
-    }
+    let deadline = start + pace.duration;
+    let workers: Vec<_> = sources
+        .into_iter()
+        .map(|source| {
+            tokio::spawn(worker(
+                pace.clone(),
+                target.clone(),
+                source,
+                start,
+                deadline,
+            ))
+        })
+        .collect();
     let mut total = WorkerTally::default();
     for w in workers {
         match w.await {
@@ -236,7 +449,7 @@ pub async fn run_load(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let lat = total.latencies.summary();
-    Ok(LoadReport {
+    LoadReport {
         sent: total.accepted + total.rejected + total.errors,
         accepted: total.accepted,
         rejected: total.rejected,
@@ -254,15 +467,7 @@ pub async fn run_load(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
         p99_ms: lat.p99_ms,
         max_ms: lat.max_ms,
         inbound_messages: total.inbound,
-    })
-}
-
-struct Shared {
-    tickets: AtomicU64,
-    signer: Signer,
-    rate: f64,
-    max_requests: Option<u64>,
-    request_timeout: Duration,
+    }
 }
 
 #[derive(Default)]
@@ -323,10 +528,10 @@ async fn connect(target: &Target) -> Result<Sender, String> {
     Err(last)
 }
 
-async fn worker(
-    shared: Arc<Shared>,
+async fn worker<R: Requests>(
+    pace: Arc<Pace>,
     target: Arc<Target>,
-    mut payloads: PayloadGen,
+    mut source: R,
     start: Instant,
     deadline: Instant,
 ) -> WorkerTally {
@@ -336,12 +541,12 @@ async fn worker(
     };
     let mut sender: Option<Sender> = None;
     loop {
-        let ticket = shared.tickets.fetch_add(1, Ordering::Relaxed);
-        if shared.max_requests.is_some_and(|max| ticket >= max) {
+        let ticket = pace.tickets.fetch_add(1, Ordering::Relaxed);
+        if pace.max_requests.is_some_and(|max| ticket >= max) {
             break;
         }
-        if shared.rate > 0.0 {
-            let due = start + Duration::from_secs_f64(ticket as f64 / shared.rate);
+        if pace.rate > 0.0 {
+            let due = start + Duration::from_secs_f64(ticket as f64 / pace.rate);
             if due >= deadline {
                 break;
             }
@@ -350,8 +555,7 @@ async fn worker(
             break;
         }
 
-        let payload = payloads.next_payload();
-        let signature = shared.signer.sign(&payload.body);
+        let out = source.next_request();
 
         // (Re)connect lazily: the server may close idle or errored connections.
         let ready = match sender.as_mut() {
@@ -360,7 +564,7 @@ async fn worker(
         };
         if !ready {
             sender = None;
-            match tokio::time::timeout(shared.request_timeout, connect(&target)).await {
+            match tokio::time::timeout(pace.request_timeout, connect(&target)).await {
                 Ok(Ok(s)) => sender = Some(s),
                 Ok(Err(e)) => {
                     tally.error(e);
@@ -377,12 +581,14 @@ async fn worker(
         }
         let Some(s) = sender.as_mut() else { continue };
 
-        let req = Request::post(target.path.as_str())
-            .header(header::HOST, target.authority.as_str())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(SIGNATURE_HEADER, signature)
-            .body(Full::new(Bytes::from(payload.body)));
-        let req = match req {
+        let mut req = Request::builder()
+            .method(out.method)
+            .uri(out.path.as_str())
+            .header(header::HOST, target.authority.as_str());
+        for (name, value) in out.headers {
+            req = req.header(name, value);
+        }
+        let req = match req.body(Full::new(out.body)) {
             Ok(r) => r,
             Err(e) => {
                 tally.error(format!("building request: {e}"));
@@ -390,7 +596,7 @@ async fn worker(
             }
         };
         let t0 = Instant::now();
-        let outcome = tokio::time::timeout(shared.request_timeout, async {
+        let outcome = tokio::time::timeout(pace.request_timeout, async {
             let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
             let status = resp.status();
             // Drain the answer so the connection can carry the next request.
@@ -407,7 +613,7 @@ async fn worker(
                 tally.latencies.record(took);
                 if status.is_success() {
                     tally.accepted += 1;
-                    tally.inbound += u64::from(payload.inbound_messages);
+                    tally.inbound += u64::from(out.inbound);
                 } else {
                     tally.rejected += 1;
                     *tally.by_status.entry(status.as_u16()).or_default() += 1;
@@ -418,7 +624,7 @@ async fn worker(
                 sender = None;
             }
             Err(_) => {
-                tally.error(format!("no answer within {:?}", shared.request_timeout));
+                tally.error(format!("no answer within {:?}", pace.request_timeout));
                 sender = None;
             }
         }
@@ -447,6 +653,22 @@ async fn nowork_answer(req: Request<hyper::body::Incoming>) -> Response<Body> {
         Ok(_) => bytes_response(StatusCode::OK, "text/plain", "ok"),
         Err(_) => bytes_response(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", "too large"),
     }
+}
+
+/// The REST API benchmark's baseline: the API's own stack (axum on hyper)
+/// answering every method and path with a small JSON document after reading
+/// the body, with no authentication and no database. Runs until aborted.
+pub fn spawn_nowork_axum(listener: TcpListener) -> JoinHandle<()> {
+    let app = axum::Router::new()
+        .fallback(|body: Bytes| async move {
+            axum::Json(serde_json::json!({ "data": [], "nextCursor": null, "read": body.len() }))
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(NOWORK_MAX_BODY));
+    tokio::spawn(async move {
+        // The baseline only stops when the benchmark kills it; an accept
+        // error ends it, and the benchmark then sees a refused connection.
+        let _ = axum::serve(listener, app).await;
+    })
 }
 
 /// Hand-written so the app secret never reaches a log.
@@ -488,5 +710,97 @@ mod tests {
             .expect("ok");
         assert_eq!(t.path, "/hook?x=1");
         assert_eq!(t.authority, "127.0.0.1:9");
+    }
+
+    #[test]
+    fn parses_request_lists() {
+        let list = HttpRequest::parse_list(
+            "# the API's mix\n\nGET /api/x?limit=50\nPOST /api/y {\"type\": \"text\", \"text\": \"hi there\"}\n",
+        )
+        .expect("a valid list");
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].method, Method::GET);
+        assert_eq!(list[0].path, "/api/x?limit=50");
+        assert_eq!(list[0].body, None);
+        assert_eq!(list[1].method, Method::POST);
+        assert_eq!(
+            list[1].body.as_deref(),
+            Some(&b"{\"type\": \"text\", \"text\": \"hi there\"}"[..])
+        );
+        for bad in ["", "# only a comment", "GET", "GET api/x", "G@T /x"] {
+            assert!(
+                matches!(HttpRequest::parse_list(bad), Err(LoadError::Settings(_))),
+                "{bad:?} must be refused"
+            );
+        }
+    }
+
+    /// The HTTP generator sends every listed request in turn, with the
+    /// given headers, and counts what the server refused.
+    #[tokio::test]
+    async fn http_load_sends_the_list_in_turn_with_headers() {
+        use std::sync::Mutex;
+        /// Method, path, Authorization header and body length of a request.
+        type Seen = (String, String, Option<String>, usize);
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let log = seen.clone();
+        let server = tokio::spawn(serve(
+            listener,
+            move |req: Request<hyper::body::Incoming>| {
+                let log = log.clone();
+                async move {
+                    let method = req.method().to_string();
+                    let path = req.uri().path().to_owned();
+                    let auth = req
+                        .headers()
+                        .get(header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes().len())
+                        .unwrap_or(0);
+                    let status = if path == "/missing" {
+                        StatusCode::NOT_FOUND
+                    } else {
+                        StatusCode::OK
+                    };
+                    if let Ok(mut l) = log.lock() {
+                        l.push((method, path, auth, body));
+                    }
+                    bytes_response(status, "application/json", "{}")
+                }
+            },
+        ));
+        let report = run_http_load(HttpLoadConfig {
+            base: format!("http://{addr}"),
+            requests: HttpRequest::parse_list("GET /a\nPOST /b {\"k\":1}\nGET /missing")
+                .expect("list"),
+            headers: vec![("Authorization".into(), "Bearer k1".into())],
+            rate: 0.0,
+            duration: Duration::from_secs(10),
+            concurrency: 1,
+            max_requests: Some(6),
+            request_timeout: Duration::from_secs(5),
+        })
+        .await
+        .expect("run");
+        server.abort();
+        assert_eq!(report.sent, 6);
+        assert_eq!(report.accepted, 4);
+        assert_eq!(report.rejected_by_status.get(&404), Some(&2));
+        let seen = seen.lock().expect("log").clone();
+        let paths: Vec<&str> = seen.iter().map(|(_, p, _, _)| p.as_str()).collect();
+        assert_eq!(paths, ["/a", "/b", "/missing", "/a", "/b", "/missing"]);
+        assert!(
+            seen.iter()
+                .all(|(_, _, auth, _)| auth.as_deref() == Some("Bearer k1"))
+        );
+        assert_eq!(seen[1].0, "POST");
+        assert_eq!(seen[1].3, 7, "the body is sent as listed");
     }
 }

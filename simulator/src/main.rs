@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use wapipe_sim::graph::{self, ErrorRule, GraphConfig};
-use wapipe_sim::load::{self, LoadConfig};
+use wapipe_sim::load::{self, HttpLoadConfig, HttpRequest, LoadConfig};
 use wapipe_sim::payloads::{
     Business, DEFAULT_DISPLAY_PHONE_NUMBER, DEFAULT_PHONE_NUMBER_ID, DEFAULT_WABA_ID,
 };
@@ -32,7 +32,14 @@ enum Command {
     Nowork {
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: SocketAddr,
+        /// Serve it on axum, the REST API's stack (a small JSON answer to
+        /// any method and path), instead of the receiver's bare hyper.
+        #[arg(long)]
+        axum: bool,
     },
+    /// Send plain requests from a list (`METHOD /path [JSON body]` per line),
+    /// round robin, at a target rate for a while: the REST API's load.
+    Http(HttpArgs),
     /// Sign and post payload files (a directory gives its *.json files, recursively).
     Replay(ReplayArgs),
     /// Serve a fake Graph API that accepts sends and posts status webhooks.
@@ -84,6 +91,46 @@ struct LoadArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct HttpArgs {
+    /// Where the listed paths go, e.g. http://127.0.0.1:8080 (loopback only).
+    #[arg(long)]
+    base: String,
+    /// The request list: one `METHOD /path [JSON body]` per line.
+    #[arg(long)]
+    requests: PathBuf,
+    /// `Name: value`, sent with every request; repeatable.
+    #[arg(long = "header", short = 'H', value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// Requests per second over all connections; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// How long to send, e.g. 60s, 500ms, 2m.
+    #[arg(long, value_parser = wapipe_sim::parse_duration)]
+    duration: Duration,
+    /// Concurrent keep-alive HTTP/1.1 connections.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=10000))]
+    concurrency: u16,
+    /// Stop after this many requests even if time is left.
+    #[arg(long)]
+    requests_max: Option<u64>,
+    /// Per-request timeout.
+    #[arg(long, default_value = "10s", value_parser = wapipe_sim::parse_duration)]
+    timeout: Duration,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("{s:?} is not `Name: value`")),
+    }
 }
 
 #[derive(Args)]
@@ -174,16 +221,21 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Load(a) => run_load(a).await,
-        Command::Nowork { listen } => {
+        Command::Nowork { listen, axum } => {
             let listener = bind(listen).await?;
             println!("nowork listening on http://{}", listener.local_addr()?);
-            let server = load::spawn_nowork(listener);
+            let server = if axum {
+                load::spawn_nowork_axum(listener)
+            } else {
+                load::spawn_nowork(listener)
+            };
             tokio::signal::ctrl_c()
                 .await
                 .context("waiting for Ctrl-C")?;
             server.abort();
             Ok(ExitCode::SUCCESS)
         }
+        Command::Http(a) => run_http(a).await,
         Command::Replay(a) => run_replay(a).await,
         Command::Graph(a) => run_graph(a).await,
     }
@@ -212,13 +264,35 @@ async fn run_load(a: LoadArgs) -> anyhow::Result<ExitCode> {
         ..LoadConfig::new(a.target.webhook, a.target.app_secret)
     };
     let report = load::run_load(cfg).await?;
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+    print_report(&report, a.json)
+}
+
+async fn run_http(a: HttpArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&a.requests)
+        .with_context(|| format!("cannot read {}", a.requests.display()))?;
+    let cfg = HttpLoadConfig {
+        base: a.base,
+        requests: HttpRequest::parse_list(&text)?,
+        headers: a.headers,
+        rate: a.rate,
+        duration: a.duration,
+        concurrency: usize::from(a.concurrency),
+        max_requests: a.requests_max,
+        request_timeout: a.timeout,
+    };
+    let report = load::run_http_load(cfg).await?;
+    print_report(&report, a.json)
+}
+
+/// Prints a run's summary. Nothing accepted means the target is down or
+/// refuses us (a wrong secret or key): a benchmark script must not take
+/// that run's numbers, so the exit code says so.
+fn print_report(report: &load::LoadReport, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
     } else {
         println!("{report}");
     }
-    // Nothing accepted means the target is down or the secret is wrong: a
-    // benchmark script must not take that run's numbers.
     Ok(if report.accepted == 0 {
         ExitCode::FAILURE
     } else {
