@@ -650,6 +650,12 @@ pub async fn mark_read(
     let txn = state.db.begin().await?;
     let changed = messages::Entity::update_many()
         .col_expr(messages::Column::IsRead, Expr::value(true))
+        .col_expr(
+            messages::Column::ReadStatus,
+            Expr::value(wapipe_domain::receipts::read_status_of(
+                messages::MessageStatus::Read,
+            )),
+        )
         .col_expr(messages::Column::UpdatedAt, Expr::value(now))
         .filter(messages::Column::ChatId.eq(chat.id))
         .filter(messages::Column::Direction.eq(messages::Direction::Inbound))

@@ -21,6 +21,7 @@ pub mod messages;
 pub mod notes;
 pub mod openapi;
 pub mod page;
+pub mod periodic;
 pub mod scenarios;
 pub mod stats;
 pub mod templates;
@@ -37,7 +38,7 @@ use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -96,6 +97,8 @@ pub struct AppState {
     pub meta: Option<MetaAccess>,
     pub settings: Arc<ApiSettings>,
     pub limiter: Arc<auth::Limiter>,
+    /// This process, as the holder of the periodic jobs' leases.
+    pub instance: Arc<str>,
 }
 
 impl AppState {
@@ -106,6 +109,7 @@ impl AppState {
             meta: deps.meta,
             limiter: auth::limiter(settings.rate_per_s, settings.rate_burst),
             settings: Arc::new(settings),
+            instance: uuid::Uuid::now_v7().to_string().into(),
         }
     }
 }
@@ -144,66 +148,6 @@ fn spawn_limiter_upkeep(state: &AppState, shutdown: CancellationToken) {
     });
 }
 
-/// Rolls up today and yesterday into `agent_performance` every few
-/// minutes. Idempotent (an upsert per agent and day), so several API
-/// processes doing it at once is harmless.
-fn spawn_rollup(state: &AppState, shutdown: CancellationToken) {
-    let db = state.db.clone();
-    let every = state.settings.rollup_every;
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = shutdown.cancelled() => return,
-            }
-            let today = wapipe_domain::clock::now().date_naive();
-            for day in [today.pred_opt(), Some(today)].into_iter().flatten() {
-                if let Err(e) = wapipe_domain::stats::rollup_day(&db, day).await {
-                    tracing::warn!(error = %e, %day, "agent performance roll-up failed; next tick retries");
-                }
-            }
-        }
-    });
-}
-
-/// Syncs every number's templates from Meta every
-/// `template_sync_every` (the template webhooks keep them fresh between).
-fn spawn_template_sync(state: &AppState, shutdown: CancellationToken) {
-    let (Some(every), Some(meta)) = (state.settings.template_sync_every, state.meta.clone()) else {
-        return;
-    };
-    let db = state.db.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = shutdown.cancelled() => return,
-            }
-            let configs = match wapipe_shared::entities::whatsapp_configs::Entity::find()
-                .filter(wapipe_shared::entities::whatsapp_configs::Column::IsDeleted.eq(false))
-                .filter(wapipe_shared::entities::whatsapp_configs::Column::IsActive.eq(true))
-                .all(&db)
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "template sync: cannot list the numbers");
-                    continue;
-                }
-            };
-            for c in configs {
-                if let Err(e) =
-                    wapipe_domain::templates::sync(&db, &meta.configs, &meta.graph, c.id).await
-                {
-                    tracing::warn!(error = %e, config = %c.id, "template sync failed; next tick retries");
-                }
-            }
-        }
-    });
-}
-
 /// The API on its own listener until `shutdown`, then a graceful stop.
 pub fn start(
     deps: ApiDeps,
@@ -213,8 +157,8 @@ pub fn start(
 ) -> tokio::task::JoinHandle<()> {
     let state = AppState::new(deps, settings);
     spawn_limiter_upkeep(&state, shutdown.clone());
-    spawn_rollup(&state, shutdown.clone());
-    spawn_template_sync(&state, shutdown.clone());
+    periodic::spawn_rollup(&state, shutdown.clone());
+    periodic::spawn_template_sync(&state, shutdown.clone());
     let app = router(state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
@@ -239,8 +183,8 @@ pub fn hyper_handler(
 ) -> Arc<dyn Fn(hyper::Request<hyper::body::Incoming>) -> HandlerFuture + Send + Sync> {
     let state = AppState::new(deps, settings);
     spawn_limiter_upkeep(&state, shutdown.clone());
-    spawn_rollup(&state, shutdown.clone());
-    spawn_template_sync(&state, shutdown);
+    periodic::spawn_rollup(&state, shutdown.clone());
+    periodic::spawn_template_sync(&state, shutdown);
     let app = router(state);
     Arc::new(move |req| {
         let app = app.clone();

@@ -24,6 +24,7 @@ use wapipe_domain::outbox::content::{
 use wapipe_domain::outbox::{
     self, CODE_WINDOW_CLOSED, NewOutbound, OutboundContent, customer_window_open,
 };
+use wapipe_domain::receipts::read_status_of;
 use wapipe_domain::templates::{self, TemplateCheckError};
 use wapipe_shared::entities::messages::{self as m, Direction, Origin};
 use wapipe_shared::entities::{blocked_numbers, chats, whatsapp_configs};
@@ -51,7 +52,7 @@ async fn ends(
     let config = whatsapp_configs::Entity::find_by_id(chat.config_id)
         .one(&state.db)
         .await?;
-    let business = config.map(|c| c.display_phone_number.unwrap_or(c.phone_number_id));
+    let business = config.map(|c| c.business_number().to_owned());
     Ok((chat.phone_number.clone(), business))
 }
 
@@ -159,6 +160,10 @@ pub async fn mark_read(
     let txn = state.db.begin().await?;
     let changed = m::Entity::update_many()
         .col_expr(m::Column::IsRead, Expr::value(true))
+        .col_expr(
+            m::Column::ReadStatus,
+            Expr::value(read_status_of(m::MessageStatus::Read)),
+        )
         .col_expr(m::Column::UpdatedAt, Expr::value(now))
         .filter(m::Column::Id.eq(msg.id))
         .filter(m::Column::IsRead.eq(false))

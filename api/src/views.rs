@@ -336,14 +336,16 @@ impl Message {
             message: m.error_title.clone().or(m.error_details.clone()),
             retryable: false,
         });
+        // Rows written before the workers stored the column: derived.
         let read_status = m.read_status.clone().or_else(|| {
-            matches!(
-                m.status,
-                messages::MessageStatus::Sent
-                    | messages::MessageStatus::Delivered
-                    | messages::MessageStatus::Read
-            )
-            .then(|| m.status.to_string())
+            use wapipe_domain::receipts::read_status_of;
+            let seen = inbound && m.is_read;
+            read_status_of(if seen {
+                messages::MessageStatus::Read
+            } else {
+                m.status
+            })
+            .map(str::to_owned)
         });
         Self {
             id: m.id,

@@ -3,7 +3,7 @@
 //! other (DESIGN §2): queuing an outbound message (the shared [`outbox`]),
 //! the 24-hour window, receipts that came before their message
 //! ([`receipts`]), the lane key, the [`clock`] and the decrypted config
-//! cache ([`configs`]).
+//! cache ([`configs`]), and leases on periodic jobs ([`leases`]).
 
 pub mod agents;
 pub mod apikeys;
@@ -13,6 +13,7 @@ pub mod clock;
 pub mod configs;
 pub mod followups;
 pub mod inbox;
+pub mod leases;
 pub mod outbox;
 pub mod receipts;
 pub mod scenarios;

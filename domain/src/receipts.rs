@@ -11,7 +11,10 @@
 //!   kept in `message_status_events`;
 //! - receipts for a wamid not stored yet stay `applied = false` until
 //!   [`apply_pending_receipts`] runs again (the outbound worker calls it
-//!   right after storing a wamid).
+//!   right after storing a wamid);
+//! - the UPDATE that moves the status also writes seed 002's
+//!   `providerStatus` (Meta's status string as received) and `readStatus`
+//!   ([`read_status_of`]), so both follow the status and never regress.
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, Func};
@@ -48,6 +51,19 @@ pub struct Applied {
 impl Applied {
     pub fn changed(&self) -> bool {
         self.applied > 0
+    }
+}
+
+/// seed 002 `readStatus` (`sent | delivered | read`) of a status; `None`
+/// for statuses it has no value for (queued, sending, failed: a failure
+/// leaves the last one reached).
+pub fn read_status_of(s: MessageStatus) -> Option<&'static str> {
+    match s {
+        MessageStatus::Sent => Some("sent"),
+        MessageStatus::Delivered => Some("delivered"),
+        // A voice note played was read.
+        MessageStatus::Read | MessageStatus::Played => Some("read"),
+        MessageStatus::Queued | MessageStatus::Sending | MessageStatus::Failed => None,
     }
 }
 
@@ -174,7 +190,11 @@ async fn apply_one<C: ConnectionTrait>(
 ) -> Result<bool, DbErr> {
     let mut q = messages::Entity::update_many()
         .col_expr(M::Status, Expr::value(status.as_str()))
+        .col_expr(M::ProviderStatus, Expr::value(r.status.as_str()))
         .col_expr(M::UpdatedAt, Expr::value(now));
+    if let Some(read) = read_status_of(status) {
+        q = q.col_expr(M::ReadStatus, Expr::value(read));
+    }
     match status {
         MessageStatus::Failed => {
             let first = errors_of(r.errors.as_ref()).into_iter().next();

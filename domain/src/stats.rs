@@ -4,7 +4,14 @@
 //!
 //! A response is an outbound message (agent or bot) after one or more
 //! customer messages; its time is from the first of those customer
-//! messages. A chat's first response is its first such answer.
+//! messages. A chat's first response is its first such answer. The reports
+//! compute this over a range of days from the messages themselves.
+//!
+//! A chat also keeps its own running figures, maintained as messages are
+//! written ([`chat_response`]): `first_response_time` and
+//! `avg_response_time` over `response_count` answers. Those count human
+//! replies only (senderType `agent`), since that is what an agents'
+//! dashboard shows: a bot's instant reply is not the chat's response time.
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use sea_orm::sea_query::OnConflict;
@@ -74,6 +81,44 @@ pub fn response_times(
         }
     }
     out
+}
+
+/// Whether a reply of this seed 002 `senderType` counts as a response in
+/// a chat's own figures: an agent's (the API, `wapipe send`), not a bot's
+/// or the system's.
+pub fn is_human_reply(sender_type: &str) -> bool {
+    sender_type == "agent"
+}
+
+/// A chat's response-time columns after an answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChatResponse {
+    /// Seconds this answer took.
+    pub secs: f64,
+    pub first_response_time: f64,
+    pub avg_response_time: f64,
+    pub response_count: i32,
+}
+
+/// What a human reply at `at` does to the chat's figures: when a customer
+/// has been waiting since `awaiting_reply_since`, one more interval in the
+/// running mean, and the first one if there was none. `None` when nobody
+/// was waiting (a second reply in a row, or the business writing first).
+pub fn chat_response(
+    chat: &wapipe_shared::entities::chats::Model,
+    at: DateTime<Utc>,
+) -> Option<ChatResponse> {
+    let since = chat.awaiting_reply_since?;
+    // Clocks of two processes may disagree by a little: never negative.
+    let secs = ((at - since).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6).max(0.0);
+    let n = chat.response_count.max(0);
+    let prior = chat.avg_response_time.unwrap_or(0.0) * f64::from(n);
+    Some(ChatResponse {
+        secs,
+        first_response_time: chat.first_response_time.unwrap_or(secs),
+        avg_response_time: (prior + secs) / f64::from(n + 1),
+        response_count: n + 1,
+    })
 }
 
 /// Messages of `chats` (or all of `configs`) between `from` and `to`, as
@@ -252,6 +297,74 @@ pub async fn rollup_day<C: ConnectionTrait>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chat_figures_keep_the_first_and_a_running_mean() {
+        let t = |s: i64| DateTime::from_timestamp(1_790_000_000 + s, 0).expect("time");
+        let mut chat = wapipe_shared::entities::chats::Model {
+            id: Uuid::now_v7(),
+            created_at: t(0),
+            updated_at: t(0),
+            config_id: Uuid::now_v7(),
+            customer_id: Uuid::now_v7(),
+            phone_number: None,
+            customer_name: None,
+            status: "unassigned".into(),
+            priority: "medium".into(),
+            assigned_to: None,
+            unread_count: 0,
+            last_message: None,
+            last_message_time: None,
+            last_message_id: None,
+            total_messages: 0,
+            customer_messages: 0,
+            agent_messages: 0,
+            bot_messages: 0,
+            is_archived: false,
+            is_pinned: false,
+            is_muted: false,
+            first_response_at: None,
+            resolved_at: None,
+            handoff_at: None,
+            is_deleted: false,
+            deleted_at: None,
+            assigned_at: None,
+            assigned_by: None,
+            source: "whatsapp".into(),
+            provider: "meta-whatsapp".into(),
+            provider_chat_id: None,
+            whatsapp_business_account_id: None,
+            phone_number_id: None,
+            customer_info: None,
+            closed_at: None,
+            first_response_time: None,
+            avg_response_time: None,
+            response_count: 0,
+            awaiting_reply_since: None,
+        };
+        assert_eq!(chat_response(&chat, t(10)), None, "nobody waits");
+        chat.awaiting_reply_since = Some(t(10));
+        let first = chat_response(&chat, t(70)).expect("an answer");
+        assert_eq!(
+            (
+                first.secs,
+                first.first_response_time,
+                first.avg_response_time
+            ),
+            (60.0, 60.0, 60.0)
+        );
+        chat.first_response_time = Some(first.first_response_time);
+        chat.avg_response_time = Some(first.avg_response_time);
+        chat.response_count = first.response_count;
+        chat.awaiting_reply_since = Some(t(100));
+        let second = chat_response(&chat, t(120)).expect("an answer");
+        assert_eq!(second.first_response_time, 60.0, "set once");
+        assert_eq!(second.avg_response_time, 40.0);
+        assert_eq!(second.response_count, 2);
+        chat.awaiting_reply_since = Some(t(200));
+        assert_eq!(chat_response(&chat, t(199)).expect("skew").secs, 0.0);
+        assert!(is_human_reply("agent") && !is_human_reply("bot") && !is_human_reply("system"));
+    }
 
     #[test]
     fn response_times_pair_each_customer_run_with_the_next_answer() {

@@ -4,7 +4,7 @@
 //! answer 132000 or 132001 late, and misleadingly for a template it does
 //! not know yet). And a send that uses a template counts it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter};
@@ -170,7 +170,8 @@ pub enum TemplateSyncError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SyncReport {
     pub pages: u64,
-    /// Templates Meta listed (one per name and language).
+    /// Templates upserted (one per name and language): those Meta listed,
+    /// less those deleted here.
     pub templates: u64,
 }
 
@@ -181,11 +182,49 @@ pub struct GraphTarget {
     pub version: String,
 }
 
+/// The predicate of the partial unique index on (config, name, language)
+/// (migration 000009): only templates not deleted hold their name. An
+/// upsert on those columns names it in its conflict target, written as the
+/// index has it, for SQLite to match the two.
+pub const LIVE_NAME: &str = "is_deleted = false";
+
+/// Meta ids of the config's templates deleted here and not live again: a
+/// sync leaves them deleted.
+async fn deleted_here<C: ConnectionTrait>(
+    db: &C,
+    config_id: Uuid,
+) -> Result<HashSet<String>, sea_orm::DbErr> {
+    use sea_orm::QuerySelect;
+    let rows: Vec<(Option<String>, bool)> = templates::Entity::find()
+        .select_only()
+        .column(templates::Column::WhatsappTemplateId)
+        .column(templates::Column::IsDeleted)
+        .filter(templates::Column::ConfigId.eq(config_id))
+        .filter(templates::Column::WhatsappTemplateId.is_not_null())
+        .into_tuple()
+        .all(db)
+        .await?;
+    let live: HashSet<&str> = rows
+        .iter()
+        .filter(|(_, deleted)| !deleted)
+        .filter_map(|(id, _)| id.as_deref())
+        .collect();
+    Ok(rows
+        .iter()
+        .filter(|(_, deleted)| *deleted)
+        .filter_map(|(id, _)| id.clone())
+        .filter(|id| !live.contains(id.as_str()))
+        .collect())
+}
+
 /// Fetches every page of the account's templates (`GET
 /// /{waba_id}/message_templates`) and upserts each on (config, name,
-/// language): Meta's id, status, category, quality and components. A
-/// rerun changes only what Meta changed; templates Meta no longer lists
-/// are left as they are (their status webhooks keep them right).
+/// language) among the templates not deleted: Meta's id, status, category,
+/// quality and components. A rerun changes only what Meta changed;
+/// templates Meta no longer lists are left as they are (their status
+/// webhooks keep them right). A template deleted here stays deleted while
+/// Meta lists it under the same id; under a new id (recreated at Meta) it
+/// is a new template and arrives.
 pub async fn sync<C: ConnectionTrait>(
     db: &C,
     configs: &crate::configs::ConfigCache,
@@ -220,6 +259,7 @@ pub async fn sync<C: ConnectionTrait>(
         row.waba_id
     ));
     let mut report = SyncReport::default();
+    let skip = deleted_here(db, config_id).await?;
     // A bound on pages, in case a peer keeps sending a `next`.
     while let Some(u) = url.take().filter(|_| report.pages < 10_000) {
         let resp = http
@@ -259,6 +299,9 @@ pub async fn sync<C: ConnectionTrait>(
                 .as_str()
                 .map(str::to_owned)
                 .or_else(|| t["id"].as_u64().map(|n| n.to_string()));
+            if meta_id.as_ref().is_some_and(|id| skip.contains(id)) {
+                continue;
+            }
             use templates::Column as T;
             templates::Entity::insert(templates::ActiveModel {
                 id: Set(Uuid::now_v7()),
@@ -286,6 +329,7 @@ pub async fn sync<C: ConnectionTrait>(
             })
             .on_conflict(
                 OnConflict::columns([T::ConfigId, T::Name, T::Language])
+                    .target_and_where(Expr::cust(LIVE_NAME))
                     .update_columns([
                         T::UpdatedAt,
                         T::Category,

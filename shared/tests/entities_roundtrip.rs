@@ -104,6 +104,7 @@ async fn schema_matches_entities(db: &DatabaseConnection) {
         follow_ups,
         idempotency_keys,
         labels,
+        leases,
         message_status_events,
         messages,
         scenario_items,
@@ -406,6 +407,8 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         closed_at: Some(ts(21)),
         first_response_time: Some(30.5),
         avg_response_time: Some(61.25),
+        response_count: 4,
+        awaiting_reply_since: Some(ts(22)),
     };
     let chat = roundtrip::<chats::Entity, _>(db, "chats", chat.clone(), chat.id).await;
 
@@ -878,6 +881,14 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         response_body: Some(json!({"id": HELLO}).to_string()),
     };
     roundtrip::<idempotency_keys::Entity, _>(db, "idempotency_keys", idem.clone(), idem.id).await;
+    let lease = leases::Model {
+        name: format!("job {HELLO}"),
+        created_at: ts(90),
+        updated_at: ts(91),
+        holder: id().to_string(),
+        expires_at: ts(92),
+    };
+    roundtrip::<leases::Entity, _>(db, "leases", lease.clone(), lease.name.clone()).await;
 
     let dead_letter = dead_letters::Model {
         id: id(),

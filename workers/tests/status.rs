@@ -9,7 +9,7 @@ use chrono::{TimeZone, Utc};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use serde_json::json;
 use uuid::Uuid;
-use wapipe_domain::receipts::apply_pending_receipts;
+use wapipe_domain::receipts::{apply_pending_receipts, read_status_of};
 use wapipe_shared::entities::messages::{self, Direction, MessageStatus, Origin};
 use wapipe_shared::retry::RetryPolicy;
 use wapipe_testkit::both_backends;
@@ -199,6 +199,20 @@ async fn every_order_ends_at_the_highest_rank(b: Backend) {
             let m = env.message(&wamid).await;
             let want = expected(MessageStatus::Sending, &order);
             assert_eq!(m.status, want, "{order:?} (late: {late})");
+            // seed 002 `providerStatus` is Meta's string of the status the
+            // row reached; `readStatus` the last of sent, delivered, read it
+            // reached (a failure after `sent` keeps `sent`). Late receipts
+            // apply in Meta's time order, where sent comes before failed.
+            assert_eq!(m.provider_status.as_deref(), Some(want.as_str()));
+            let at = |s| order.iter().position(|o| *o == s);
+            let read = if want == MessageStatus::Failed {
+                at(MessageStatus::Sent)
+                    .filter(|&sent| late || Some(sent) < at(MessageStatus::Failed))
+                    .map(|_| "sent")
+            } else {
+                read_status_of(want)
+            };
+            assert_eq!(m.read_status.as_deref(), read, "{order:?} (late: {late})");
             // Each receipt's time is kept, even when a higher one came first.
             for s in &order {
                 let at = Some(Utc.timestamp_opt(time_of(*s), 0).single().expect("time"));

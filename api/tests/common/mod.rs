@@ -262,6 +262,8 @@ impl Api {
             last_message_id: Set(Some(message)),
             total_messages: Set(1),
             customer_messages: Set(1),
+            // The customer waits for an answer from then.
+            awaiting_reply_since: Set(Some(at)),
             ..Default::default()
         })
         .exec_without_returning(&self.db)

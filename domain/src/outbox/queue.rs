@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sea_orm::ExprTrait;
-use sea_orm::sea_query::{Alias, Expr, LockType, OnConflict};
+use sea_orm::sea_query::{Alias, Expr, Func, LockType, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
     QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
@@ -26,6 +26,7 @@ use wapipe_shared::jobs::{Job, OutboundSend, lane_key};
 use super::content::OutboundContent;
 use super::{Answer, OutboxError};
 use crate::clock::now;
+use crate::stats::ChatResponse;
 
 /// The column the sweep reads; see the migration `m20261121_000003_outbound`.
 pub const DISPATCHED_AT: &str = "dispatched_at";
@@ -165,6 +166,8 @@ struct Checked {
     new: NewOutbound,
     wa_id: String,
     lane_key: String,
+    /// The config's number: the message's `from`.
+    business: String,
 }
 
 /// What no retry can fix, per message: the number, the content, the
@@ -206,6 +209,7 @@ async fn check(
         }
         Ok(Checked {
             lane_key: lane_key(&config.phone_number_id, &wa_id),
+            business: config.business_number().to_owned(),
             wa_id,
             new,
         })
@@ -373,6 +377,8 @@ async fn write(
             status: Set(MessageStatus::Queued),
             answers_message_id: Set(new.answers.map(|a| a.message_id)),
             answer_seq: Set(new.answers.map(|a| a.seq)),
+            from: Set(Some(c.business.clone())),
+            to: Set(Some(c.wa_id.clone())),
             ..Default::default()
         });
         rows.push(QueuedMessage {
@@ -435,7 +441,10 @@ async fn write(
         }
     }
 
-    // The chat list shows each chat's latest message and counts who wrote.
+    // The chat list shows each chat's latest message and counts who wrote;
+    // a human reply to a waiting customer is a response. Only new rows
+    // count: a reply queued before (a redelivered job) counted then.
+    let chat_by_id: HashMap<Uuid, &chats::Model> = chat_of.values().map(|c| (c.id, c)).collect();
     let mut counts: BTreeMap<Uuid, ChatCount> = BTreeMap::new();
     for (c, q) in checked.iter().zip(&rows) {
         if !q.is_new {
@@ -449,6 +458,13 @@ async fn write(
             Origin::System | Origin::User => {}
         }
         n.latest = Some((q.message_id, c.new.content.preview()));
+        if n.response.is_none() && crate::stats::is_human_reply(&c.new.sender_type) {
+            // The chat row is locked (PostgreSQL) or the database is
+            // (SQLite): what it says of the wait is current.
+            n.response = chat_by_id
+                .get(&q.chat_id)
+                .and_then(|chat| crate::stats::chat_response(chat, now));
+        }
     }
     update_chat_counts(&txn, counts, now).await?;
     txn.commit().await?;
@@ -463,6 +479,9 @@ struct ChatCount {
     bot: i32,
     /// The latest new message and its preview.
     latest: Option<(Uuid, String)>,
+    /// The chat's response figures after the first human reply of the
+    /// transaction, when a customer was waiting.
+    response: Option<ChatResponse>,
 }
 
 /// One statement on PostgreSQL (a `VALUES` list); one per chat on SQLite,
@@ -486,6 +505,7 @@ async fn update_chat_counts(
         let rows = counts
             .into_iter()
             .map(|(chat, n, message_id, preview)| {
+                let r = n.response;
                 vec![
                     chat.into(),
                     preview.into(),
@@ -493,14 +513,25 @@ async fn update_chat_counts(
                     n.total.into(),
                     n.agent.into(),
                     n.bot.into(),
+                    r.is_some().into(),
+                    r.map(|r| r.first_response_time).into(),
+                    r.map(|r| r.avg_response_time).into(),
+                    r.map(|r| r.response_count).into(),
                 ]
             })
             .collect();
+        // `v.answered`: this transaction answered a waiting customer.
         with_values(
             txn,
             "UPDATE chats AS c SET last_message = v.preview, last_message_time = $1, \
              last_message_id = v.message_id, total_messages = c.total_messages + v.total, \
              agent_messages = c.agent_messages + v.agent, bot_messages = c.bot_messages + v.bot, \
+             first_response_time = CASE WHEN v.answered THEN v.first_rt ELSE c.first_response_time END, \
+             first_response_at = CASE WHEN v.answered THEN COALESCE(c.first_response_at, $1) \
+               ELSE c.first_response_at END, \
+             avg_response_time = CASE WHEN v.answered THEN v.avg_rt ELSE c.avg_response_time END, \
+             response_count = CASE WHEN v.answered THEN v.responses ELSE c.response_count END, \
+             awaiting_reply_since = CASE WHEN v.answered THEN NULL ELSE c.awaiting_reply_since END, \
              updated_at = $1 FROM {values} WHERE c.id = v.id",
             vec![now.into()],
             &[
@@ -510,6 +541,10 @@ async fn update_chat_counts(
                 ("total", "int4"),
                 ("agent", "int4"),
                 ("bot", "int4"),
+                ("answered", "bool"),
+                ("first_rt", "float8"),
+                ("avg_rt", "float8"),
+                ("responses", "int4"),
             ],
             rows,
         )
@@ -517,8 +552,29 @@ async fn update_chat_counts(
         return Ok(());
     }
     for (chat, n, message_id, preview) in counts {
-        chats::Entity::update_many()
-            .col_expr(chats::Column::LastMessage, Expr::value(preview))
+        let mut q = chats::Entity::update_many();
+        if let Some(r) = n.response {
+            q = q
+                .col_expr(
+                    chats::Column::FirstResponseTime,
+                    Expr::value(r.first_response_time),
+                )
+                .col_expr(
+                    chats::Column::FirstResponseAt,
+                    Func::coalesce([Expr::col(chats::Column::FirstResponseAt), Expr::value(now)])
+                        .into(),
+                )
+                .col_expr(
+                    chats::Column::AvgResponseTime,
+                    Expr::value(r.avg_response_time),
+                )
+                .col_expr(chats::Column::ResponseCount, Expr::value(r.response_count))
+                .col_expr(
+                    chats::Column::AwaitingReplySince,
+                    Expr::value(Option::<DateTime<Utc>>::None),
+                );
+        }
+        q.col_expr(chats::Column::LastMessage, Expr::value(preview))
             .col_expr(chats::Column::LastMessageTime, Expr::value(now))
             .col_expr(chats::Column::LastMessageId, Expr::value(message_id))
             .col_expr(

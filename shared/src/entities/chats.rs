@@ -52,9 +52,16 @@ pub struct Model {
     /// seed 002 `customerInfo` (email, address, city, country, notes, tags).
     pub customer_info: Option<Json>,
     pub closed_at: Option<DateTimeUtc>,
-    /// Seconds from the first inbound message to the first answer.
+    /// Seconds from the first unanswered customer message to the first
+    /// agent reply after it, for the chat's first such reply (set once).
     pub first_response_time: Option<f64>,
+    /// The mean of every such interval, over `response_count` of them.
     pub avg_response_time: Option<f64>,
+    pub response_count: i32,
+    /// When the oldest customer message no agent has answered yet reached
+    /// us; NULL when nobody waits. Bot replies leave it: what is measured
+    /// is how long a human takes.
+    pub awaiting_reply_since: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

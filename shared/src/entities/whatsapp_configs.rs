@@ -51,3 +51,14 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+impl Model {
+    /// The business's end of a message (seed 002 `from` of an outbound
+    /// message, `to` of an inbound one): the number as Meta displays it,
+    /// or its phone number id when Meta gave none.
+    pub fn business_number(&self) -> &str {
+        self.display_phone_number
+            .as_deref()
+            .unwrap_or(&self.phone_number_id)
+    }
+}

@@ -26,6 +26,7 @@ use wapipe_domain::clock::now;
 use wapipe_domain::configs::SendConfig;
 use wapipe_domain::outbox::content::mark_read_body;
 use wapipe_domain::outbox::{CODE_WINDOW_CLOSED, OutboxError, WINDOW_CLOSED_TITLE};
+use wapipe_domain::receipts::read_status_of;
 use wapipe_shared::jobs::{MarkRead, OutboundSend, OutboundWork};
 
 use super::graph::{ErrorClass, GraphClient, GraphOutcome, Refusal, classify};
@@ -523,6 +524,10 @@ impl OutboundWorker {
             let mut q = messages::Entity::update_many()
                 .col_expr(M::ProviderMessageId, Expr::value(wamid))
                 .col_expr(M::Status, Expr::value(MessageStatus::Sent.as_str()))
+                .col_expr(
+                    M::ReadStatus,
+                    Expr::value(read_status_of(MessageStatus::Sent)),
+                )
                 .col_expr(M::SentAt, Expr::value(now))
                 .col_expr(M::UpdatedAt, Expr::value(now))
                 .filter(M::Id.eq(claim.id))

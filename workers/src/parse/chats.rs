@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::sea_query::{Expr, ExprTrait, Func, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait,
     QueryFilter,
@@ -183,7 +183,9 @@ pub(super) async fn count_in_chats<C: ConnectionTrait>(
                  unread_count = c.unread_count + v.visible, \
                  last_message = CASE WHEN {newer} THEN v.preview ELSE c.last_message END, \
                  last_message_time = CASE WHEN {newer} THEN v.at ELSE c.last_message_time END, \
-                 last_message_id = CASE WHEN {newer} THEN v.message_id ELSE c.last_message_id END \
+                 last_message_id = CASE WHEN {newer} THEN v.message_id ELSE c.last_message_id END, \
+                 awaiting_reply_since = CASE WHEN v.visible > 0 \
+                   THEN COALESCE(c.awaiting_reply_since, $1) ELSE c.awaiting_reply_since END \
                  FROM {{values}} WHERE c.id = v.id"
             ),
             vec![now.into()],
@@ -232,6 +234,10 @@ pub(super) async fn count_in_chats<C: ConnectionTrait>(
                     Expr::case(newer, Expr::value(*message_id))
                         .finally(Expr::col(Ch::LastMessageId))
                         .into(),
+                )
+                .col_expr(
+                    Ch::AwaitingReplySince,
+                    Func::coalesce([Expr::col(Ch::AwaitingReplySince), Expr::value(now)]).into(),
                 );
         }
         q.filter(Ch::Id.eq(chat_id)).exec(db).await?;

@@ -17,6 +17,7 @@ use sea_orm::{
     QuerySelect,
 };
 use uuid::Uuid;
+use wapipe_domain::receipts::read_status_of;
 use wapipe_shared::db::{pow2_chunks, with_values};
 use wapipe_shared::entities::messages::{self, Direction, MessageStatus, Origin};
 use wapipe_shared::entities::{chats, customers};
@@ -28,7 +29,6 @@ use super::customers::{upsert_customers, who};
 use super::effects::{
     EffectOutcome, EffectSource, apply_effect, apply_late_effects, wait_for_targets,
 };
-use super::extract::Inbound;
 use super::route::PendingMessage;
 
 /// What storing an inbound message did.
@@ -103,11 +103,10 @@ pub(super) async fn store_inbound<C: ConnectionTrait>(
         let (_, customer_id, chat_id) = fresh_rows[n];
         models.push(new_message(
             ids[i].0,
-            rows[i].config_id,
             chat_id,
             customer_id,
             conversation_of[n],
-            &rows[i].m,
+            &rows[i],
             now,
         ));
     }
@@ -270,13 +269,13 @@ async fn existing_messages<C: ConnectionTrait>(
 
 fn new_message(
     id: Uuid,
-    config_id: Uuid,
     chat_id: Uuid,
     customer_id: Uuid,
     conversation_id: Uuid,
-    m: &Inbound,
+    r: &PendingMessage,
     now: DateTime<Utc>,
 ) -> messages::ActiveModel {
+    let (config_id, m) = (r.config_id, &r.m);
     messages::ActiveModel {
         id: Set(id),
         created_at: Set(now),
@@ -327,6 +326,11 @@ fn new_message(
         answers_message_id: Set(None),
         answer_seq: Set(None),
         provider: Set("meta-whatsapp".to_owned()),
+        // The customer's number (a username-only sender has none), and ours.
+        from: Set(r.sender.wa_id.clone()),
+        to: Set(Some(r.business.clone())),
+        // `read` once an agent marks it read (the API).
+        read_status: Set(read_status_of(MessageStatus::Delivered).map(str::to_owned)),
         ..Default::default()
     }
 }

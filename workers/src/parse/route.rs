@@ -37,6 +37,8 @@ pub(super) struct PendingMessage {
     pub(super) config_id: Uuid,
     /// `{phone_number_id}:{wa_id or user_id}`: the lane of its jobs.
     pub(super) lane_key: String,
+    /// The config's number: the message's `to`.
+    pub(super) business: String,
     pub(super) sender: Sender,
     pub(super) m: Inbound,
     pub(super) at: DateTime<Utc>,
@@ -251,7 +253,7 @@ pub(super) async fn apply_change<'a, C: ConnectionTrait>(
             .unwrap_or_else(|| cfg.phone_number_id.clone());
         let contacts = change.contacts();
         for m in change.messages() {
-            collect_message(cfg.id, &phone, &contacts, m, pos, summary, collected);
+            collect_message(cfg, &phone, &contacts, m, pos, summary, collected);
         }
         for s in change.statuses() {
             collect_status(cfg.id, &phone, s, pos, summary, collected);
@@ -276,7 +278,7 @@ pub(super) async fn apply_change<'a, C: ConnectionTrait>(
 }
 
 fn collect_message(
-    config_id: Uuid,
+    config: &whatsapp_configs::Model,
     phone: &str,
     contacts: &[Contact],
     raw: &Value,
@@ -293,7 +295,7 @@ fn collect_message(
         for e in wa::errors_of(Some(errors)) {
             summary
                 .errors
-                .push(error_json(config_id, "message", Some("messages"), &e));
+                .push(error_json(config.id, "message", Some("messages"), &e));
         }
     }
     let sender = sender_of(&m, contacts);
@@ -309,8 +311,9 @@ fn collect_message(
     collected.messages.push(PendingMessage {
         event: pos.event,
         event_id: pos.ev.id,
-        config_id,
+        config_id: config.id,
         lane_key: wapipe_shared::jobs::lane_key(phone, &key),
+        business: config.business_number().to_owned(),
         sender,
         m,
         at,

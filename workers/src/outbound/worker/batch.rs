@@ -35,6 +35,7 @@ use wapipe_shared::entities::messages::{self, Column as M, Direction, MessageSta
 
 use wapipe_domain::clock::now;
 use wapipe_domain::configs::SendConfig;
+use wapipe_domain::receipts::read_status_of;
 
 use super::super::graph::GraphOutcome;
 use super::super::limits::RateLimited;
@@ -388,10 +389,10 @@ impl OutboundWorker {
         let stored: HashSet<Uuid> = with_values(
             self.db(),
             "UPDATE messages AS m SET provider_message_id = v.wamid, status = 'sent', \
-             sent_at = $1, updated_at = $1 FROM {values} \
+             read_status = $2, sent_at = $1, updated_at = $1 FROM {values} \
              WHERE m.id = v.id AND m.provider_message_id IS NULL \
              AND m.status IN ('queued', 'sending') RETURNING m.id",
-            vec![now.into()],
+            vec![now.into(), read_status_of(MessageStatus::Sent).into()],
             &[("id", "uuid"), ("wamid", "text")],
             rows,
         )
