@@ -111,7 +111,8 @@ echo "GET /" >"$WORK/nowork.txt"
 
 hit() { # label base
   "$BIN/wapipe-sim" http --base "http://$2" --requests "$WORK/$1.txt" -H "Authorization: Bearer $KEY" \
-    --duration "${SECS}s" --concurrency "$CONC" --json >>"$WORK/$1.jsonl"
+    --duration "${SECS}s" --concurrency "$CONC" --json >>"$WORK/$1.jsonl" ||
+    { echo "bench-api: $1 got no 2xx answer: $(tail -n1 "$WORK/$1.jsonl")" >&2; tail -n 5 "$WORK/api.log" >&2; exit 1; }
 }
 # Interleaved, so a noisy moment of the machine lands on every target alike.
 for _ in $(seq 1 "$RUNS"); do

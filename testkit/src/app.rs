@@ -43,6 +43,45 @@ pub struct TestApp {
     shutdown: CancellationToken,
     running: Option<Running>,
     pub dir: TempDir,
+    queues: QueueCleanup,
+}
+
+/// Deletes a RabbitMQ test prefix's queues when its `TestApp` is dropped
+/// without [`TestApp::stop`] (a failed assertion, or a test that just ends).
+/// Each prefix declares ~85 quorum queues; the broker outlives test runs,
+/// and thousands of leftovers made it stop answering.
+/// The service is told to stop first, so its consumers do not declare the
+/// queues again.
+struct QueueCleanup(
+    Option<wapipe_shared::broker::BrokerSettings>,
+    CancellationToken,
+);
+
+impl Drop for QueueCleanup {
+    fn drop(&mut self) {
+        let Some(settings) = self.0.take() else {
+            return;
+        };
+        self.1.cancel();
+        // Drop cannot await, and may run on the test's runtime: the
+        // deletion gets a thread and a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(b) = wapipe_shared::broker::AmqpBroker::new(&settings) {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(20), b.delete_topology()).await;
+                    let _ = b.close().await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 /// Settings for a test service: its own migrated database (a PostgreSQL
@@ -141,6 +180,10 @@ impl TestApp {
         )
         .await
         .unwrap();
+        let settings_amqp = settings
+            .amqp_url
+            .is_some()
+            .then(|| settings.broker_settings());
         TestApp {
             mode,
             addr: running.addr.unwrap(),
@@ -154,9 +197,10 @@ impl TestApp {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
-            shutdown: token,
+            shutdown: token.clone(),
             running: Some(running),
             dir,
+            queues: QueueCleanup(settings_amqp, token.clone()),
         }
     }
 
@@ -231,10 +275,11 @@ impl TestApp {
                 .unwrap();
         }
         // Each prefix declares ~85 queues; leave none behind on the shared broker.
-        let amqp = self.settings.amqp_url.is_some();
-        if let Some(b) = amqp
-            .then(|| wapipe_shared::broker::AmqpBroker::new(&self.settings.broker_settings()).ok())
-            .flatten()
+        if let Some(b) = self
+            .queues
+            .0
+            .take()
+            .and_then(|s| wapipe_shared::broker::AmqpBroker::new(&s).ok())
         {
             let _ = b.delete_topology().await;
             let _ = b.close().await;

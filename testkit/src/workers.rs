@@ -293,11 +293,16 @@ impl Env {
         )
     }
 
-    /// Real-time events published so far on `rx`, decoded (each publish
-    /// is an array of events).
-    pub fn drain_realtime(rx: &mut wapipe_shared::broker::RealtimeSubscription) -> Vec<Value> {
+    /// The real-time events published on `rx`, decoded (each publish is an
+    /// array of events): collects until none has come for 300 ms. A worker publishes after its commit, which may trail
+    /// the ack the test waited for, so a look without waiting can miss them.
+    pub async fn drain_realtime(
+        rx: &mut wapipe_shared::broker::RealtimeSubscription,
+    ) -> Vec<Value> {
         let mut out = Vec::new();
-        while let Some(b) = rx.try_recv() {
+        while let Ok(Some(b)) =
+            tokio::time::timeout(std::time::Duration::from_millis(300), rx.recv()).await
+        {
             let batch: Vec<Value> = serde_json::from_slice(&b).expect("a JSON array of events");
             assert!(!batch.is_empty(), "an empty real-time publish");
             out.extend(batch);

@@ -737,7 +737,7 @@ async fn fan_out_jobs_and_realtime(b: Backend) {
     let mut rt = env.embedded.subscribe_realtime().await.expect("subscribe");
     let id = env.store(&fixture("batch.json")).await;
     env.process(id).await;
-    let events = Env::drain_realtime(&mut rt);
+    let events = Env::drain_realtime(&mut rt).await;
     let count = |events: &[serde_json::Value], name: &str| {
         events.iter().filter(|e| e["event"] == name).count()
     };
@@ -798,7 +798,7 @@ async fn fan_out_jobs_and_realtime(b: Backend) {
     // Replayed: published again (consumers are idempotent), marked not new.
     env.reset(id).await;
     env.process(id).await;
-    let events = Env::drain_realtime(&mut rt);
+    let events = Env::drain_realtime(&mut rt).await;
     assert_eq!(
         count(&events, "message.created"),
         0,

@@ -354,7 +354,7 @@ async fn status_worker_publishes_message_status(b: Backend) {
     env.post(&receipt("wamid.rt", MessageStatus::Read, 1_760_000_030))
         .await;
     run_status_jobs(&env).await;
-    let events = Env::drain_realtime(&mut rt);
+    let events = Env::drain_realtime(&mut rt).await;
     let st: Vec<_> = events
         .iter()
         .filter(|e| e["event"] == "message.status")
@@ -366,7 +366,7 @@ async fn status_worker_publishes_message_status(b: Backend) {
     env.post(&receipt("wamid.rt", MessageStatus::Read, 1_760_000_030))
         .await;
     run_status_jobs(&env).await;
-    let events = Env::drain_realtime(&mut rt);
+    let events = Env::drain_realtime(&mut rt).await;
     assert!(events.iter().all(|e| e["event"] != "message.status"));
 }
 both_backends!(status_worker_publishes_message_status);
