@@ -51,7 +51,7 @@ async fn ends(
     let config = whatsapp_configs::Entity::find_by_id(chat.config_id)
         .one(&state.db)
         .await?;
-    let business = config.map(|c| c.display_phone_number.unwrap_or(c.phone_number_id));
+    let business = config.as_ref().map(wapipe_domain::views::business_number);
     Ok((chat.phone_number.clone(), business))
 }
 

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod blocking;
 pub mod clock;
 pub mod configs;
+pub mod events;
 pub mod followups;
 pub mod inbox;
 pub mod outbox;
@@ -18,6 +19,7 @@ pub mod receipts;
 pub mod scenarios;
 pub mod stats;
 pub mod templates;
+pub mod views;
 
 /// The lane key of a customer's work, built in one place.
 pub use wapipe_shared::jobs::lane_key;

@@ -13,6 +13,7 @@ mod m20261129_000005_outbox_answers;
 mod m20261129_000006_scenarios_seed000;
 mod m20261129_000007_followups_seed002;
 mod m20261129_000008_api_seed002;
+mod m20261206_000009_events;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000006_scenarios_seed000::Migration),
             Box::new(m20261129_000007_followups_seed002::Migration),
             Box::new(m20261129_000008_api_seed002::Migration),
+            Box::new(m20261206_000009_events::Migration),
         ]
     }
 }
