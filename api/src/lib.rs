@@ -12,6 +12,7 @@ pub mod blocked;
 pub mod chats;
 pub mod directory;
 pub mod error;
+pub mod eventlog;
 pub mod events;
 pub mod extract;
 pub mod followups;
@@ -25,6 +26,7 @@ pub mod scenarios;
 pub mod stats;
 pub mod templates;
 pub mod views;
+pub mod ws;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -74,6 +76,20 @@ pub struct ApiSettings {
     pub rollup_every: Duration,
     /// How often every number's templates are synced from Meta (`None`: never).
     pub template_sync_every: Option<Duration>,
+    /// How long the events log keeps an event (`WAPIPE_EVENTS_RETENTION_DAYS`).
+    pub events_retention: Duration,
+    /// How often events past their retention are deleted.
+    pub prune_every: Duration,
+    /// How often the events poller looks for new events without a wake-up.
+    pub events_poll_every: Duration,
+    /// Events a WebSocket client may fall behind before it is closed with
+    /// 1013 (`WAPIPE_WS_MAX_BUFFER`); also the size of the process's live
+    /// buffer, shared by all clients.
+    pub ws_max_buffer: usize,
+    /// How often a WebSocket client is pinged.
+    pub ws_ping_every: Duration,
+    /// A WebSocket client silent this long (no pong, no message) is closed.
+    pub ws_idle_timeout: Duration,
 }
 
 impl Default for ApiSettings {
@@ -84,6 +100,12 @@ impl Default for ApiSettings {
             max_body_bytes: 1024 * 1024,
             rollup_every: Duration::from_secs(300),
             template_sync_every: None,
+            events_retention: Duration::from_secs(7 * 24 * 3600),
+            prune_every: Duration::from_secs(3600),
+            events_poll_every: Duration::from_millis(200),
+            ws_max_buffer: 1000,
+            ws_ping_every: Duration::from_secs(20),
+            ws_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -96,6 +118,8 @@ pub struct AppState {
     pub meta: Option<MetaAccess>,
     pub settings: Arc<ApiSettings>,
     pub limiter: Arc<auth::Limiter>,
+    /// The live events of this process, for the WebSocket clients.
+    pub hub: Arc<ws::Hub>,
 }
 
 impl AppState {
@@ -105,6 +129,7 @@ impl AppState {
             broker: deps.broker,
             meta: deps.meta,
             limiter: auth::limiter(settings.rate_per_s, settings.rate_burst),
+            hub: ws::Hub::new(settings.ws_max_buffer),
             settings: Arc::new(settings),
         }
     }
@@ -204,6 +229,39 @@ fn spawn_template_sync(state: &AppState, shutdown: CancellationToken) {
     });
 }
 
+/// Deletes events past their retention every `prune_every`. Several API
+/// processes doing it at once is harmless (the same DELETE).
+fn spawn_events_prune(state: &AppState, shutdown: CancellationToken) {
+    let db = state.db.clone();
+    let every = state.settings.prune_every;
+    let keep = chrono::Duration::from_std(state.settings.events_retention)
+        .unwrap_or(chrono::Duration::days(7));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            let before = wapipe_domain::clock::now() - keep;
+            match wapipe_domain::events::prune(&db, before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "events past their retention pruned"),
+                Err(e) => tracing::warn!(error = %e, "events prune failed; next tick retries"),
+            }
+        }
+    });
+}
+
+/// The API process's loops.
+fn spawn_background(state: &AppState, shutdown: &CancellationToken) {
+    spawn_limiter_upkeep(state, shutdown.clone());
+    spawn_rollup(state, shutdown.clone());
+    spawn_template_sync(state, shutdown.clone());
+    spawn_events_prune(state, shutdown.clone());
+    ws::spawn_poller(state, shutdown.clone());
+}
+
 /// The API on its own listener until `shutdown`, then a graceful stop.
 pub fn start(
     deps: ApiDeps,
@@ -212,9 +270,7 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let state = AppState::new(deps, settings);
-    spawn_limiter_upkeep(&state, shutdown.clone());
-    spawn_rollup(&state, shutdown.clone());
-    spawn_template_sync(&state, shutdown.clone());
+    spawn_background(&state, &shutdown);
     let app = router(state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
@@ -238,9 +294,7 @@ pub fn hyper_handler(
     shutdown: CancellationToken,
 ) -> Arc<dyn Fn(hyper::Request<hyper::body::Incoming>) -> HandlerFuture + Send + Sync> {
     let state = AppState::new(deps, settings);
-    spawn_limiter_upkeep(&state, shutdown.clone());
-    spawn_rollup(&state, shutdown.clone());
-    spawn_template_sync(&state, shutdown);
+    spawn_background(&state, &shutdown);
     let app = router(state);
     Arc::new(move |req| {
         let app = app.clone();
