@@ -62,6 +62,9 @@ const CLOSE_INTERNAL: u16 = 1011;
 
 /// Events one poll or replay query reads at most.
 const READ_BATCH: u64 = 500;
+/// How soon the poller looks again when events are held back (see
+/// `wapipe_domain::events::unsettled_after`).
+const RECHECK: Duration = Duration::from_millis(20);
 /// How long a client waits for the poller's first mark before giving up.
 const READY_WAIT: Duration = Duration::from_secs(10);
 
@@ -202,11 +205,11 @@ pub fn spawn_poller(state: &AppState, shutdown: CancellationToken) {
             }
         };
         hub.start(mark);
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut soon = false;
         loop {
+            let wait = if soon { RECHECK } else { every };
             tokio::select! {
-                _ = tick.tick() => {}
+                () = tokio::time::sleep(wait) => {}
                 alive = woken(&mut sub) => {
                     if !alive {
                         sub = None;
@@ -224,6 +227,9 @@ pub fn spawn_poller(state: &AppState, shutdown: CancellationToken) {
                 }
             }
             mark = poll(&db, &hub, mark).await;
+            // Events written but held back by an older transaction still
+            // running: look again shortly rather than at the next tick.
+            soon = events::unsettled_after(&db, mark).await.unwrap_or(false);
         }
     });
 }

@@ -333,6 +333,23 @@ pub async fn high_water<C: ConnectionTrait>(db: &C) -> Result<i64, DbErr> {
         .unwrap_or(0))
 }
 
+/// Whether events after `after` exist that readers may not see yet
+/// (PostgreSQL: written by transactions that committed while an older one
+/// still runs, or not committed yet). Always false on SQLite.
+pub async fn unsettled_after<C: ConnectionTrait>(db: &C, after: i64) -> Result<bool, DbErr> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(false);
+    }
+    Ok(events::Entity::find()
+        .select_only()
+        .column(events::Column::Seq)
+        .filter(events::Column::Seq.gt(after))
+        .into_tuple::<i64>()
+        .one(db)
+        .await?
+        .is_some())
+}
+
 /// An event as readers get it. The resource is in `data` (its own fields,
 /// such as a message's `type`, would clash with the envelope's).
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
