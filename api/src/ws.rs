@@ -354,9 +354,9 @@ struct Goodbye(u16, String);
 
 impl Client {
     async fn run(self, mut socket: WebSocket, after: Option<i64>) {
-        metrics::gauge!(METRIC_WS_CLIENTS).increment(1.0);
+        metrics::gauge!(wapipe_shared::metrics::WS_CLIENTS).increment(1.0);
         let end = self.stream(&mut socket, after).await;
-        metrics::gauge!(METRIC_WS_CLIENTS).decrement(1.0);
+        metrics::gauge!(wapipe_shared::metrics::WS_CLIENTS).decrement(1.0);
         if let Err(Goodbye(code, reason)) = end {
             let frame = CloseFrame {
                 code,
@@ -420,6 +420,7 @@ impl Client {
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
+                        metrics::counter!(wapipe_shared::metrics::WS_TOO_SLOW).increment(1);
                         return Err(Goodbye(
                             CLOSE_TRY_AGAIN_LATER,
                             format!("more than {} events behind; reconnect with after={last}", self.buffer),
@@ -507,6 +508,3 @@ impl Client {
         }
     }
 }
-
-/// Gauge: WebSocket clients connected to this process.
-pub const METRIC_WS_CLIENTS: &str = "wapipe_ws_clients";
