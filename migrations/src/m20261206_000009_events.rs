@@ -38,7 +38,7 @@ impl MigrationTrait for Migration {
             _ => {
                 db.execute_unprepared(
                     "CREATE TABLE events (\
-                       seq integer PRIMARY KEY AUTOINCREMENT, \
+                       seq integer NOT NULL PRIMARY KEY AUTOINCREMENT, \
                        type text NOT NULL, \
                        config_id uuid_text NOT NULL, \
                        chat_id uuid_text NULL, \
