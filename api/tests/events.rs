@@ -638,3 +638,50 @@ fn scopeguard(t: tokio_util::sync::CancellationToken) -> impl Drop {
     }
     Guard(t)
 }
+
+/// Pings keep a client that answers them open; a client that answers
+/// nothing is closed once it has been silent for the idle time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_close_a_silent_client() {
+    let api = Api::start_with(
+        Backend::Sqlite,
+        ApiSettings {
+            ws_ping_every: Duration::from_millis(100),
+            ws_idle_timeout: Duration::from_millis(400),
+            ..quick()
+        },
+    )
+    .await;
+    let admin = api.admin().await;
+    // Reading answers pings (tungstenite queues the pong and sends it on
+    // the next read or write).
+    let mut alive = connect(&api.base, &admin, "").await;
+    let silent = connect(&api.base, &admin, "").await;
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1200);
+    while tokio::time::Instant::now() < until {
+        match tokio::time::timeout(Duration::from_millis(200), alive.next()).await {
+            Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+            Ok(Some(Ok(Message::Close(c)))) => panic!("a client answering pings was closed: {c:?}"),
+            Ok(Some(Ok(_))) | Err(_) => {}
+            other => panic!("the stream ended: {other:?}"),
+        }
+    }
+    assert!(pings >= 5, "pings every 100 ms, got {pings}");
+
+    // The silent one, read only now: pings, then the server's close (or,
+    // when the client's queued pongs hit the closed socket first, the
+    // connection's end), never a connection still open.
+    let mut silent = silent;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), silent.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => {
+                assert_eq!(f.map(|f| f.code), Some(CloseCode::Normal));
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(None | Some(Err(_))) => break,
+            Err(_) => panic!("a silent client is still connected"),
+        }
+    }
+}
