@@ -60,6 +60,8 @@ pub struct Chat {
     pub agent_messages: i32,
     pub is_deleted: bool,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// When a scenario handed the chat to a human (beyond seed 002).
+    pub handoff_at: Option<DateTime<Utc>>,
 }
 
 /// A chat's latest message, as the list shows it.
@@ -156,6 +158,7 @@ impl Chat {
             agent_messages: c.agent_messages,
             is_deleted: c.is_deleted,
             deleted_at: c.deleted_at,
+            handoff_at: c.handoff_at,
         }
     }
 }
