@@ -145,6 +145,7 @@ pub fn router(state: AppState) -> Router {
     let (api, doc) = openapi::split();
     let doc = Arc::new(doc);
     let protected = api
+        .layer(from_fn_with_state(state.clone(), ws::wake_layer))
         .layer(from_fn_with_state(state.clone(), idempotency::layer))
         .layer(from_fn_with_state(state.clone(), auth::layer))
         .with_state(state.clone());

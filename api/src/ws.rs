@@ -4,8 +4,9 @@
 //!
 //! One [`Hub`] per API process: a poller task reads the events committed
 //! after its high-water mark (woken by the broker's real-time fan-out,
-//! which every worker publishes to after a commit, and by a short timer,
-//! which also covers writes from any other process) and sends each on a
+//! which the workers publish to after a commit and the API after a write
+//! request ([`wake_layer`]), and by a short timer, which covers the rest:
+//! `wapipe send`, a lost wake-up) and sends each on a
 //! broadcast channel of `ws_max_buffer` events, shared by every client. So
 //! the server's memory is that buffer whatever the number of clients; a
 //! client more than that many events behind is closed with 1013 and
@@ -254,6 +255,29 @@ async fn poll(db: &DatabaseConnection, hub: &Hub, mut mark: i64) -> i64 {
             }
         }
     }
+}
+
+/// After a write request that succeeded, wakes the events pollers of
+/// every API process (through the broker's real-time fan-out) so the
+/// events it wrote reach WebSocket clients now rather than at the next
+/// poll. Best effort and off the request's path.
+pub async fn wake_layer(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let write = req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD;
+    let resp = next.run(req).await;
+    if write && resp.status().is_success() {
+        let broker = state.broker.clone();
+        tokio::spawn(async move {
+            let wake = wapipe_shared::jobs::RealtimeEvent::encode(&[]);
+            if let Err(e) = broker.publish_realtime(wake).await {
+                tracing::debug!(error = %e, "events wake-up not published");
+            }
+        });
+    }
+    resp
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -555,7 +555,8 @@ async fn a_slow_client_is_closed_with_1013() {
 
 /// Two API processes on one database and RabbitMQ, polling only every
 /// 30 s: an event recorded and announced on the real-time exchange (as the
-/// workers do) reaches the clients of both processes at once.
+/// workers do) reaches the clients of both processes at once, and so does
+/// one written through either API process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_api_processes_on_rabbitmq_both_deliver() {
     use std::sync::Arc;
@@ -625,6 +626,23 @@ async fn two_api_processes_on_rabbitmq_both_deliver() {
             .await
             .expect("the event, well before the 30 s poll");
         assert_eq!(got["data"]["n"], 7);
+    }
+
+    // A write through one API process wakes both.
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/whatsapp/chats/{chat}/notes", bases[0]))
+        .bearer_auth(&admin)
+        .json(&json!({"note": "both see me"}))
+        .send()
+        .await
+        .expect("note");
+    assert_eq!(r.status(), 201);
+    for ws in [&mut a, &mut b] {
+        let got = next(ws, Duration::from_secs(5))
+            .await
+            .expect("the note, well before the 30 s poll");
+        assert_eq!(got["type"], "note.created");
+        assert_eq!(got["data"]["note"], "both see me");
     }
 }
 
