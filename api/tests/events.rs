@@ -578,19 +578,23 @@ async fn two_api_processes_on_rabbitmq_both_deliver() {
         )
         .await;
     let prefix = format!("t{}", Uuid::now_v7().simple());
+    // One lane: the test needs the real-time exchange, not the work queues.
     let amqp = || BrokerSettings {
         amqp_url: Some(wapipe_testkit::amqp_url()),
         prefix: prefix.clone(),
+        lanes: 1,
         ..BrokerSettings::default()
     };
     let mut bases = Vec::new();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut brokers: Vec<Arc<dyn Broker>> = Vec::new();
-    for _ in 0..2 {
+    for i in 0..2 {
         let b = broker::connect(&amqp(), first.db.clone())
             .await
             .expect("RabbitMQ");
-        b.declare().await.expect("declare");
+        if i == 0 {
+            b.declare().await.expect("declare");
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
