@@ -2,8 +2,9 @@
 //! The workers and the agents' API both depend on this crate, never on each
 //! other (DESIGN §2): queuing an outbound message (the shared [`outbox`]),
 //! the 24-hour window, receipts that came before their message
-//! ([`receipts`]), the lane key, the [`clock`] and the decrypted config
-//! cache ([`configs`]).
+//! ([`receipts`]), the lane key, the [`clock`], the decrypted config
+//! cache ([`configs`]), the events log ([`events`]) and the JSON views it
+//! and the API share ([`views`]).
 
 pub mod agents;
 pub mod apikeys;
