@@ -304,6 +304,10 @@ pub async fn start(
         rate_burst: settings.api_rate_burst,
         template_sync_every: (settings.template_sync_s > 0)
             .then(|| Duration::from_secs(settings.template_sync_s)),
+        events_retention: Duration::from_secs(
+            u64::from(settings.events_retention_days) * 24 * 3600,
+        ),
+        ws_max_buffer: settings.ws_max_buffer as usize,
         ..wapipe_api::ApiSettings::default()
     };
     let fallback: Option<wapipe_ingest::Fallback> = if shared {

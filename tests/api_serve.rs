@@ -2,6 +2,8 @@
 //! on the receiver's listener (webhooks still reach the receiver there),
 //! a customer's webhook becomes a chat and message the API lists, a send
 //! through the API is queued, and `wapipe apikey create|list|revoke`.
+//! The WebSocket on that shared listener: a customer's webhook arrives as
+//! live `chat.created` and `message.created` events.
 
 use std::process::Command;
 use std::time::Duration;
@@ -142,6 +144,104 @@ async fn shares_the_listener(mode: Mode) {
         .expect("no key");
     assert_eq!(r.status(), 401);
     app.stop().await;
+}
+
+/// `wapipe serve` answers the WebSocket upgrade on the receiver's
+/// listener (the upgrade passes through to the API), and the parse
+/// worker's writes reach the client live.
+async fn websocket_on_the_shared_listener(mode: Mode) {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let app = TestApp::spawn(mode).await;
+    let key = apikeys::create(
+        &app.db,
+        NewKey::Admin {
+            name: None,
+            companies: vec![],
+        },
+    )
+    .await
+    .expect("key")
+    .secret;
+    let mut req = app
+        .url("/api/whatsapp/ws?after=0")
+        .replacen("http", "ws", 1)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {key}").parse().expect("header"),
+    );
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("the upgrade passes the shared listener");
+    assert_eq!(resp.status(), 101);
+
+    let (status, _) = app
+        .post(&wapipe_testkit::build::text_webhook(
+            "ws1",
+            "33612345679",
+            "Salut",
+        ))
+        .await;
+    assert_eq!(status, 200);
+    let mut got: Vec<Value> = Vec::new();
+    while got.len() < 2 {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("events within 20 s")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = msg {
+            got.push(serde_json::from_str(&t).expect("json"));
+        }
+    }
+    assert_eq!(got[0]["type"], "chat.created", "{got:?}");
+    assert_eq!(got[0]["data"]["phoneNumber"], "33612345679");
+    assert_eq!(got[0]["data"]["unreadCount"], 1);
+    assert_eq!(got[1]["type"], "message.created", "{got:?}");
+    assert_eq!(got[1]["data"]["text"], "Salut");
+    assert_eq!(got[1]["data"]["direction"], "inbound");
+    assert_eq!(got[1]["chatId"], got[0]["chatId"]);
+    assert!(got[0]["seq"].as_i64() < got[1]["seq"].as_i64());
+
+    // The same message again in another delivery (its wamid known): it
+    // changes nothing, so it writes no event.
+    let (status, _) = app
+        .post(&wapipe_testkit::build::text_webhook(
+            "ws1",
+            "33612345679",
+            "Salut !",
+        ))
+        .await;
+    assert_eq!(status, 200);
+    app.wait_settled(2, Duration::from_secs(20)).await;
+    let more = tokio::time::timeout(Duration::from_millis(800), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return t.to_string(),
+                Some(Ok(_)) => {}
+                other => panic!("stream ended: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        more.is_err(),
+        "a redelivered webhook wrote an event: {more:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_on_the_shared_listener_embedded() {
+    websocket_on_the_shared_listener(Mode::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_on_the_shared_listener_production() {
+    websocket_on_the_shared_listener(Mode::Production).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

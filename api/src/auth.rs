@@ -1,4 +1,5 @@
-//! Who is calling: `Authorization: Bearer KEY` → the live API key (only
+//! Who is calling: `Authorization: Bearer KEY` (or, on a WebSocket
+//! upgrade, the subprotocol `wapipe.bearer.KEY`) → the live API key (only
 //! its sha256 is stored) → a [`Principal`] with the companies' configs it
 //! may see and, for an agent key, the agent and its seed 002 permissions.
 //! Also the per-key rate limit (governor), with `RateLimit-*` headers on
@@ -211,7 +212,8 @@ async fn scope(
 
 /// The auth and rate-limit layer of every `/api/whatsapp` route.
 pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let Some(secret) = bearer(req.headers()) else {
+    let headers = req.headers();
+    let Some(secret) = bearer(headers).or_else(|| crate::ws::protocol_key(headers)) else {
         return ApiError::unauthorized("send the API key as Authorization: Bearer KEY")
             .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
             .into_response();

@@ -1,8 +1,6 @@
 //! `/api/whatsapp/chats`: list (filters, keyset pages), get, create,
 //! update, soft delete, assign, unassign, transfer and mark read.
 
-use std::collections::HashMap;
-
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -17,11 +15,10 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use wapipe_domain::audit::{self, Entry};
+use wapipe_domain::events;
 use wapipe_domain::inbox::{self, Release};
 use wapipe_domain::outbox::normalize_wa_id;
-use wapipe_shared::entities::{
-    agents, chat_assignments, chat_labels, chats, customers, labels, messages, whatsapp_configs,
-};
+use wapipe_shared::entities::{agents, chat_labels, chats, customers, messages, whatsapp_configs};
 use wapipe_shared::jobs::{Job, MarkRead, OutboundSend, lane_key};
 
 use crate::AppState;
@@ -53,33 +50,7 @@ fn key_of(c: &chats::Model) -> Cursor {
 
 /// Labels and transfers of a page of chats, one query each.
 pub async fn extras(state: &AppState, ids: &[Uuid]) -> ApiResult<ChatExtras> {
-    let mut out = ChatExtras::default();
-    if ids.is_empty() {
-        return Ok(out);
-    }
-    let rows = chat_labels::Entity::find()
-        .inner_join(labels::Entity)
-        .filter(chat_labels::Column::ChatId.is_in(ids.iter().copied()))
-        .filter(labels::Column::IsDeleted.eq(false))
-        .order_by_asc(chat_labels::Column::CreatedAt)
-        .all(&state.db)
-        .await?;
-    for r in rows {
-        out.labels.entry(r.chat_id).or_default().push(r.label_id);
-    }
-    let transfers = chat_assignments::Entity::find()
-        .filter(chat_assignments::Column::ChatId.is_in(ids.iter().copied()))
-        .filter(chat_assignments::Column::AssignmentType.eq("transfer"))
-        .order_by_asc(chat_assignments::Column::AssignedAt)
-        .order_by_asc(chat_assignments::Column::Id)
-        .all(&state.db)
-        .await?;
-    let mut map: HashMap<Uuid, Vec<_>> = HashMap::new();
-    for t in transfers {
-        map.entry(t.chat_id).or_default().push(t);
-    }
-    out.transfers = map;
-    Ok(out)
+    Ok(wapipe_domain::views::chat_extras(&state.db, ids).await?)
 }
 
 pub async fn view(state: &AppState, chat: chats::Model) -> ApiResult<Chat> {
@@ -360,6 +331,7 @@ pub async fn create(
         },
     )
     .await?;
+    events::record_chats(&txn, events::CHAT_CREATED, &[id]).await?;
     txn.commit().await?;
     let chat = chats::Entity::find_by_id(id)
         .one(&state.db)
@@ -435,6 +407,7 @@ pub async fn update(
             },
         )
         .await?;
+        events::record_chats(&txn, events::CHAT_UPDATED, &[chat.id]).await?;
         txn.commit().await?;
         chat = visible(&state, &who, id).await?;
     }
@@ -453,7 +426,8 @@ pub async fn update(
                     "the chat has an agent: use PUT /chats/{id}/unassign",
                 ));
             }
-            chats::Entity::update_many()
+            let txn = state.db.begin().await?;
+            let reopened = chats::Entity::update_many()
                 .col_expr(chats::Column::Status, Expr::value("unassigned"))
                 .col_expr(
                     chats::Column::UpdatedAt,
@@ -461,8 +435,12 @@ pub async fn update(
                 )
                 .filter(chats::Column::Id.eq(chat.id))
                 .filter(chats::Column::AssignedTo.is_null())
-                .exec(&state.db)
+                .exec(&txn)
                 .await?;
+            if reopened.rows_affected > 0 {
+                events::record_chats(&txn, events::CHAT_UPDATED, &[chat.id]).await?;
+            }
+            txn.commit().await?;
             chat = visible(&state, &who, id).await?;
         }
         _ => {}
@@ -668,6 +646,9 @@ pub async fn mark_read(
         .filter(chats::Column::Id.eq(chat.id))
         .exec(&txn)
         .await?;
+    if changed.rows_affected > 0 || chat.unread_count != 0 {
+        events::record_chats(&txn, events::CHAT_UPDATED, &[chat.id]).await?;
+    }
     txn.commit().await?;
     // Meta's blue ticks for the latest message mark the earlier ones too.
     if changed.rows_affected > 0

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, Condition, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -24,53 +24,7 @@ use crate::chats;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Body, Id, Q};
 use crate::page::{self, Cursor, Page};
-
-/// seed 002 FollowUp.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct FollowUp {
-    pub id: Uuid,
-    pub chat_id: Uuid,
-    pub agent_id: Option<Uuid>,
-    pub title: Option<String>,
-    pub notes: Option<String>,
-    pub scheduled_at: chrono::DateTime<chrono::Utc>,
-    /// `pending | completed | cancelled | overdue`.
-    pub status: String,
-    pub completed_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub completed_by: Option<Uuid>,
-    /// `low | medium | high`.
-    pub priority: String,
-    pub reminder_sent: bool,
-    pub reminder_sent_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    pub updated_at: chrono::DateTime<chrono::Utc>,
-    pub created_by: Option<Uuid>,
-    pub is_deleted: bool,
-}
-
-impl From<follow_ups::Model> for FollowUp {
-    fn from(f: follow_ups::Model) -> Self {
-        Self {
-            id: f.id,
-            chat_id: f.chat_id,
-            agent_id: f.agent_id,
-            title: f.title,
-            notes: f.notes,
-            scheduled_at: f.scheduled_at,
-            status: f.status,
-            completed_at: f.completed_at,
-            completed_by: f.completed_by,
-            priority: f.priority,
-            reminder_sent: f.reminder_sent,
-            reminder_sent_at: f.reminder_sent_at,
-            created_at: f.created_at,
-            updated_at: f.updated_at,
-            created_by: f.created_by,
-            is_deleted: f.is_deleted,
-        }
-    }
-}
+pub use wapipe_domain::views::FollowUp;
 
 fn err(e: FollowUpError) -> ApiError {
     match e {

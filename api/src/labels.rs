@@ -17,6 +17,7 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use wapipe_domain::audit::{self, Entry};
+use wapipe_domain::events;
 use wapipe_shared::entities::{chat_labels, labels};
 
 use crate::AppState;
@@ -359,6 +360,7 @@ pub async fn add_to_chat(
     .await?;
     if added > 0 {
         count(&txn, label.id, 1).await?;
+        events::record_chats(&txn, events::CHAT_UPDATED, &[chat.id]).await?;
     }
     txn.commit().await?;
     Ok(axum::Json(chats::view(&state, chat).await?))
@@ -381,6 +383,7 @@ pub async fn remove_from_chat(
         .await?;
     if removed.rows_affected > 0 {
         count(&txn, label.id, -1).await?;
+        events::record_chats(&txn, events::CHAT_UPDATED, &[chat.id]).await?;
     }
     txn.commit().await?;
     Ok(axum::Json(chats::view(&state, chat).await?))

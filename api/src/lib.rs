@@ -12,6 +12,7 @@ pub mod blocked;
 pub mod chats;
 pub mod directory;
 pub mod error;
+pub mod eventlog;
 pub mod events;
 pub mod extract;
 pub mod followups;
@@ -26,6 +27,7 @@ pub mod scenarios;
 pub mod stats;
 pub mod templates;
 pub mod views;
+pub mod ws;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -75,6 +77,20 @@ pub struct ApiSettings {
     pub rollup_every: Duration,
     /// How often every number's templates are synced from Meta (`None`: never).
     pub template_sync_every: Option<Duration>,
+    /// How long the events log keeps an event (`WAPIPE_EVENTS_RETENTION_DAYS`).
+    pub events_retention: Duration,
+    /// How often events past their retention are deleted.
+    pub prune_every: Duration,
+    /// How often the events poller looks for new events without a wake-up.
+    pub events_poll_every: Duration,
+    /// Events a WebSocket client may fall behind before it is closed with
+    /// 1013 (`WAPIPE_WS_MAX_BUFFER`); also the size of the process's live
+    /// buffer, shared by all clients.
+    pub ws_max_buffer: usize,
+    /// How often a WebSocket client is pinged.
+    pub ws_ping_every: Duration,
+    /// A WebSocket client silent this long (no pong, no message) is closed.
+    pub ws_idle_timeout: Duration,
 }
 
 impl Default for ApiSettings {
@@ -85,6 +101,12 @@ impl Default for ApiSettings {
             max_body_bytes: 1024 * 1024,
             rollup_every: Duration::from_secs(300),
             template_sync_every: None,
+            events_retention: Duration::from_secs(7 * 24 * 3600),
+            prune_every: Duration::from_secs(3600),
+            events_poll_every: Duration::from_millis(200),
+            ws_max_buffer: 1000,
+            ws_ping_every: Duration::from_secs(20),
+            ws_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -99,6 +121,8 @@ pub struct AppState {
     pub limiter: Arc<auth::Limiter>,
     /// This process, as the holder of the periodic jobs' leases.
     pub instance: Arc<str>,
+    /// The live events of this process, for the WebSocket clients.
+    pub hub: Arc<ws::Hub>,
 }
 
 impl AppState {
@@ -108,6 +132,7 @@ impl AppState {
             broker: deps.broker,
             meta: deps.meta,
             limiter: auth::limiter(settings.rate_per_s, settings.rate_burst),
+            hub: ws::Hub::new(settings.ws_max_buffer),
             settings: Arc::new(settings),
             instance: uuid::Uuid::now_v7().to_string().into(),
         }
@@ -124,6 +149,7 @@ pub fn router(state: AppState) -> Router {
     let (api, doc) = openapi::split();
     let doc = Arc::new(doc);
     let protected = api
+        .layer(from_fn_with_state(state.clone(), ws::wake_layer))
         .layer(from_fn_with_state(state.clone(), idempotency::layer))
         .layer(from_fn_with_state(state.clone(), auth::layer))
         .with_state(state.clone());
@@ -148,6 +174,15 @@ fn spawn_limiter_upkeep(state: &AppState, shutdown: CancellationToken) {
     });
 }
 
+/// The API process's loops.
+fn spawn_background(state: &AppState, shutdown: &CancellationToken) {
+    spawn_limiter_upkeep(state, shutdown.clone());
+    periodic::spawn_rollup(state, shutdown.clone());
+    periodic::spawn_template_sync(state, shutdown.clone());
+    periodic::spawn_events_prune(state, shutdown.clone());
+    ws::spawn_poller(state, shutdown.clone());
+}
+
 /// The API on its own listener until `shutdown`, then a graceful stop.
 pub fn start(
     deps: ApiDeps,
@@ -156,9 +191,7 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let state = AppState::new(deps, settings);
-    spawn_limiter_upkeep(&state, shutdown.clone());
-    periodic::spawn_rollup(&state, shutdown.clone());
-    periodic::spawn_template_sync(&state, shutdown.clone());
+    spawn_background(&state, &shutdown);
     let app = router(state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
@@ -182,9 +215,7 @@ pub fn hyper_handler(
     shutdown: CancellationToken,
 ) -> Arc<dyn Fn(hyper::Request<hyper::body::Incoming>) -> HandlerFuture + Send + Sync> {
     let state = AppState::new(deps, settings);
-    spawn_limiter_upkeep(&state, shutdown.clone());
-    periodic::spawn_rollup(&state, shutdown.clone());
-    periodic::spawn_template_sync(&state, shutdown);
+    spawn_background(&state, &shutdown);
     let app = router(state);
     Arc::new(move |req| {
         let app = app.clone();

@@ -184,6 +184,11 @@ pub async fn mark_read(
             .filter(chats::Column::Id.eq(chat.id))
             .exec(&txn)
             .await?;
+        // The message (isRead) and its chat (unreadCount) changed.
+        use wapipe_domain::events;
+        let mut evs = events::message_events(&txn, events::MESSAGE_UPDATED, &[msg.id]).await?;
+        evs.extend(events::chat_events(&txn, events::CHAT_UPDATED, &[chat.id]).await?);
+        events::record(&txn, &evs).await?;
     }
     txn.commit().await?;
     if changed.rows_affected > 0

@@ -148,6 +148,7 @@ pub async fn create(
     check_note(&b.note)?;
     let now = wapipe_domain::clock::now();
     let id = Uuid::now_v7();
+    let txn = state.db.begin().await?;
     team_notes::Entity::insert(team_notes::ActiveModel {
         id: Set(id),
         created_at: Set(now),
@@ -166,10 +167,16 @@ pub async fn create(
         is_deleted: Set(false),
         ..Default::default()
     })
-    .exec_without_returning(&state.db)
+    .exec_without_returning(&txn)
     .await?;
-    let row = visible(&state, &who, id).await?;
-    Ok((StatusCode::CREATED, axum::Json(TeamNote::from(row))))
+    let row = team_notes::Entity::find_by_id(id)
+        .one(&txn)
+        .await?
+        .ok_or_else(|| ApiError::internal("note vanished after its insert"))?;
+    let view = TeamNote::from(row.clone());
+    wapipe_domain::events::record(&txn, &[wapipe_domain::events::note_event(&row, &view)]).await?;
+    txn.commit().await?;
+    Ok((StatusCode::CREATED, axum::Json(view)))
 }
 
 async fn visible(state: &AppState, who: &Principal, id: Uuid) -> ApiResult<team_notes::Model> {

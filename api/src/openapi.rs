@@ -14,8 +14,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::{
-    AppState, agents, blocked, chats, directory, events, followups, labels, messages, notes,
-    scenarios, stats, templates,
+    AppState, agents, blocked, chats, directory, eventlog, events, followups, labels, messages,
+    notes, scenarios, stats, templates, ws,
 };
 
 struct BearerKey;
@@ -53,6 +53,7 @@ impl Modify for BearerKey {
         (name = "follow-ups", description = "Scheduled follow-ups"),
         (name = "blocked numbers", description = "Numbers nobody may message"),
         (name = "webhooks", description = "Webhook deliveries as received"),
+        (name = "events", description = "What happened, in one order: the events log and its WebSocket"),
         (name = "templates", description = "Quick replies and WhatsApp templates"),
         (name = "stats", description = "Reports"),
         (name = "customers", description = "Customers' profiles"),
@@ -89,6 +90,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(blocked::list, blocked::block))
         .routes(routes!(blocked::unblock))
         .routes(routes!(events::list))
+        .routes(routes!(eventlog::list))
+        .routes(routes!(ws::connect))
         .routes(routes!(templates::list, templates::create))
         .routes(routes!(templates::update, templates::delete))
         .routes(routes!(templates::sync))

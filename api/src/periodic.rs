@@ -114,3 +114,27 @@ pub(crate) fn spawn_template_sync(state: &AppState, shutdown: CancellationToken)
         }
     });
 }
+
+/// Deletes events past their retention every `prune_every`. No lease:
+/// several API processes running the same DELETE is harmless.
+pub(crate) fn spawn_events_prune(state: &AppState, shutdown: CancellationToken) {
+    let db = state.db.clone();
+    let keep = chrono::Duration::from_std(state.settings.events_retention)
+        .unwrap_or(chrono::Duration::days(7));
+    every_tick(
+        state.settings.prune_every,
+        shutdown,
+        "events prune",
+        move || {
+            let db = db.clone();
+            async move {
+                let before = wapipe_domain::clock::now() - keep;
+                let n = wapipe_domain::events::prune(&db, before).await?;
+                if n > 0 {
+                    tracing::info!(deleted = n, "events past their retention pruned");
+                }
+                Ok(())
+            }
+        },
+    );
+}

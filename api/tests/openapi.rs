@@ -53,6 +53,8 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/api/whatsapp/blocked-numbers"),
     ("delete", "/api/whatsapp/blocked-numbers/{id}"),
     ("get", "/api/whatsapp/webhooks/events"),
+    ("get", "/api/whatsapp/events"),
+    ("get", "/api/whatsapp/ws"),
     ("get", "/api/whatsapp/templates"),
     ("post", "/api/whatsapp/templates"),
     ("put", "/api/whatsapp/templates/{id}"),

@@ -32,7 +32,7 @@ use std::collections::HashSet;
 use sea_orm::sea_query::{CaseStatement, Expr, LockBehavior, LockType, Query};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, ExprTrait, Order,
-    QueryFilter, QueryOrder, QuerySelect,
+    QueryFilter, QueryOrder, QuerySelect, TransactionSession, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -585,7 +585,7 @@ pub struct Reminded {
 /// Records the reminder: `reminder_sent` and the rest, only if it was not
 /// set yet. True when this call set it (so each reminder is counted once).
 pub async fn mark_reminded(
-    db: &impl ConnectionTrait,
+    db: &(impl ConnectionTrait + TransactionTrait),
     id: Uuid,
     r: &Reminded,
 ) -> Result<bool, FollowUpError> {
@@ -596,9 +596,10 @@ pub async fn mark_reminded(
 
 /// [`mark_reminded`] for many follow-ups in one statement: each row gets
 /// its own values, and only rows not reminded yet are touched. Answers the
-/// ids this call set.
+/// ids this call set, and writes their `followup.reminder` events in the
+/// same transaction (so a second run, which sets nothing, writes none).
 pub async fn mark_reminded_all(
-    db: &impl ConnectionTrait,
+    db: &(impl ConnectionTrait + TransactionTrait),
     reminded: &[(Uuid, Reminded)],
 ) -> Result<HashSet<Uuid>, FollowUpError> {
     if reminded.is_empty() {
@@ -614,7 +615,8 @@ pub async fn mark_reminded_all(
         }
         case
     };
-    let set: Vec<Uuid> = follow_ups::Entity::update_many()
+    let txn = db.begin().await?;
+    let set: Vec<follow_ups::Model> = follow_ups::Entity::update_many()
         .col_expr(F::ReminderSent, Expr::value(true))
         .col_expr(F::ReminderSentAt, column(&|r| r.at.into()).into())
         .col_expr(F::ReminderChannel, column(&|r| r.channel.into()).into())
@@ -626,12 +628,12 @@ pub async fn mark_reminded_all(
         .col_expr(F::UpdatedAt, column(&|r| r.at.into()).into())
         .filter(F::Id.is_in(rows.iter().map(|(id, _)| *id)))
         .filter(F::ReminderSent.eq(false))
-        .exec_with_returning(db)
-        .await?
-        .into_iter()
-        .map(|m| m.id)
-        .collect();
-    Ok(set.into_iter().collect())
+        .exec_with_returning(&txn)
+        .await?;
+    let events: Vec<_> = set.iter().map(crate::events::reminder_event).collect();
+    crate::events::record(&txn, &events).await?;
+    txn.commit().await?;
+    Ok(set.into_iter().map(|m| m.id).collect())
 }
 
 /// Counts for the gauges: open follow-ups overdue, and the age of the

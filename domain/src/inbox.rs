@@ -1,8 +1,8 @@
 //! Who handles a chat: assign, transfer, unassign, resolve, close and
 //! delete, keeping each agent's `current_chat_count` right and refusing an
 //! agent at `maxConcurrentChats` unless forced. Every change writes its
-//! `chat_assignments` row (a transfer is the chat's `transferHistory`) and
-//! an `audit_log` row in one transaction.
+//! `chat_assignments` row (a transfer is the chat's `transferHistory`), an
+//! `audit_log` row and a `chat.updated` event in one transaction.
 //!
 //! Races are settled by conditional updates, never by reading first: the
 //! capacity check is part of the agent's `UPDATE`, and the chat moves only
@@ -215,6 +215,7 @@ pub async fn assign(
         .one(&txn)
         .await?
         .ok_or(InboxError::Changed)?;
+    crate::events::record_chats(&txn, crate::events::CHAT_UPDATED, &[seen.id]).await?;
     txn.commit().await?;
     Ok(chat)
 }
@@ -284,6 +285,7 @@ pub async fn release(
         .one(&txn)
         .await?
         .ok_or(InboxError::Changed)?;
+    crate::events::record_chats(&txn, crate::events::CHAT_UPDATED, &[seen.id]).await?;
     txn.commit().await?;
     Ok(chat)
 }

@@ -167,6 +167,11 @@ where
         )))
         .exec(&txn)
         .await?;
+    if applied > 0 {
+        // Marked applied in this transaction too: a redelivered job finds
+        // nothing pending and writes no second event.
+        crate::events::record_messages(&txn, crate::events::MESSAGE_UPDATED, &[message.id]).await?;
+    }
     txn.commit().await?;
     for (outcome, n) in [
         ("applied", applied),

@@ -351,6 +351,30 @@ async fn claim_rules(backend: Backend) {
             .expect("mark"),
         "set once"
     );
+    // One followup.reminder event, written with the reminder, not twice.
+    let mut evs = Vec::new();
+    for _ in 0..200 {
+        evs = wapipe_domain::events::read_after(
+            &e.db,
+            0,
+            10,
+            &wapipe_domain::events::Scope::default(),
+        )
+        .await
+        .expect("events");
+        if !evs.is_empty() {
+            break;
+        }
+        // PostgreSQL shows an event once older transactions of other
+        // tests on the server have ended.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0].r#type, "followup.reminder");
+    assert_eq!(evs[0].chat_id, Some(e.chat_id));
+    assert_eq!(evs[0].payload["id"], serde_json::json!(due[3]));
+    assert_eq!(evs[0].payload["reminderSent"], true);
+    assert_eq!(evs[0].payload["reminderChannel"], followups::CHANNEL_EVENT);
 
     let first = followups::claim_due(&e.db, now, 100).await.expect("claim");
     assert_eq!(first.iter().map(|c| c.id).collect::<Vec<_>>(), vec![due[0]]);

@@ -523,10 +523,36 @@ async fn handoff(b: Backend) {
     assert_eq!(events[0]["event"], "chat.updated");
     assert_eq!(events[0]["chat_id"], who.1.to_string());
     assert_eq!(events[0]["data"]["handoff"], true);
+    let handoffs = || async {
+        let mut found = Vec::new();
+        for _ in 0..200 {
+            found = wapipe_domain::events::read_after(
+                &env.db,
+                0,
+                1000,
+                &wapipe_domain::events::Scope::default(),
+            )
+            .await
+            .expect("events")
+            .into_iter()
+            .filter(|e| e.r#type == "chat.updated" && !e.payload["handoffAt"].is_null())
+            .collect::<Vec<_>>();
+            if !found.is_empty() {
+                break;
+            }
+            // PostgreSQL shows events once older transactions have ended.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        found
+    };
+    let logged = handoffs().await;
+    assert_eq!(logged.len(), 1, "one chat.updated for the handoff");
+    assert_eq!(logged[0].chat_id, Some(who.1));
 
     // No more bot replies until an agent resolves the chat.
     let m = env.text(who, "bonjour").await;
     assert_eq!(env.handle(m).await, Outcome::Refused(Refusal::HandedOff));
+    assert_eq!(handoffs().await.len(), 1, "a refused message writes none");
     chats::Entity::update_many()
         .col_expr(
             chats::Column::ResolvedAt,

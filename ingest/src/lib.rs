@@ -64,7 +64,9 @@ impl Default for ReceiverSettings {
 /// Where requests that are not the receiver's go when another service
 /// shares its listener (the agents' REST API under `/api/`). The webhook
 /// paths themselves (`/api/whatsapp/webhooks[/{config uuid}]`) never
-/// reach it.
+/// reach it. Connections are served with upgrades, so a fallback that
+/// answers 101 (the API's WebSocket) takes the connection over through the
+/// request's `OnUpgrade`.
 pub type Fallback = Arc<
     dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>
         + Send
@@ -461,7 +463,7 @@ pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, shutdown: Can
         let service = hyper::service::service_fn(move |req| receiver.clone().handle(req));
         let builder = builder.clone();
         let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let fut = graceful.watch(conn);
         tokio::spawn(async move {

@@ -14,6 +14,7 @@ mod m20261129_000006_scenarios_seed000;
 mod m20261129_000007_followups_seed002;
 mod m20261129_000008_api_seed002;
 mod m20261130_000009_responses_names_leases;
+mod m20261206_000010_events;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000007_followups_seed002::Migration),
             Box::new(m20261129_000008_api_seed002::Migration),
             Box::new(m20261130_000009_responses_names_leases::Migration),
+            Box::new(m20261206_000010_events::Migration),
         ]
     }
 }

@@ -301,6 +301,30 @@ pub struct Settings {
         help_heading = "Service settings"
     )]
     pub template_sync_s: u64,
+
+    /// Days the events log (`GET /api/whatsapp/events`, WebSocket replay)
+    /// keeps an event; older ones are pruned by the API role.
+    #[arg(
+        long,
+        env = "WAPIPE_EVENTS_RETENTION_DAYS",
+        default_value_t = 7,
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true,
+        help_heading = "Service settings"
+    )]
+    pub events_retention_days: u32,
+
+    /// Events a WebSocket client may fall behind before it is closed with
+    /// code 1013 (it can resume with `after`).
+    #[arg(
+        long,
+        env = "WAPIPE_WS_MAX_BUFFER",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true,
+        help_heading = "Service settings"
+    )]
+    pub ws_max_buffer: u32,
 }
 
 /// The URL with its password masked (`scheme://user:***@host/…`), and any

@@ -9,6 +9,10 @@ pub const RELAY_BACKLOG: &str = "wapipe_relay_backlog_events";
 pub const RELAY_OLDEST_AGE_SECONDS: &str = "wapipe_relay_oldest_unprocessed_age_seconds";
 pub const RELAY_REPUBLISHED: &str = "wapipe_relay_republished_total";
 pub const PUBLISH_FAILURES: &str = "wapipe_ingest_publish_failures_total";
+/// Gauge: WebSocket clients connected to an API process.
+pub const WS_CLIENTS: &str = "wapipe_ws_clients";
+/// Counter: WebSocket clients closed with 1013 for falling too far behind.
+pub const WS_TOO_SLOW: &str = "wapipe_ws_closed_slow_total";
 
 /// Ingest outcomes, the `outcome` label of [`INGEST_REQUESTS`].
 pub mod outcome {

@@ -101,6 +101,7 @@ async fn schema_matches_entities(db: &DatabaseConnection) {
         customer_blocked_scenarios,
         customers,
         dead_letters,
+        events,
         follow_ups,
         idempotency_keys,
         labels,
@@ -905,6 +906,18 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
     };
     roundtrip::<dead_letters::Entity, _>(db, "dead_letters", dead_letter.clone(), dead_letter.id)
         .await;
+
+    // `seq` is given by the writer (wapipe_domain::events); any number
+    // round-trips, including one past 2^32.
+    let event = events::Model {
+        seq: (1i64 << 40) + 7,
+        r#type: "message.created".to_owned(),
+        config_id: config.id,
+        chat_id: Some(id()),
+        payload: json!({"id": id(), "text": HELLO, "type": "text"}),
+        occurred_at: ts(91),
+    };
+    roundtrip::<events::Entity, _>(db, "events", event.clone(), event.seq).await;
 
     Rows {
         config,

@@ -26,6 +26,7 @@ use wapipe_shared::jobs::{Job, OutboundSend, lane_key};
 use super::content::OutboundContent;
 use super::{Answer, OutboxError};
 use crate::clock::now;
+use crate::events;
 use crate::stats::ChatResponse;
 
 /// The column the sweep reads; see the migration `m20261121_000003_outbound`.
@@ -291,12 +292,15 @@ async fn write(
     };
 
     let mut new_chats = Vec::with_capacity(recipients.len());
+    let mut new_chat_ids = HashSet::with_capacity(recipients.len());
     let mut customer_ids = Vec::with_capacity(recipients.len());
     for (config_id, wa_id) in &recipients {
         let c = customer(*config_id, wa_id)?;
         customer_ids.push(c.id);
+        let id = Uuid::now_v7();
+        new_chat_ids.insert(id);
         new_chats.push(chats::ActiveModel {
-            id: Set(Uuid::now_v7()),
+            id: Set(id),
             created_at: Set(now),
             updated_at: Set(now),
             config_id: Set(*config_id),
@@ -467,6 +471,22 @@ async fn write(
         }
     }
     update_chat_counts(&txn, counts, now).await?;
+    // Our chat ids are the chats this transaction created; only new
+    // messages are events, so a replayed answer writes none.
+    let mut created: Vec<Uuid> = chat_of
+        .values()
+        .map(|c| c.id)
+        .filter(|id| new_chat_ids.contains(id))
+        .collect();
+    created.sort();
+    let new_messages: Vec<Uuid> = rows
+        .iter()
+        .filter(|q| q.is_new)
+        .map(|q| q.message_id)
+        .collect();
+    let mut events = events::chat_events(&txn, events::CHAT_CREATED, &created).await?;
+    events.extend(events::message_events(&txn, events::MESSAGE_CREATED, &new_messages).await?);
+    events::record(&txn, &events).await?;
     txn.commit().await?;
     Ok(rows)
 }

@@ -19,7 +19,7 @@
 //!    and followed by their children in order; a button or list item is
 //!    sent with its children as options and the run waits on it; a handoff
 //!    item sends its label and hands the chat to a human (the chat's
-//!    `handoff_at`, an `audit_log` row, a real-time event).
+//!    `handoff_at`, an `audit_log` row, a `chat.updated` event, a real-time wake-up).
 //!
 //! Idempotent per inbound message: replies are queued through the outbox
 //! with `answers = (inbound message, seq)`, unique in `messages`, and only
@@ -818,6 +818,10 @@ async fn execute(
         })
         .exec_without_returning(&txn)
         .await?;
+    }
+    if handed_off {
+        // Runs once: a later message of a handed-off chat is refused above.
+        crate::events::record_chats(&txn, crate::events::CHAT_UPDATED, &[chat.id]).await?;
     }
     txn.commit().await?;
 

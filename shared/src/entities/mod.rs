@@ -12,6 +12,7 @@ pub mod conversations;
 pub mod customer_blocked_scenarios;
 pub mod customers;
 pub mod dead_letters;
+pub mod events;
 pub mod follow_ups;
 pub mod idempotency_keys;
 pub mod labels;
@@ -42,6 +43,7 @@ pub mod prelude {
     pub use super::customer_blocked_scenarios::Entity as CustomerBlockedScenarios;
     pub use super::customers::Entity as Customers;
     pub use super::dead_letters::Entity as DeadLetters;
+    pub use super::events::Entity as Events;
     pub use super::follow_ups::Entity as FollowUps;
     pub use super::idempotency_keys::Entity as IdempotencyKeys;
     pub use super::labels::Entity as Labels;

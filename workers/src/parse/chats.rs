@@ -25,7 +25,7 @@ pub(super) async fn upsert_chats<C: ConnectionTrait>(
     rows: &[PendingMessage],
     customers: &HashMap<Who, customers::Model>,
     now: DateTime<Utc>,
-) -> Result<HashMap<Uuid, chats::Model>, DbErr> {
+) -> Result<(HashMap<Uuid, chats::Model>, HashSet<Uuid>), DbErr> {
     let mut wanted: Vec<&customers::Model> = Vec::new();
     let mut seen = HashSet::new();
     for r in rows {
@@ -37,6 +37,7 @@ pub(super) async fn upsert_chats<C: ConnectionTrait>(
     }
     let mut out = HashMap::with_capacity(wanted.len());
     let mut created = Vec::new();
+    let mut created_chats = HashSet::new();
     for chunk in pow2_chunks(wanted, CHUNK) {
         let mut ids = HashSet::new();
         let models: Vec<_> = chunk
@@ -60,6 +61,7 @@ pub(super) async fn upsert_chats<C: ConnectionTrait>(
         {
             if ids.contains(&chat.id) {
                 created.push(chat.customer_id);
+                created_chats.insert(chat.id);
             }
             out.insert(chat.customer_id, chat);
         }
@@ -74,7 +76,7 @@ pub(super) async fn upsert_chats<C: ConnectionTrait>(
             .exec(db)
             .await?;
     }
-    Ok(out)
+    Ok((out, created_chats))
 }
 
 fn new_chat(id: Uuid, customer: &customers::Model, now: DateTime<Utc>) -> chats::ActiveModel {

@@ -29,7 +29,8 @@ pub(super) struct EffectSource<'a> {
 /// What applying an effect found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum EffectOutcome {
-    Applied,
+    /// Applied to this message (its id).
+    Applied(Uuid),
     /// The target is not stored (yet): the effect stays in the reaction,
     /// edit or revoke row's own columns.
     TargetMissing,
@@ -127,7 +128,7 @@ pub(super) async fn apply_effect<C: ConnectionTrait>(
         .filter(M::Id.eq(target.id))
         .exec(db)
         .await?;
-    Ok(EffectOutcome::Applied)
+    Ok(EffectOutcome::Applied(target.id))
 }
 
 /// Marks effects whose target is not stored yet with the target's wamid
@@ -228,7 +229,7 @@ pub(super) async fn apply_late_effects<C: ConnectionTrait>(
                 now,
             )
             .await?;
-            if outcome == EffectOutcome::Applied {
+            if matches!(outcome, EffectOutcome::Applied(_)) {
                 *applied
                     .entry((p.config_id, effect.target().to_owned()))
                     .or_insert(0) += 1;

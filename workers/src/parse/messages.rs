@@ -39,6 +39,8 @@ pub(super) struct InboundStored {
     pub message_id: Uuid,
     /// False when the wamid was already stored (or earlier in the batch).
     pub is_new: bool,
+    /// The chat was created by this batch.
+    pub new_chat: bool,
     /// For a new reaction, edit or revoke: whether its target was found.
     pub effect: Option<EffectOutcome>,
     /// Reactions, edits and revokes that came before this (new) message and
@@ -58,7 +60,7 @@ pub(super) async fn store_inbound<C: ConnectionTrait>(
         return Ok(Vec::new());
     }
     let customers = upsert_customers(db, rows, now).await?;
-    let chats = upsert_chats(db, rows, &customers, now).await?;
+    let (chats, created_chats) = upsert_chats(db, rows, &customers, now).await?;
 
     // Which wamids are stored already; the first of a wamid in the batch
     // is the new one, later copies are duplicates of it.
@@ -182,6 +184,7 @@ pub(super) async fn store_inbound<C: ConnectionTrait>(
             chat_id,
             message_id,
             is_new,
+            new_chat: created_chats.contains(&chat_id),
             effect,
             late_effects,
         });

@@ -162,6 +162,7 @@ pub async fn process_events(
         summaries[p.event].count_message(s);
         fan.message(p, s, started);
     }
+    record_events(&txn, &stored).await.map_err(JobError::from)?;
     let stored = receipts::store_statuses(&txn, &collected.statuses, started)
         .await
         .map_err(JobError::from)?;
@@ -188,6 +189,46 @@ pub async fn process_events(
         }
     }
     Ok(out)
+}
+
+/// The events log of the batch's new messages, in the batch's
+/// transaction: only rows this batch inserted (a redelivered event inserts
+/// none, so writes no event twice). A new chat is `chat.created`; a chat
+/// that got messages is `chat.updated` (unread count, last message); a
+/// reaction, edit or revoke applied to its message is that message's
+/// `message.updated`. Views are read back after the writes, a few queries
+/// per batch.
+async fn record_events<C: ConnectionTrait>(
+    txn: &C,
+    stored: &[messages::InboundStored],
+) -> Result<(), DbErr> {
+    use wapipe_domain::events::{self as ev, CHAT_CREATED, CHAT_UPDATED};
+    let mut created = Vec::new();
+    let mut updated = Vec::new();
+    let mut new_messages = Vec::new();
+    let mut targets = Vec::new();
+    let mut seen = HashSet::new();
+    for s in stored.iter().filter(|s| s.is_new) {
+        if seen.insert(s.chat_id) {
+            if s.new_chat {
+                created.push(s.chat_id);
+            } else {
+                updated.push(s.chat_id);
+            }
+        }
+        new_messages.push(s.message_id);
+        if let Some(effects::EffectOutcome::Applied(target)) = s.effect {
+            targets.push(target);
+        }
+    }
+    if new_messages.is_empty() {
+        return Ok(());
+    }
+    let mut events = ev::chat_events(txn, CHAT_CREATED, &created).await?;
+    events.extend(ev::chat_events(txn, CHAT_UPDATED, &updated).await?);
+    events.extend(ev::message_events(txn, ev::MESSAGE_CREATED, &new_messages).await?);
+    events.extend(ev::message_events(txn, ev::MESSAGE_UPDATED, &targets).await?);
+    ev::record(txn, &events).await
 }
 
 /// Reads a batch's events and returns those still to process, each once

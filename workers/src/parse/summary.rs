@@ -116,7 +116,7 @@ impl Summary {
         self.messages.new += 1;
         self.late_effects_applied += s.late_effects;
         match s.effect {
-            Some(EffectOutcome::Applied) => self.effects_applied += 1,
+            Some(EffectOutcome::Applied(_)) => self.effects_applied += 1,
             Some(EffectOutcome::TargetMissing) => self.effects_target_missing += 1,
             None => {}
         }
