@@ -189,16 +189,12 @@ pub async fn list(
                 ),
         );
     }
-    if let Some(c) = &p.cursor {
-        let c = Cursor::decode(c)?;
-        cond = cond.add(
-            Condition::any().add(sort_key().lt(c.at)).add(
-                Condition::all()
-                    .add(sort_key().eq(c.at))
-                    .add(chats::Column::Id.lt(c.id)),
-            ),
-        );
-    }
+    cond = cond.add(page::after_expr(
+        p.cursor.as_deref(),
+        sort_key(),
+        Expr::col((chats::Entity, chats::Column::Id)),
+        true,
+    )?);
     let rows = chats::Entity::find()
         .filter(cond)
         .order_by(sort_key(), Order::Desc)

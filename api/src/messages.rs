@@ -77,16 +77,12 @@ pub async fn list(
     let mut cond = Condition::all()
         .add(m::Column::ChatId.eq(chat.id))
         .add(m::Column::IsDeleted.eq(false));
-    if let Some(c) = &p.cursor {
-        let c = Cursor::decode(c)?;
-        cond = cond.add(
-            Condition::any().add(m::Column::CreatedAt.lt(c.at)).add(
-                Condition::all()
-                    .add(m::Column::CreatedAt.eq(c.at))
-                    .add(m::Column::Id.lt(c.id)),
-            ),
-        );
-    }
+    cond = cond.add(page::after(
+        p.cursor.as_deref(),
+        m::Column::CreatedAt,
+        m::Column::Id,
+        true,
+    )?);
     let rows = m::Entity::find()
         .filter(cond)
         .order_by(m::Column::CreatedAt, Order::Desc)

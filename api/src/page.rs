@@ -111,20 +111,31 @@ pub fn after<C: sea_orm::ColumnTrait>(
     id: C,
     descending: bool,
 ) -> Result<sea_orm::Condition, ApiError> {
-    use sea_orm::Condition;
+    use sea_orm::sea_query::Expr;
+    let col = |c: C| Expr::col(c.as_column_ref());
+    after_expr(cursor, col(time), col(id), descending)
+}
+
+/// [`after`] over any sort expression (the chat list sorts by a COALESCE).
+/// One row-value comparison, `(time, id) < (at, id)`, rather than
+/// `time < at OR (time = at AND id < id)`: both databases read it as one
+/// range of a (time, id) index, where the OR made PostgreSQL walk the index
+/// from the top to reach a deep page.
+pub fn after_expr(
+    cursor: Option<&str>,
+    time: sea_orm::sea_query::SimpleExpr,
+    id: sea_orm::sea_query::SimpleExpr,
+    descending: bool,
+) -> Result<sea_orm::Condition, ApiError> {
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{Condition, ExprTrait};
     let Some(c) = cursor else {
         return Ok(Condition::all());
     };
     let c = Cursor::decode(c)?;
-    Ok(if descending {
-        Condition::any()
-            .add(time.lt(c.at))
-            .add(Condition::all().add(time.eq(c.at)).add(id.lt(c.id)))
-    } else {
-        Condition::any()
-            .add(time.gt(c.at))
-            .add(Condition::all().add(time.eq(c.at)).add(id.gt(c.id)))
-    })
+    let key = Expr::tuple([time, id]);
+    let at = Expr::tuple([Expr::value(c.at), Expr::value(c.id)]);
+    Ok(Condition::all().add(if descending { key.lt(at) } else { key.gt(at) }))
 }
 
 #[cfg(test)]

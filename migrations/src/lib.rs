@@ -15,6 +15,7 @@ mod m20261129_000007_followups_seed002;
 mod m20261129_000008_api_seed002;
 mod m20261130_000009_responses_names_leases;
 mod m20261206_000010_events;
+mod m20261207_000011_chats_sort_index;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000008_api_seed002::Migration),
             Box::new(m20261130_000009_responses_names_leases::Migration),
             Box::new(m20261206_000010_events::Migration),
+            Box::new(m20261207_000011_chats_sort_index::Migration),
         ]
     }
 }
