@@ -42,12 +42,14 @@ migrate:
 
 ## Tests name their databases wapipe_t_<uuid>, cloned from the migrated
 ## template wapipe_tpl_<hash of the migrations>; drop what they leave behind,
-## templates included (the next run builds its own again, once).
+## templates included (the next run builds its own again, once), and the
+## RabbitMQ queues of test prefixes older than an hour.
 clean-test-dbs:
 	@command -v psql >/dev/null 2>&1 && psql "$(PG_ADMIN)" -Atc \
 	  "SELECT 'DROP DATABASE IF EXISTS \"' || datname || '\";' FROM pg_database WHERE datname LIKE 'wapipe\_t\_%' OR datname LIKE 'wapipe\_tpl\_%'" \
 	  | psql "$(PG_ADMIN)" -q >/dev/null 2>&1 || true
 	@rm -f "$${TMPDIR:-/tmp}"/wapipe-tpl-*.sqlite
+	@scripts/clean_test_queues.sh
 
 ## Throughput and latency against a same-run no-work baseline (needs PostgreSQL + RabbitMQ).
 bench:
