@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
+    TransactionSession, TransactionTrait,
+};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -268,8 +271,9 @@ impl ConfigCache {
     }
 
     /// Flags the config in the database (the first flag stays until an
-    /// operator clears it) and in the cache. Returns whether this call set it.
-    pub async fn flag<C: ConnectionTrait>(
+    /// operator clears it) and in the cache, with its `config.flagged`
+    /// event in the same transaction. Returns whether this call set it.
+    pub async fn flag<C: ConnectionTrait + TransactionTrait>(
         &self,
         db: &C,
         id: Uuid,
@@ -277,21 +281,25 @@ impl ConfigCache {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, ConfigError> {
-        let res = whatsapp_configs::Entity::update_many()
+        let txn = db.begin().await?;
+        let set = whatsapp_configs::Entity::update_many()
             .col_expr(W::FlaggedCode, Expr::value(code))
             .col_expr(W::FlaggedReason, Expr::value(reason))
             .col_expr(W::FlaggedAt, Expr::value(now))
             .col_expr(W::UpdatedAt, Expr::value(now))
             .filter(W::Id.eq(id))
             .filter(W::FlaggedAt.is_null())
-            .exec(db)
+            .exec_with_returning(&txn)
             .await?;
+        let events: Vec<_> = set.iter().map(crate::events::flagged_event).collect();
+        crate::events::record(&txn, &events).await?;
+        txn.commit().await?;
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, c)) = map.get_mut(&id) {
             let mut updated = (**c).clone();
             updated.flag = Some((code.to_owned(), reason.to_owned()));
             *c = Arc::new(updated);
         }
-        Ok(res.rows_affected == 1)
+        Ok(set.len() == 1)
     }
 }

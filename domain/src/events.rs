@@ -51,7 +51,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use wapipe_shared::db::pow2_chunks;
-use wapipe_shared::entities::{chats, events, follow_ups, team_notes};
+use wapipe_shared::entities::{chats, events, follow_ups, team_notes, whatsapp_configs};
 
 use crate::views;
 
@@ -63,15 +63,22 @@ pub const CHAT_CREATED: &str = "chat.created";
 pub const CHAT_UPDATED: &str = "chat.updated";
 pub const NOTE_CREATED: &str = "note.created";
 pub const FOLLOWUP_REMINDER: &str = "followup.reminder";
+/// A pending follow-up went past its time without being done.
+pub const FOLLOWUP_OVERDUE: &str = "followup.overdue";
+/// A number was flagged after Meta's 190, 368 or 131031: its sends fail
+/// until an operator clears it.
+pub const CONFIG_FLAGGED: &str = "config.flagged";
 
 /// Every type, for the documentation and for checks.
-pub const TYPES: [&str; 6] = [
+pub const TYPES: [&str; 8] = [
     MESSAGE_CREATED,
     MESSAGE_UPDATED,
     CHAT_CREATED,
     CHAT_UPDATED,
     NOTE_CREATED,
     FOLLOWUP_REMINDER,
+    FOLLOWUP_OVERDUE,
+    CONFIG_FLAGGED,
 ];
 
 /// Bits of a PostgreSQL `seq` below the transaction id.
@@ -257,6 +264,35 @@ pub fn reminder_event(fu: &follow_ups::Model) -> Event {
     Event::new(FOLLOWUP_REMINDER, fu.config_id, Some(fu.chat_id), data)
 }
 
+/// The `followup.overdue` event of a follow-up just marked overdue.
+pub fn overdue_event(fu: &follow_ups::Model) -> Event {
+    Event::of(
+        FOLLOWUP_OVERDUE,
+        fu.config_id,
+        fu.chat_id,
+        &views::FollowUp::from(fu.clone()),
+    )
+}
+
+/// The `config.flagged` event of a number just flagged. It belongs to no
+/// chat, so only keys that see the whole config get it (admins, and agents
+/// who may view every chat).
+pub fn flagged_event(c: &whatsapp_configs::Model) -> Event {
+    Event::new(
+        CONFIG_FLAGGED,
+        c.id,
+        None,
+        json!({
+            "id": c.id,
+            "phoneNumberId": c.phone_number_id,
+            "wabaId": c.waba_id,
+            "flaggedCode": c.flagged_code,
+            "flaggedReason": c.flagged_reason,
+            "flaggedAt": c.flagged_at,
+        }),
+    )
+}
+
 /// Whose events a reader may see.
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
@@ -356,7 +392,8 @@ pub async fn unsettled_after<C: ConnectionTrait>(db: &C, after: i64) -> Result<b
 #[serde(rename_all = "camelCase")]
 pub struct Envelope {
     /// `message.created`, `message.updated`, `chat.created`,
-    /// `chat.updated`, `note.created` or `followup.reminder`.
+    /// `chat.updated`, `note.created`, `followup.reminder`,
+    /// `followup.overdue` or `config.flagged`.
     #[serde(rename = "type")]
     pub kind: String,
     /// The event's place in the one order of the deployment; resume after it.

@@ -556,19 +556,26 @@ pub async fn release_claims(
 /// `pending` follow-ups more than `overdue_after` past `scheduled_at`
 /// become `overdue`. Returns how many turned.
 pub async fn mark_overdue(
-    db: &impl ConnectionTrait,
+    db: &(impl ConnectionTrait + TransactionTrait),
     now: DateTime<Utc>,
     overdue_after: Duration,
 ) -> Result<u64, FollowUpError> {
-    Ok(follow_ups::Entity::update_many()
+    // One transaction, so each follow-up's `followup.overdue` event exists
+    // exactly when its status changed (a second pass changes and writes
+    // nothing).
+    let txn = db.begin().await?;
+    let set: Vec<follow_ups::Model> = follow_ups::Entity::update_many()
         .col_expr(F::Status, Expr::value(Status::Overdue.as_str()))
         .col_expr(F::UpdatedAt, Expr::value(now))
         .filter(F::Status.eq(Status::Pending.as_str()))
         .filter(F::IsDeleted.eq(false))
         .filter(F::ScheduledAt.lt(before(now, overdue_after)))
-        .exec(db)
-        .await?
-        .rows_affected)
+        .exec_with_returning(&txn)
+        .await?;
+    let events: Vec<_> = set.iter().map(crate::events::overdue_event).collect();
+    crate::events::record(&txn, &events).await?;
+    txn.commit().await?;
+    Ok(set.len() as u64)
 }
 
 /// How an agent was reminded.

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
+use serde_json::json;
 use uuid::Uuid;
 use wapipe_domain::agents::{self, AgentError, NewAgent};
-use wapipe_domain::clock;
 use wapipe_domain::followups::{self, FollowUpError, ListFilter, NewFollowUp, Reminded, Status};
+use wapipe_domain::{clock, events};
 use wapipe_shared::crypto::SecretKey;
 use wapipe_shared::entities::{chats, customers, follow_ups};
 use wapipe_shared::tenants::{self, NewConfig};
@@ -514,6 +515,17 @@ async fn overdue_marking(backend: Backend) {
             .expect("mark"),
         0
     );
+    // One `followup.overdue` event, for the one that turned overdue, even
+    // though marking ran twice.
+    let overdue_events: Vec<_> = events::read_after(&e.db, 0, 100, &events::Scope::everything())
+        .await
+        .expect("events")
+        .into_iter()
+        .filter(|ev| ev.r#type == events::FOLLOWUP_OVERDUE)
+        .collect();
+    assert_eq!(overdue_events.len(), 1, "{overdue_events:?}");
+    assert_eq!(overdue_events[0].payload["id"], json!(old[0]));
+    assert_eq!(overdue_events[0].payload["status"], json!("overdue"));
 
     // Overdue and never reminded (fell due during a long outage): still
     // reminded; overdue is still open, so it can be completed.
