@@ -1,108 +1,25 @@
 //! The events log through the API: `GET /events` (pages, scopes, bad
 //! input, pruning) and the WebSocket (replay then live with no gap or
 //! duplicate while events are written, resuming with `after`, an agent's
-//! view, the browser's subprotocol, a slow client closed with 1013, and
-//! two API processes on RabbitMQ both delivering), on PostgreSQL and
-//! SQLite.
+//! view, the browser's subprotocol, and two API processes on RabbitMQ
+//! both delivering), on PostgreSQL and SQLite. A slow client is in
+//! `ws_memory.rs`, alone in its process so its memory can be measured.
 
 mod common;
 
 use std::time::Duration;
 
+use common::ws::{connect, next, ns, quick, take, write, ws_url};
 use common::{Api, Backend, perms};
 use futures::StreamExt;
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::TransactionTrait;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 use wapipe_api::ApiSettings;
 use wapipe_domain::events::{self, Event};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Settings for quick tests: the poller looks every 50 ms.
-fn quick() -> ApiSettings {
-    ApiSettings {
-        events_poll_every: Duration::from_millis(50),
-        ..ApiSettings::default()
-    }
-}
-
-/// Writes `n` `note.created` events on `chat`, one transaction each
-/// (`data.n` = `first`, `first + 1`, …).
-async fn write(db: &DatabaseConnection, config: Uuid, chat: Uuid, first: u64, n: u64) {
-    for i in first..first + n {
-        let txn = db.begin().await.expect("begin");
-        events::record(
-            &txn,
-            &[Event::new(
-                events::NOTE_CREATED,
-                config,
-                Some(chat),
-                json!({ "n": i }),
-            )],
-        )
-        .await
-        .expect("record");
-        txn.commit().await.expect("commit");
-    }
-}
-
-fn ws_url(base: &str, query: &str) -> String {
-    format!("{}/api/whatsapp/ws{query}", base.replacen("http", "ws", 1))
-}
-
-async fn connect(base: &str, key: &str, query: &str) -> Ws {
-    let mut req = ws_url(base, query).into_client_request().expect("request");
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {key}").parse().expect("header"),
-    );
-    tokio_tungstenite::connect_async(req)
-        .await
-        .expect("WebSocket connect")
-        .0
-}
-
-/// The next event, or None when nothing comes within `wait`. Panics on a
-/// close.
-async fn next(ws: &mut Ws, wait: Duration) -> Option<Value> {
-    loop {
-        let msg = match tokio::time::timeout(wait, ws.next()).await {
-            Err(_) => return None,
-            Ok(None) => panic!("the stream ended"),
-            Ok(Some(m)) => m.expect("frame"),
-        };
-        match msg {
-            Message::Text(t) => return Some(serde_json::from_str(&t).expect("an event as JSON")),
-            Message::Close(c) => panic!("closed: {c:?}"),
-            _ => {}
-        }
-    }
-}
-
-/// `n` events, each within 10 s.
-async fn take(ws: &mut Ws, n: usize) -> Vec<Value> {
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        match next(ws, Duration::from_secs(10)).await {
-            Some(e) => out.push(e),
-            None => panic!("only {} of {n} events came", out.len()),
-        }
-    }
-    out
-}
-
-fn ns(events: &[Value]) -> Vec<u64> {
-    events
-        .iter()
-        .map(|e| e["data"]["n"].as_u64().expect("n"))
-        .collect()
-}
 
 async fn page_scope_and_bad_input(api: Api) {
     let admin = api.admin().await;
@@ -494,63 +411,6 @@ mod permissions_and_browser_auth {
     async fn sqlite() {
         super::permissions_and_browser_auth(super::Backend::Sqlite).await;
     }
-}
-
-/// A client that reads nothing falls more than `ws_max_buffer` events
-/// behind and is closed with 1013, while a client that reads keeps going;
-/// the process's live buffer never holds more than `ws_max_buffer`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_client_is_closed_with_1013() {
-    let api = Api::start_with(
-        Backend::Postgres,
-        ApiSettings {
-            ws_max_buffer: 16,
-            ..quick()
-        },
-    )
-    .await;
-    let admin = api.admin().await;
-    let (chat, _) = api
-        .inbound(
-            api.config_id,
-            "33600000007",
-            "Z",
-            "hi",
-            common::minutes_ago(5),
-        )
-        .await;
-    let slow = connect(&api.base, &admin, "").await;
-    let mut fast = connect(&api.base, &admin, "").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // Big events fill the socket buffers quickly: 64 KiB each.
-    let pad = "x".repeat(64 * 1024);
-    for i in 0..400u64 {
-        let txn = api.db.begin().await.expect("begin");
-        events::record(
-            &txn,
-            &[Event::new(
-                events::NOTE_CREATED,
-                api.config_id,
-                Some(chat),
-                json!({"n": i, "pad": pad}),
-            )],
-        )
-        .await
-        .expect("record");
-        txn.commit().await.expect("commit");
-        // The fast client reads each one.
-        assert_eq!(ns(&take(&mut fast, 1).await), vec![i]);
-    }
-    // The slow client now reads: some events, then the close.
-    let mut slow = slow;
-    let code = loop {
-        match tokio::time::timeout(Duration::from_secs(20), slow.next()).await {
-            Ok(Some(Ok(Message::Close(Some(frame))))) => break frame.code,
-            Ok(Some(Ok(_))) => {}
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
-    assert_eq!(code, CloseCode::Again, "1013: try again later");
 }
 
 /// Two API processes on one database and RabbitMQ, polling only every

@@ -24,6 +24,8 @@ use wapipe_shared::entities::{agents, chats, customers, messages};
 use wapipe_shared::tenants::{self, NewConfig};
 use wapipe_testkit::db as testing;
 
+pub mod ws;
+
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
