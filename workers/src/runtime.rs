@@ -36,6 +36,11 @@ pub enum JobError {
     /// Retrying cannot help (malformed job, refused for good).
     #[error("permanent: {0}")]
     Permanent(String),
+    /// Not tried, only held back until `after` (a send over Meta's rate,
+    /// deferred to its slot): the job comes back then with the same
+    /// attempt count, so holding back never leads to the dead-letter queue.
+    #[error("deferred {after:?}: {reason}")]
+    Deferred { after: Duration, reason: String },
 }
 
 impl JobError {
@@ -47,9 +52,17 @@ impl JobError {
         JobError::Permanent(e.to_string())
     }
 
+    pub fn deferred(after: Duration, reason: impl std::fmt::Display) -> Self {
+        JobError::Deferred {
+            after,
+            reason: reason.to_string(),
+        }
+    }
+
     fn message(&self) -> &str {
         match self {
             JobError::Retryable(m) | JobError::Permanent(m) => m,
+            JobError::Deferred { reason, .. } => reason,
         }
     }
 }
@@ -241,6 +254,8 @@ pub enum Outcome {
     Ok,
     /// Scheduled again after a delay.
     Retry,
+    /// Held back until its slot, not counted as an attempt.
+    Deferred,
     /// Moved to the dead-letter queue.
     Dead,
 }
@@ -250,6 +265,7 @@ impl Outcome {
         match self {
             Outcome::Ok => "ok",
             Outcome::Retry => "retry",
+            Outcome::Deferred => "deferred",
             Outcome::Dead => "dead",
         }
     }
@@ -469,6 +485,11 @@ async fn settle(
             tracing::debug!(worker = name, message_id = %delivery.message_id, attempt, ?delay,
                 error = %error, "job failed; retrying");
             (Outcome::Retry, delivery.retry(delay, &error).await)
+        }
+        Err(JobError::Deferred { after, reason }) => {
+            tracing::debug!(worker = name, message_id = %delivery.message_id, attempt, ?after,
+                reason = %reason, "job deferred");
+            (Outcome::Deferred, delivery.defer(after, &reason).await)
         }
         Err(e) => {
             tracing::warn!(worker = name, message_id = %delivery.message_id, attempt,

@@ -119,9 +119,11 @@ enum Seen {
 
 /// `ok-*` succeeds, `poison-*` always fails retryably, `perm-*` fails
 /// permanently, `slow-*` takes 500 ms, `panic-*` panics on its first
-/// attempt. Reports every start and end.
+/// attempt, `defer-*` is deferred 40 ms its first six times. Reports every
+/// start and end.
 struct TestWorker {
     seen: mpsc::UnboundedSender<Seen>,
+    deferrals: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 #[async_trait]
@@ -144,6 +146,19 @@ impl Worker for TestWorker {
                 Ok(())
             }
             "panic" if job.attempt == 1 => panic!("worker bug"),
+            "defer" => {
+                let mut counts = self.deferrals.lock().unwrap_or_else(|p| p.into_inner());
+                let n = counts.entry(id.clone()).or_insert(0);
+                *n += 1;
+                if *n <= 6 {
+                    Err(JobError::deferred(
+                        Duration::from_millis(40),
+                        "over the rate",
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
             _ => Ok(()),
         };
         let _ = self.seen.send(Seen::Done(id, job.attempt));
@@ -153,7 +168,13 @@ impl Worker for TestWorker {
 
 fn worker() -> (Arc<TestWorker>, mpsc::UnboundedReceiver<Seen>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (Arc::new(TestWorker { seen: tx }), rx)
+    (
+        Arc::new(TestWorker {
+            seen: tx,
+            deferrals: Default::default(),
+        }),
+        rx,
+    )
 }
 
 fn policy() -> RetryPolicy {
@@ -301,6 +322,43 @@ async fn poison_job_is_dead_lettered_after_max_attempts(t: TestBroker) {
     running.stop().await;
     assert_eq!(b.dlq_purge(Queue::Parse).await.expect("purge"), 1);
     assert!(b.dlq_list(Queue::Parse, 10).await.expect("dlq").is_empty());
+}
+
+/// Deferred more times than `max_attempts` allows retries: each time it
+/// comes back after its delay with the same attempt (1), and it finishes
+/// instead of reaching the dead-letter queue.
+async fn a_deferred_job_keeps_its_attempt_and_never_dead_letters(t: TestBroker) {
+    let b = t.broker.clone();
+    let (w, mut rx) = worker();
+    let running = start(&b, &w);
+    b.publish(job("cfg:dave", "defer-1"))
+        .await
+        .expect("publish");
+    let mut last: Option<Instant> = None;
+    for round in 1..=7 {
+        match next_seen(&mut rx, Duration::from_secs(10)).await {
+            Some(Seen::Start(id, attempt)) => {
+                assert_eq!((id.as_str(), attempt), ("defer-1", 1), "round {round}");
+                if let Some(t) = last {
+                    assert!(
+                        t.elapsed() >= Duration::from_millis(30),
+                        "round {round} came back after {:?}",
+                        t.elapsed()
+                    );
+                }
+            }
+            other => panic!("round {round}: expected a start, got {other:?}"),
+        }
+        assert_eq!(
+            next_seen(&mut rx, Duration::from_secs(10)).await,
+            Some(Seen::Done("defer-1".into(), 1))
+        );
+        last = Some(Instant::now());
+    }
+    // Done on the seventh: nothing more, nothing dead-lettered.
+    assert_eq!(next_seen(&mut rx, Duration::from_millis(500)).await, None);
+    assert!(b.dlq_list(Queue::Parse, 10).await.expect("dlq").is_empty());
+    running.stop().await;
 }
 
 async fn permanent_error_goes_straight_to_the_dlq(t: TestBroker) {
@@ -650,6 +708,7 @@ macro_rules! on_both {
 on_both!(
     ok_jobs_are_acked_in_lane_order,
     poison_job_is_dead_lettered_after_max_attempts,
+    a_deferred_job_keeps_its_attempt_and_never_dead_letters,
     permanent_error_goes_straight_to_the_dlq,
     a_panicking_job_is_retried,
     shutdown_lets_the_job_in_progress_finish,

@@ -1171,15 +1171,11 @@ impl Settle for AmqpSettle {
         parts: Parts,
         delay: Duration,
         error: &str,
+        next_attempt: u32,
     ) -> Result<(), BrokerError> {
         let bucket = delay_bucket(delay);
         let mut headers = FieldTable::default();
-        job_headers(
-            &mut headers,
-            &parts.event,
-            &parts.lane_key,
-            parts.attempt.saturating_add(1),
-        );
+        job_headers(&mut headers, &parts.event, &parts.lane_key, next_attempt);
         headers.insert(H_ROUTE_WORKER.into(), long_str(parts.worker));
         headers.insert(H_ROUTE_BUCKET.into(), long_str(&bucket.to_string()));
         headers.insert(

@@ -469,6 +469,7 @@ impl Settle for EmbeddedSettle {
         parts: Parts,
         delay: Duration,
         error: &str,
+        next_attempt: u32,
     ) -> Result<(), BrokerError> {
         tracing::debug!(
             worker = parts.worker,
@@ -484,7 +485,7 @@ impl Settle for EmbeddedSettle {
             lane_key: parts.lane_key,
             message_id: parts.message_id,
             body: parts.body,
-            attempt: parts.attempt.saturating_add(1),
+            attempt: next_attempt,
             redelivered: false,
         };
         let lane = self.lane.clone();

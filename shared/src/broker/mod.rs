@@ -227,11 +227,13 @@ pub(crate) struct Parts {
 #[async_trait]
 pub(crate) trait Settle: Send + Sync {
     async fn ack(self: Box<Self>) -> Result<(), BrokerError>;
+    /// Publishes the job again after `delay` with `next_attempt`.
     async fn retry(
         self: Box<Self>,
         parts: Parts,
         delay: Duration,
         error: &str,
+        next_attempt: u32,
     ) -> Result<(), BrokerError>;
     async fn dead_letter(self: Box<Self>, parts: Parts, error: &str) -> Result<(), BrokerError>;
 }
@@ -281,7 +283,18 @@ impl Delivery {
     /// to its lane (or left to be redelivered).
     pub async fn retry(self, delay: Duration, error: &str) -> Result<(), BrokerError> {
         let (parts, settle) = self.split();
-        settle.retry(parts, delay, error).await
+        let next = parts.attempt.saturating_add(1);
+        settle.retry(parts, delay, error, next).await
+    }
+
+    /// Deliver the job again after `delay` with the same `attempt`: it was
+    /// not tried, only held back (a send over Meta's rate, deferred to its
+    /// slot), so it spends nothing toward the dead-letter queue. Stored
+    /// like a retry, through the same delay queues.
+    pub async fn defer(self, delay: Duration, reason: &str) -> Result<(), BrokerError> {
+        let (parts, settle) = self.split();
+        let same = parts.attempt;
+        settle.retry(parts, delay, reason, same).await
     }
 
     /// Move the job to its worker's dead-letter queue with `error` and the

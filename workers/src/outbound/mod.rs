@@ -11,8 +11,9 @@
 //! # One send, step by step ([`OutboundWorker::send_message`])
 //!
 //! 1. Holds: if the job's lane (`{phone_number_id}:{wa_id}`) is cooling
-//!    down, or its number's limiter is busy for longer than a brief wait,
-//!    the job is retried later before any database work ([`limits`]).
+//!    down or has an earlier job waiting, or its number is paced behind a
+//!    burst, the job is deferred to its slot before any database work
+//!    ([`limits`]; deferring is not an attempt).
 //! 2. The claim: `queued → sending, attempt_count + 1` in one conditional
 //!    `UPDATE … RETURNING`, committed before any call; only one attempt can
 //!    win it. A message that is not `queued` is looked at instead: one that
@@ -31,8 +32,8 @@
 //!    `expires_at` is ahead) fails locally with Meta's own code 131047.
 //! 5. Rate limits: the number and pair slots, taken right before the
 //!    request leaves (a brief wait at most; if refused, the claim is
-//!    released, the attempt not counted, and the job retried through the
-//!    broker's delay queue). Meta counts requests as they arrive, so no
+//!    released, the attempt not counted, and the job deferred to its slot
+//!    through the broker's delay queue). Meta counts requests as they arrive, so no
 //!    commit may sit between a slot and its request.
 //! 6. The call, and Meta's answer decided on `error.code` ([`graph`]):
 //!    - accepted: the wamid, `sent` and `sent_at` in one UPDATE, then the

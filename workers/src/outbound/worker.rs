@@ -88,6 +88,13 @@ fn count(result: &'static str, code: &str) {
         .increment(1);
 }
 
+/// Held back by a limit: the job comes back at its slot, not as a failed
+/// attempt (see [`super::limits`]).
+pub(super) fn deferred(limited: RateLimited) -> JobError {
+    count("deferred", "rate_limited");
+    JobError::deferred(limited.retry_after, limited)
+}
+
 /// The job is about one message; these say which.
 #[derive(Clone, Copy)]
 struct Claim {
@@ -142,10 +149,9 @@ impl OutboundWorker {
     /// number or recipient turn the attempt away before any database work.
     async fn send(&self, id: Uuid, lane_key: Option<&str>) -> Result<SendOutcome, JobError> {
         if let Some((phone, recipient)) = lane_key.and_then(|k| k.split_once(':'))
-            && let Err(limited) = self.inner.limits.precheck(phone, recipient)
+            && let Err(limited) = self.inner.limits.precheck(phone, recipient, id)
         {
-            count("retry", "rate_limited");
-            return Err(JobError::Retryable(limited.to_string()));
+            return Err(deferred(limited));
         }
         let now = now();
         // The common case in one statement: claim a queued message and read
@@ -177,7 +183,7 @@ impl OutboundWorker {
             }
         }
         match self
-            .acquire_and_post(config.clone(), &recipient, &body)
+            .acquire_and_post(config.clone(), &recipient, &body, id)
             .await
         {
             Posted::Answer(outcome) => self.settle(&msg, &config, &recipient, claim, outcome).await,
@@ -248,11 +254,10 @@ impl OutboundWorker {
         .await
     }
 
-    /// No slot in time: the claim goes back, and the job is retried.
+    /// No slot in time: the claim goes back (the attempt not counted), and
+    /// the job is deferred to its slot.
     async fn limited(&self, claim: Claim, limited: RateLimited) -> JobError {
-        count("retry", "rate_limited");
-        self.release_err(claim, JobError::Retryable(limited.to_string()))
-            .await
+        self.release_err(claim, deferred(limited)).await
     }
 
     /// POSTs `body` to `/{phone_number_id}/messages` as `config`: its

@@ -39,7 +39,7 @@ use wapipe_domain::receipts::read_status_of;
 
 use super::super::graph::GraphOutcome;
 use super::super::limits::RateLimited;
-use super::{Claim, OutboundWorker, SendOutcome, count};
+use super::{Claim, OutboundWorker, SendOutcome, count, deferred};
 use crate::runtime::JobError;
 
 type Answer = Result<SendOutcome, JobError>;
@@ -75,10 +75,9 @@ impl OutboundWorker {
         let mut to_claim = Vec::new();
         for (slot, (id, key)) in jobs.iter().enumerate() {
             if let Some((phone, recipient)) = key.split_once(':')
-                && let Err(limited) = self.inner.limits.precheck(phone, recipient)
+                && let Err(limited) = self.inner.limits.precheck(phone, recipient, *id)
             {
-                count("retry", "rate_limited");
-                answers[slot] = Some(Err(JobError::Retryable(limited.to_string())));
+                answers[slot] = Some(Err(deferred(limited)));
             } else if first_seen.insert(*id) {
                 to_claim.push(slot);
             } else {
@@ -201,7 +200,7 @@ impl OutboundWorker {
             stream::iter(group)
                 .then(move |r| async move {
                     let posted = self
-                        .acquire_and_post(r.config.clone(), &r.recipient, &r.body)
+                        .acquire_and_post(r.config.clone(), &r.recipient, &r.body, r.msg.id)
                         .await;
                     (r, posted)
                 })
@@ -297,11 +296,12 @@ impl OutboundWorker {
         config: std::sync::Arc<SendConfig>,
         recipient: &str,
         body: &Value,
+        job: Uuid,
     ) -> Posted {
         if let Err(limited) = self
             .inner
             .limits
-            .acquire(&config.phone_number_id, config.max_mps, recipient)
+            .acquire(&config.phone_number_id, config.max_mps, recipient, job)
             .await
         {
             return Posted::Limited(limited);
