@@ -6,7 +6,7 @@ PG_ADMIN ?= postgres://postgres@127.0.0.1:5432/postgres
 export WAPIPE_TEST_PG ?= $(PG_ADMIN)
 export WAPIPE_TEST_AMQP ?= amqp://guest:guest@127.0.0.1:5672/%2f
 
-.PHONY: run test lint fmt migrate build bench bench-e2e bench-bot bench-reminders bench-api sim clean-test-dbs api-conformance
+.PHONY: run test lint fmt migrate build bench bench-e2e bench-bot bench-reminders bench-api bench-fanout bench-burst sim clean-test-dbs api-conformance
 
 ## Embedded default: SQLite in ./data, in-process queue, every role in one process.
 run:
@@ -73,6 +73,17 @@ bench-reminders:
 # no-work axum route.
 bench-api:
 	scripts/bench_api.sh
+
+# The events WebSocket: FANOUT_ADMINS (20) + FANOUT_AGENTS (980) clients while
+# FANOUT_RATE (500) inbound messages/s arrive for FANOUT_SECS (60); delivered/s,
+# p50/p99 commit -> client, the API's RSS; every event checked per key.
+bench-fanout:
+	scripts/bench_fanout.sh
+
+# A paced burst: BURST_MESSAGES (10,000) template sends queued at once at
+# BURST_MPS (80) through RabbitMQ; the sends-per-second curve of each run.
+bench-burst:
+	scripts/bench_burst.sh
 
 ## wapipe (embedded) wired to wapipe-sim's fake Graph API: a two-minute demo.
 sim:

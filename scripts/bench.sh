@@ -9,7 +9,9 @@
 #   5. end to end, webhook -> messages row (scripts/bench_e2e.sh),
 #   6. bot replies (scripts/bench_bot.sh, with and without status webhooks),
 #   7. follow-up reminders (scripts/bench_reminders.sh),
-#   8. the REST API (scripts/bench_api.sh).
+#   8. the REST API (scripts/bench_api.sh),
+#   9. the events WebSocket's fan-out (scripts/bench_fanout.sh),
+#  10. a paced burst of 10,000 sends at max_mps 80 (scripts/bench_burst.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -157,3 +159,9 @@ scripts/bench_reminders.sh
 # 8. the agents' REST API: lists, a deep cursor, messages and sends, next to
 # a no-work axum route.
 scripts/bench_api.sh
+
+# 9. the events WebSocket: 1,000 clients while 500 inbound messages/s arrive.
+scripts/bench_fanout.sh
+
+# 10. a paced burst: 10,000 template sends queued at once at max_mps 80.
+scripts/bench_burst.sh
