@@ -388,14 +388,8 @@ pub async fn spawn_graph(
     cfg: GraphConfig,
 ) -> Result<GraphHandle, GraphError> {
     let addr = listener.local_addr()?;
-    let client = {
-        // reqwest is built with rustls and no default provider workspace-wide.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        reqwest::Client::builder()
-    }
-    .timeout(Duration::from_secs(10))
-    .build()
-    .map_err(|e| GraphError::Client(e.to_string()))?;
+    let client = crate::http_client(Duration::from_secs(10))
+        .map_err(|e| GraphError::Client(e.to_string()))?;
     let state = Arc::new(State {
         base_url: format!("http://{addr}"),
         signer: Signer::new(cfg.app_secret.as_bytes()),

@@ -5,11 +5,13 @@
 //! - [`graph`]: a fake Graph API that accepts sends, calls back with status
 //!   webhooks and injects Meta's errors;
 //! - [`payloads`]: realistic WhatsApp Cloud API webhook envelopes;
+//! - [`fanout`]: many WebSocket clients of wapipe's events stream;
 //! - [`stats`]: latency percentiles.
 //!
 //! Everything runs in-process too, so tests and benches can start the servers
 //! on `127.0.0.1:0` and call the clients directly.
 
+pub mod fanout;
 pub mod graph;
 pub mod load;
 pub mod payloads;
@@ -111,4 +113,12 @@ mod tests {
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }
+}
+
+/// An HTTP client for our local peers (replay, status callbacks, the
+/// fan-out check). reqwest is built with rustls and no default crypto
+/// provider workspace-wide, so the ring one is installed first.
+pub(crate) fn http_client(timeout: std::time::Duration) -> Result<reqwest::Client, reqwest::Error> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(timeout).build()
 }

@@ -49,6 +49,8 @@ pub struct LoadConfig {
     pub customers: usize,
     /// Messages per message body (see `PayloadGen::with_messages_per_body`).
     pub messages_per_body: u32,
+    /// Only these kinds of body (empty: Meta's whole mix).
+    pub kinds: Vec<crate::payloads::PayloadKind>,
     /// Per-request bound; a request still unanswered then counts as an error.
     pub request_timeout: Duration,
 }
@@ -65,6 +67,7 @@ impl LoadConfig {
             business: Business::default(),
             customers: 1000,
             messages_per_body: 1,
+            kinds: Vec::new(),
             request_timeout: Duration::from_secs(10),
         }
     }
@@ -207,7 +210,8 @@ pub async fn run_load(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
     let sources = (0..cfg.concurrency)
         .map(|_| Webhooks {
             payloads: PayloadGen::new(cfg.business.clone(), cfg.customers)
-                .with_messages_per_body(cfg.messages_per_body),
+                .with_messages_per_body(cfg.messages_per_body)
+                .with_kinds(&cfg.kinds),
             signer: signer.clone(),
             path: target.path.clone(),
         })

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use wapipe_sim::fanout::{self, FanoutConfig};
 use wapipe_sim::graph::{self, ErrorRule, GraphConfig};
 use wapipe_sim::load::{self, HttpLoadConfig, HttpRequest, LoadConfig};
 use wapipe_sim::payloads::{
@@ -44,6 +45,40 @@ enum Command {
     Replay(ReplayArgs),
     /// Serve a fake Graph API that accepts sends and posts status webhooks.
     Graph(GraphArgs),
+    /// Connect one WebSocket client of wapipe's events per API key, listen,
+    /// then check each got exactly what the API lists for its key.
+    Fanout(FanoutArgs),
+}
+
+#[derive(Args)]
+struct FanoutArgs {
+    /// The API, e.g. http://127.0.0.1:8080 (loopback only).
+    #[arg(long)]
+    base: String,
+    /// A file of API keys, one per line: one client each.
+    #[arg(long)]
+    keys: PathBuf,
+    /// Every client replays from after this sequence number.
+    #[arg(long, default_value_t = 0)]
+    after: i64,
+    /// How long to listen once every client is connected.
+    #[arg(long, value_parser = wapipe_sim::parse_duration)]
+    duration: Duration,
+    /// Then stop once no event came for this long.
+    #[arg(long, default_value = "3s", value_parser = wapipe_sim::parse_duration)]
+    quiet: Duration,
+    /// But wait at most this long for the tail.
+    #[arg(long, default_value = "60s", value_parser = wapipe_sim::parse_duration)]
+    max_drain: Duration,
+    /// Created once every client is connected (start the load then).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Clients connecting at once.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -85,6 +120,10 @@ struct LoadArgs {
     /// more = bursts Meta delivers in one POST).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     messages_per_body: u32,
+    /// Send only these kinds of body (comma-separated; default: Meta's
+    /// whole mix, statuses included).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    kinds: Vec<wapipe_sim::payloads::PayloadKind>,
     /// Per-request timeout.
     #[arg(long, default_value = "10s", value_parser = wapipe_sim::parse_duration)]
     timeout: Duration,
@@ -238,6 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Http(a) => run_http(a).await,
         Command::Replay(a) => run_replay(a).await,
         Command::Graph(a) => run_graph(a).await,
+        Command::Fanout(a) => run_fanout(a).await,
     }
 }
 
@@ -260,6 +300,7 @@ async fn run_load(a: LoadArgs) -> anyhow::Result<ExitCode> {
         },
         customers: a.customers as usize,
         messages_per_body: a.messages_per_body,
+        kinds: a.kinds,
         request_timeout: a.timeout,
         ..LoadConfig::new(a.target.webhook, a.target.app_secret)
     };
@@ -297,6 +338,38 @@ fn print_report(report: &load::LoadReport, json: bool) -> anyhow::Result<ExitCod
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+async fn run_fanout(a: FanoutArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&a.keys)
+        .with_context(|| format!("cannot read {}", a.keys.display()))?;
+    let cfg = FanoutConfig {
+        base: a.base,
+        keys: text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        after: a.after,
+        listen: a.duration,
+        quiet: a.quiet,
+        max_drain: a.max_drain,
+        ready_file: a.ready_file,
+        connect_concurrency: a.connect_concurrency,
+    };
+    let report = fanout::run_fanout(cfg).await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{report}");
+    }
+    // The numbers of a run that lost or doubled events must not be taken.
+    Ok(if report.complete() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 

@@ -32,7 +32,7 @@ impl Default for Business {
 
 /// What one generated body holds, so the load report can count inbound
 /// messages and tests can check the mix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub enum PayloadKind {
     Text,
     Image,
@@ -293,6 +293,8 @@ pub struct PayloadGen {
     /// Messages in every message body; 1 keeps Meta's usual one (with the
     /// occasional pair).
     messages_per_body: u32,
+    /// The kinds drawn (by their weights); empty: the whole mix.
+    kinds: Vec<PayloadKind>,
     rng: StdRng,
 }
 
@@ -302,6 +304,7 @@ impl PayloadGen {
             business,
             customers: customers.max(1),
             messages_per_body: 1,
+            kinds: Vec::new(),
             rng: StdRng::from_os_rng(),
         }
     }
@@ -312,6 +315,7 @@ impl PayloadGen {
             business,
             customers: customers.max(1),
             messages_per_body: 1,
+            kinds: Vec::new(),
             rng: StdRng::seed_from_u64(seed),
         }
     }
@@ -323,15 +327,27 @@ impl PayloadGen {
         self
     }
 
+    /// Draws only these kinds, by their weights among themselves (a
+    /// benchmark that wants inbound text only, say). Empty: the whole mix.
+    pub fn with_kinds(mut self, kinds: &[PayloadKind]) -> Self {
+        self.kinds = kinds.to_vec();
+        self
+    }
+
     pub fn business(&self) -> &Business {
         &self.business
     }
 
     /// Picks a kind by the weights of the mix.
     pub fn pick_kind(&mut self) -> PayloadKind {
-        let total: u32 = PayloadKind::ALL.iter().map(|k| k.weight()).sum();
-        let mut roll = self.rng.random_range(0..total);
-        for k in PayloadKind::ALL {
+        let kinds: &[PayloadKind] = if self.kinds.is_empty() {
+            &PayloadKind::ALL
+        } else {
+            &self.kinds
+        };
+        let total: u32 = kinds.iter().map(|k| k.weight()).sum();
+        let mut roll = self.rng.random_range(0..total.max(1));
+        for &k in kinds {
             if roll < k.weight() {
                 return k;
             }

@@ -217,14 +217,8 @@ pub async fn replay_paths_with(
     mut on_file: impl FnMut(&FileResult),
 ) -> Result<ReplayReport, ReplayError> {
     let files = collect_files(paths)?;
-    let client = {
-        // reqwest is built with rustls and no default provider workspace-wide.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        reqwest::Client::builder()
-    }
-    .timeout(cfg.request_timeout)
-    .build()
-    .map_err(|e| ReplayError::Client(e.to_string()))?;
+    let client =
+        crate::http_client(cfg.request_timeout).map_err(|e| ReplayError::Client(e.to_string()))?;
     let signer = Signer::new(cfg.app_secret.as_bytes());
     let mut report = ReplayReport::default();
     for path in files {
