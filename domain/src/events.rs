@@ -63,15 +63,19 @@ pub const CHAT_CREATED: &str = "chat.created";
 pub const CHAT_UPDATED: &str = "chat.updated";
 pub const NOTE_CREATED: &str = "note.created";
 pub const FOLLOWUP_REMINDER: &str = "followup.reminder";
+/// An outgoing webhook endpoint failed too long and was disabled (the
+/// endpoint, without its secret, and why).
+pub const WEBHOOK_DISABLED: &str = "webhook.disabled";
 
 /// Every type, for the documentation and for checks.
-pub const TYPES: [&str; 6] = [
+pub const TYPES: [&str; 7] = [
     MESSAGE_CREATED,
     MESSAGE_UPDATED,
     CHAT_CREATED,
     CHAT_UPDATED,
     NOTE_CREATED,
     FOLLOWUP_REMINDER,
+    WEBHOOK_DISABLED,
 ];
 
 /// Bits of a PostgreSQL `seq` below the transaction id.
@@ -356,7 +360,8 @@ pub async fn unsettled_after<C: ConnectionTrait>(db: &C, after: i64) -> Result<b
 #[serde(rename_all = "camelCase")]
 pub struct Envelope {
     /// `message.created`, `message.updated`, `chat.created`,
-    /// `chat.updated`, `note.created` or `followup.reminder`.
+    /// `chat.updated`, `note.created`, `followup.reminder` or
+    /// `webhook.disabled`.
     #[serde(rename = "type")]
     pub kind: String,
     /// The event's place in the one order of the deployment; resume after it.
