@@ -34,6 +34,8 @@ use crate::events::{self, Event, Scope};
 const CURSOR: &str = "events";
 /// Rows per multi-row INSERT of deliveries (15 values each).
 const CHUNK: usize = 256;
+/// Longest a name may take to resolve (a request waits on it).
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Longest URL accepted.
 pub const MAX_URL_LEN: usize = 2048;
 
@@ -144,10 +146,12 @@ pub async fn resolve_public(
     port: u16,
     allow_private: bool,
 ) -> Result<Vec<SocketAddr>, WebhookError> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| WebhookError::BadUrl(format!("cannot resolve {host}: {e}")))?
-        .collect();
+    let addrs: Vec<SocketAddr> =
+        tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)))
+            .await
+            .map_err(|_| WebhookError::BadUrl(format!("cannot resolve {host} in time")))?
+            .map_err(|e| WebhookError::BadUrl(format!("cannot resolve {host}: {e}")))?
+            .collect();
     if addrs.is_empty() {
         return Err(WebhookError::BadUrl(format!("{host} has no address")));
     }
