@@ -79,15 +79,16 @@ async fn scoped_and_secret_once(api: Api) {
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{r:?}");
 
     // Acme's admin: the endpoint is Acme's config's.
-    let r = api
-        .call_h(
+    let create_once = || {
+        api.call_h(
             &acme,
             Method::POST,
             PATH,
             Some(body("http://127.0.0.1:9/acme")),
             &[("Idempotency-Key", "ep-1")],
         )
-        .await;
+    };
+    let r = create_once().await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
     let acme_ep = r.body["id"].as_str().expect("id").to_owned();
     assert_eq!(r.body["configId"], json!(api.config_id));
@@ -105,15 +106,7 @@ async fn scoped_and_secret_once(api: Api) {
 
     // The replay answers the same endpoint without the secret, and the
     // secret rests nowhere in clear.
-    let again = api
-        .call_h(
-            &acme,
-            Method::POST,
-            PATH,
-            Some(body("http://127.0.0.1:9/acme")),
-            &[("Idempotency-Key", "ep-1")],
-        )
-        .await;
+    let again = create_once().await;
     assert_eq!(again.status, StatusCode::CREATED, "{again:?}");
     assert_eq!(again.body["id"], json!(acme_ep));
     assert_eq!(again.body["secret"], Value::Null);

@@ -11,6 +11,8 @@
 
 use sea_orm_migration::{prelude::*, schema::*};
 
+use crate::alter::index;
+
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -88,15 +90,6 @@ fn dispatch() -> TableCreateStatement {
         .col(big_integer("seq"))
         .col(timestamp_with_time_zone("updated_at"))
         .to_owned()
-}
-
-fn index(table: &'static str, name: &'static str, cols: &[&'static str]) -> IndexCreateStatement {
-    let mut i = Index::create();
-    i.name(name).table(table);
-    for c in cols {
-        i.col(*c);
-    }
-    i.to_owned()
 }
 
 #[async_trait::async_trait]
