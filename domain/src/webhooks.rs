@@ -621,7 +621,8 @@ pub async fn record_attempt(
     txn.commit().await?;
     if disabled {
         metrics::counter!(METRIC_ENDPOINTS_DISABLED_TOTAL).increment(1);
-        tracing::warn!(endpoint = %endpoint.id, url = %endpoint.url, "webhook endpoint disabled");
+        // Not the URL: its query string may carry the receiver's token.
+        tracing::warn!(endpoint = %endpoint.id, "webhook endpoint disabled");
     }
     Ok(Recorded { attempt, disabled })
 }
