@@ -307,6 +307,33 @@ async fn dead_after_the_last_attempt_then_retried_from_the_api() {
             .all(|(_, ok, code)| !ok && *code == Some(500))
     );
     assert_eq!(rx.received().len() as i64, max);
+    // The job is in the webhook queue's dead-letter queue, with the last error.
+    let deadline = Instant::now() + WAIT;
+    let dead = loop {
+        let dead = app
+            .broker
+            .dlq_list(wapipe_shared::jobs::Queue::Webhook, 10)
+            .await
+            .expect("dlq list");
+        if !dead.is_empty() {
+            break dead;
+        }
+        assert!(Instant::now() < deadline, "nothing dead-lettered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].message_id,
+        format!("webhook:{}", d["id"].as_str().expect("id"))
+    );
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("500")),
+        "{:?}",
+        dead[0].last_error
+    );
 
     healthy.store(true, Ordering::SeqCst);
     let id = d["id"].as_str().expect("id");

@@ -803,6 +803,28 @@ mod tests {
         }
     }
 
+    /// The resolver the worker connects through refuses a name that points
+    /// inward, whatever it pointed at when the endpoint was created.
+    #[tokio::test]
+    async fn the_delivery_resolver_refuses_private_names() {
+        use reqwest::dns::Resolve;
+        let name = |n: &str| n.parse::<reqwest::dns::Name>().expect("name");
+        let refused = PublicResolver {
+            allow_private: false,
+        }
+        .resolve(name("localhost"))
+        .await;
+        let err = refused.err().expect("localhost refused").to_string();
+        assert!(err.contains("loopback, private or link-local"), "{err}");
+        let allowed = PublicResolver {
+            allow_private: true,
+        }
+        .resolve(name("localhost"))
+        .await
+        .expect("allowed");
+        assert!(allowed.into_iter().all(|a| a.ip().is_loopback()));
+    }
+
     #[test]
     fn event_types_are_checked() {
         assert!(check_event_types(&[]).is_err());
