@@ -691,14 +691,14 @@ pub async fn requeue(
         .filter(webhook_deliveries::Column::Id.eq(delivery.id))
         .exec(db)
         .await?;
-    // Not published now: the sweep's next pass does it.
+    // A publish that fails leaves it to the dispatcher's sweep.
     if publish(db, broker, &[delivery.id]).await? == 0 {
         tracing::info!(delivery = %delivery.id, "retry left to the webhook sweep");
     }
     Ok(())
 }
 
-/// The raw body, id and event of a delivery, for the worker.
+/// What a delivery sends: its Standard Webhooks id and the raw body.
 pub struct Outgoing {
     /// `msg_<delivery id>`: the same for every attempt of the delivery.
     pub id: String,

@@ -38,6 +38,9 @@ const DISPATCH_BATCH: u64 = 500;
 /// A delivery with no job this long after its creation is published by
 /// the sweep (the dispatcher publishes its own at once).
 const SWEEP_GRACE: chrono::Duration = chrono::Duration::seconds(5);
+/// Dispatcher passes between two sweeps: the sweep only catches a
+/// publish that failed or a process that died before it.
+const SWEEP_EVERY: u32 = 20;
 /// Longest error text kept per attempt.
 const MAX_ERROR_LEN: usize = 500;
 
@@ -66,7 +69,7 @@ impl WebhookSettings {
                     d.min(chrono::Duration::days(36_525))
                 }),
             timeout: Duration::from_millis(s.webhook_timeout_ms),
-            tick: Duration::from_millis(200),
+            tick: Duration::from_millis(250),
         }
     }
 }
@@ -132,27 +135,38 @@ pub async fn run_dispatcher(
     }
     let mut tick = tokio::time::interval(settings.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut passes = 0u32;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        if let Err(e) = pass(&db, broker.as_ref()).await {
+        let sweep = passes.is_multiple_of(SWEEP_EVERY);
+        if let Err(e) = pass(&db, broker.as_ref(), sweep).await {
             tracing::warn!(error = %e, "webhook dispatch pass failed");
         }
+        passes = passes.wrapping_add(1);
     }
     tracing::debug!("webhook dispatcher stopped");
 }
 
-/// One dispatcher pass; returns the deliveries published.
-pub async fn pass(db: &DatabaseConnection, broker: &dyn Broker) -> Result<usize, sea_orm::DbErr> {
-    let stale = webhooks::unpublished(
-        db,
-        wapipe_domain::clock::now() - SWEEP_GRACE,
-        DISPATCH_BATCH,
-    )
-    .await?;
-    let mut published = webhooks::publish(db, broker, &stale).await?;
+/// One dispatcher pass, after the sweep when `sweep`; returns the
+/// deliveries published.
+pub async fn pass(
+    db: &DatabaseConnection,
+    broker: &dyn Broker,
+    sweep: bool,
+) -> Result<usize, sea_orm::DbErr> {
+    let mut published = 0;
+    if sweep {
+        let stale = webhooks::unpublished(
+            db,
+            wapipe_domain::clock::now() - SWEEP_GRACE,
+            DISPATCH_BATCH,
+        )
+        .await?;
+        published += webhooks::publish(db, broker, &stale).await?;
+    }
     loop {
         let d = webhooks::dispatch(db, DISPATCH_BATCH).await?;
         published += webhooks::publish(db, broker, &d.deliveries).await?;
