@@ -122,7 +122,10 @@ FOLLOWUP=$(api POST /followups '{"chatId":"'"$CHAT"'","agentId":"'"$AGENT"'","ti
 SCENARIO=$(api POST /scenarios '{"scenario":{"title":"Hours","keywords":["hours"],"items":[{"ref":"h","type":"text","label":"We open at 9."}]}}' | jq -r .id)
 BLOCKED=$(api POST /blocked-numbers '{"phoneNumber":"15550009999","reason":"spam"}' | jq -r .id)
 SENT=$(api POST "/chats/$CHAT2/messages" '{"type":"text","text":"hello back"}' | jq -r .id)
-for v in CHAT CHAT2 CUSTOMER MESSAGE AGENT LABEL TEMPLATE NOTE FOLLOWUP SCENARIO BLOCKED SENT; do
+# An outgoing webhook endpoint for an event this run never has, so nothing
+# is delivered (its address is a public one nothing answers).
+WEBHOOK=$(api POST /webhook-endpoints '{"url":"http://198.18.0.1:9/hook","eventTypes":["webhook.disabled"]}' | jq -r .id)
+for v in CHAT CHAT2 CUSTOMER MESSAGE AGENT LABEL TEMPLATE NOTE FOLLOWUP SCENARIO BLOCKED SENT WEBHOOK; do
   [ -n "${!v}" ] && [ "${!v}" != null ] || { say "seeding: no id for $v"; exit 1; }
 done
 
@@ -156,6 +159,7 @@ notes = { values = ["$NOTE"] }
 followups = { values = ["$FOLLOWUP"] }
 scenarios = { values = ["$SCENARIO"] }
 blocked = { values = ["$BLOCKED"] }
+webhooks = { values = ["$WEBHOOK"] }
 
 [parameters]
 "path.chatId" = { dictionary = "chats", probability = 0.85 }
@@ -163,7 +167,8 @@ blocked = { values = ["$BLOCKED"] }
 "path.agentId" = { dictionary = "agents", probability = 0.85 }
 TOML
 for pair in chats:chats messages:messages customers:customers agents:agents labels:labels \
-  templates:templates notes:notes followups:followups scenarios:scenarios blocked-numbers:blocked; do
+  templates:templates notes:notes followups:followups scenarios:scenarios blocked-numbers:blocked \
+  webhook-endpoints:webhooks; do
   cat >>"$WORK/schemathesis.toml" <<TOML
 
 [[operations]]

@@ -298,6 +298,7 @@ pub async fn start(
                 version: settings.graph_api_version.clone(),
             },
         }),
+        secret_key: configs.secret_key().cloned(),
     };
     let api_settings = wapipe_api::ApiSettings {
         rate_per_s: settings.api_rate_per_s,
@@ -308,6 +309,7 @@ pub async fn start(
             u64::from(settings.events_retention_days) * 24 * 3600,
         ),
         ws_max_buffer: settings.ws_max_buffer as usize,
+        webhooks_allow_private: settings.webhooks_allow_private,
         ..wapipe_api::ApiSettings::default()
     };
     let fallback: Option<wapipe_ingest::Fallback> = if shared {

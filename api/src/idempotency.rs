@@ -154,6 +154,11 @@ pub async fn finish(state: &AppState, claim: Uuid, status: StatusCode, body: &st
     }
 }
 
+/// A response extension: the body to keep for replays instead of the one
+/// sent (the create of a webhook endpoint, whose secret is shown once).
+#[derive(Debug, Clone)]
+pub struct StoreInstead(pub String);
+
 /// The layer: POSTs that carry an `Idempotency-Key` answer once.
 pub async fn layer(
     axum::extract::State(state): axum::extract::State<AppState>,
@@ -203,12 +208,12 @@ pub async fn layer(
             return ApiError::internal(e).into_response();
         }
     };
-    finish(
-        &state,
-        claimed,
-        parts.status,
-        &String::from_utf8_lossy(&bytes),
-    )
-    .await;
+    // An answer that shows a secret once is stored without it: a replay
+    // must not show it again, nor may it rest in clear in the database.
+    let stored = match parts.extensions.get::<StoreInstead>() {
+        Some(StoreInstead(redacted)) => redacted.clone(),
+        None => String::from_utf8_lossy(&bytes).into_owned(),
+    };
+    finish(&state, claimed, parts.status, &stored).await;
     Response::from_parts(parts, axum::body::Body::from(bytes))
 }

@@ -27,6 +27,7 @@ pub mod scenarios;
 pub mod stats;
 pub mod templates;
 pub mod views;
+pub mod webhook_endpoints;
 pub mod ws;
 
 use std::future::Future;
@@ -56,6 +57,9 @@ pub struct ApiDeps {
     /// Decrypted configs and the Graph API, for the template sync; without
     /// them `POST /templates/sync` answers 409.
     pub meta: Option<MetaAccess>,
+    /// Encrypts the secrets of outgoing webhook endpoints; without it
+    /// creating one answers 409.
+    pub secret_key: Option<Arc<wapipe_shared::crypto::SecretKey>>,
 }
 
 /// What talking to Meta takes.
@@ -91,6 +95,9 @@ pub struct ApiSettings {
     pub ws_ping_every: Duration,
     /// A WebSocket client silent this long (no pong, no message) is closed.
     pub ws_idle_timeout: Duration,
+    /// Webhook endpoints may point at private addresses
+    /// (`WAPIPE_WEBHOOKS_ALLOW_PRIVATE`).
+    pub webhooks_allow_private: bool,
 }
 
 impl Default for ApiSettings {
@@ -107,6 +114,7 @@ impl Default for ApiSettings {
             ws_max_buffer: 1000,
             ws_ping_every: Duration::from_secs(20),
             ws_idle_timeout: Duration::from_secs(60),
+            webhooks_allow_private: false,
         }
     }
 }
@@ -117,6 +125,7 @@ pub struct AppState {
     pub db: DatabaseConnection,
     pub broker: Arc<dyn Broker>,
     pub meta: Option<MetaAccess>,
+    pub secret_key: Option<Arc<wapipe_shared::crypto::SecretKey>>,
     pub settings: Arc<ApiSettings>,
     pub limiter: Arc<auth::Limiter>,
     /// This process, as the holder of the periodic jobs' leases.
@@ -131,6 +140,7 @@ impl AppState {
             db: deps.db,
             broker: deps.broker,
             meta: deps.meta,
+            secret_key: deps.secret_key,
             limiter: auth::limiter(settings.rate_per_s, settings.rate_burst),
             hub: ws::Hub::new(settings.ws_max_buffer),
             settings: Arc::new(settings),

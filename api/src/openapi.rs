@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 
 use crate::{
     AppState, agents, blocked, chats, directory, eventlog, events, followups, labels, messages,
-    notes, scenarios, stats, templates, ws,
+    notes, scenarios, stats, templates, webhook_endpoints, ws,
 };
 
 struct BearerKey;
@@ -58,7 +58,8 @@ impl Modify for BearerKey {
         (name = "stats", description = "Reports"),
         (name = "customers", description = "Customers' profiles"),
         (name = "configs", description = "The WhatsApp numbers"),
-        (name = "scenarios", description = "The chatbot's scenarios (seed 000)")
+        (name = "scenarios", description = "The chatbot's scenarios (seed 000)"),
+        (name = "webhook endpoints", description = "Outgoing webhooks: events delivered to your URLs, signed per Standard Webhooks")
     )
 )]
 pub struct ApiDoc;
@@ -106,6 +107,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
             scenarios::update,
             scenarios::delete
         ))
+        .routes(routes!(webhook_endpoints::list, webhook_endpoints::create))
+        .routes(routes!(webhook_endpoints::get, webhook_endpoints::delete))
+        .routes(routes!(webhook_endpoints::deliveries))
+        .routes(routes!(webhook_endpoints::retry))
 }
 
 /// The routes and their document, with the answers every route can give

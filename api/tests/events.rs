@@ -464,6 +464,7 @@ async fn two_api_processes_on_rabbitmq_both_deliver() {
                 db: first.db.clone(),
                 broker: b.clone(),
                 meta: None,
+                secret_key: None,
             },
             settings.clone(),
             listener,

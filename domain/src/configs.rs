@@ -122,6 +122,12 @@ impl ConfigCache {
         })
     }
 
+    /// The key that decrypts secrets at rest, for the other secrets a
+    /// worker reads (outgoing webhook secrets).
+    pub fn secret_key(&self) -> Option<&Arc<SecretKey>> {
+        self.key.as_ref()
+    }
+
     /// The active configs as last loaded.
     pub fn snapshot(&self) -> Arc<Vec<ActiveConfig>> {
         match self.active.read() {

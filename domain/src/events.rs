@@ -68,9 +68,12 @@ pub const FOLLOWUP_OVERDUE: &str = "followup.overdue";
 /// A number was flagged after Meta's 190, 368 or 131031: its sends fail
 /// until an operator clears it.
 pub const CONFIG_FLAGGED: &str = "config.flagged";
+/// An outgoing webhook endpoint failed too long and was disabled (the
+/// endpoint, without its secret, and why).
+pub const WEBHOOK_DISABLED: &str = "webhook.disabled";
 
 /// Every type, for the documentation and for checks.
-pub const TYPES: [&str; 8] = [
+pub const TYPES: [&str; 9] = [
     MESSAGE_CREATED,
     MESSAGE_UPDATED,
     CHAT_CREATED,
@@ -79,6 +82,7 @@ pub const TYPES: [&str; 8] = [
     FOLLOWUP_REMINDER,
     FOLLOWUP_OVERDUE,
     CONFIG_FLAGGED,
+    WEBHOOK_DISABLED,
 ];
 
 /// Bits of a PostgreSQL `seq` below the transaction id.
@@ -393,7 +397,7 @@ pub async fn unsettled_after<C: ConnectionTrait>(db: &C, after: i64) -> Result<b
 pub struct Envelope {
     /// `message.created`, `message.updated`, `chat.created`,
     /// `chat.updated`, `note.created`, `followup.reminder`,
-    /// `followup.overdue` or `config.flagged`.
+    /// `followup.overdue`, `config.flagged` or `webhook.disabled`.
     #[serde(rename = "type")]
     pub kind: String,
     /// The event's place in the one order of the deployment; resume after it.

@@ -22,6 +22,7 @@ pub mod scenarios;
 pub mod stats;
 pub mod templates;
 pub mod views;
+pub mod webhooks;
 
 /// The lane key of a customer's work, built in one place.
 pub use wapipe_shared::jobs::lane_key;

@@ -1,5 +1,6 @@
-//! Column changes shared by the migrations that alter existing tables.
-//! SQLite takes one alteration per statement, so each is its own.
+//! Column changes shared by the migrations that alter existing tables
+//! (SQLite takes one alteration per statement, so each is its own), and
+//! the plain index statement several migrations create.
 
 use sea_orm_migration::prelude::*;
 
@@ -43,4 +44,18 @@ pub(crate) async fn drop_col(
                 .to_owned(),
         )
         .await
+}
+
+/// `CREATE INDEX name ON table (cols…)`.
+pub(crate) fn index(
+    table: &'static str,
+    name: &'static str,
+    cols: &[&'static str],
+) -> IndexCreateStatement {
+    let mut i = Index::create();
+    i.name(name).table(table);
+    for c in cols {
+        i.col(*c);
+    }
+    i.to_owned()
 }

@@ -30,7 +30,7 @@
 
 use sea_orm_migration::{prelude::*, schema::*};
 
-use crate::alter::{add, drop_col, rename};
+use crate::alter::{add, drop_col, index, rename};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -182,15 +182,6 @@ async fn drop_index(manager: &SchemaManager<'_>, table: &str, name: &str) -> Res
     manager
         .drop_index(Index::drop().name(name).table(Alias::new(table)).to_owned())
         .await
-}
-
-fn index(table: &'static str, name: &'static str, cols: &[&'static str]) -> IndexCreateStatement {
-    let mut i = Index::create();
-    i.name(name).table(table);
-    for c in cols {
-        i.col(*c);
-    }
-    i.to_owned()
 }
 
 fn idempotency_keys() -> TableCreateStatement {

@@ -325,6 +325,40 @@ pub struct Settings {
         help_heading = "Service settings"
     )]
     pub ws_max_buffer: u32,
+
+    /// Let outgoing webhook endpoints point at loopback, link-local and
+    /// private addresses (development and tests only: otherwise anyone
+    /// with an admin key could make wapipe call into its own network).
+    #[arg(
+        long,
+        env = "WAPIPE_WEBHOOKS_ALLOW_PRIVATE",
+        default_value_t = false,
+        global = true,
+        help_heading = "Service settings"
+    )]
+    pub webhooks_allow_private: bool,
+
+    /// Seconds an outgoing webhook endpoint may fail without a success
+    /// (from its first failure since the last success) before it is disabled.
+    #[arg(
+        long,
+        env = "WAPIPE_WEBHOOK_DISABLE_AFTER_S",
+        default_value_t = 86_400,
+        global = true,
+        help_heading = "Service settings"
+    )]
+    pub webhook_disable_after_s: u64,
+
+    /// Timeout of one outgoing webhook POST, in milliseconds.
+    #[arg(
+        long,
+        env = "WAPIPE_WEBHOOK_TIMEOUT_MS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..),
+        global = true,
+        help_heading = "Service settings"
+    )]
+    pub webhook_timeout_ms: u64,
 }
 
 /// The URL with its password masked (`scheme://user:***@host/…`), and any

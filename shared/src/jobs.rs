@@ -13,6 +13,7 @@ pub const STATUS_RECEIPT: &str = "status.receipt";
 pub const MESSAGE_INBOUND: &str = "message.inbound";
 pub const FOLLOWUP_DUE: &str = "followup.due";
 pub const OUTBOUND_SEND: &str = "outbound.send";
+pub const WEBHOOK_DELIVER: &str = "webhook.deliver";
 
 /// The work queues: each is consumed by one worker and carries one event.
 /// A new worker adds its variant here and its job body below (the contract
@@ -25,16 +26,18 @@ pub enum Queue {
     Scenario,
     Followup,
     Outbound,
+    Webhook,
 }
 
 impl Queue {
     /// Every queue, in pipeline order.
-    pub const ALL: [Queue; 5] = [
+    pub const ALL: [Queue; 6] = [
         Queue::Parse,
         Queue::Status,
         Queue::Scenario,
         Queue::Followup,
         Queue::Outbound,
+        Queue::Webhook,
     ];
 
     /// The queue's name: its worker's name, and the `W` of `P.W.N`.
@@ -45,6 +48,7 @@ impl Queue {
             Queue::Scenario => "scenario",
             Queue::Followup => "followup",
             Queue::Outbound => "outbound",
+            Queue::Webhook => "webhook",
         }
     }
 
@@ -56,6 +60,7 @@ impl Queue {
             Queue::Scenario => MESSAGE_INBOUND,
             Queue::Followup => FOLLOWUP_DUE,
             Queue::Outbound => OUTBOUND_SEND,
+            Queue::Webhook => WEBHOOK_DELIVER,
         }
     }
 
@@ -393,6 +398,28 @@ impl FollowupDue {
             config_id,
             lane_key: format!("followup:{follow_up_id}"),
         }
+    }
+}
+
+/// Body of `webhook.deliver`: one row of `webhook_deliveries` (an event
+/// for an outgoing webhook endpoint) to POST.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookDeliver {
+    pub delivery_id: Uuid,
+}
+
+impl Job for WebhookDeliver {
+    const QUEUE: Queue = Queue::Webhook;
+
+    /// Deliveries have no order to keep (Standard Webhooks promises none):
+    /// the delivery id spreads them over the lanes, so one slow endpoint
+    /// holds up one lane, not all.
+    fn lane_key(&self) -> String {
+        format!("webhook:{}", self.delivery_id)
+    }
+
+    fn message_id(&self) -> String {
+        format!("webhook:{}", self.delivery_id)
     }
 }
 

@@ -115,6 +115,10 @@ async fn schema_matches_entities(db: &DatabaseConnection) {
         team_notes,
         template_scenarios,
         templates,
+        webhook_deliveries,
+        webhook_delivery_attempts,
+        webhook_dispatch,
+        webhook_endpoints,
         webhook_events,
         whatsapp_configs,
     );
@@ -919,6 +923,83 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
     };
     roundtrip::<events::Entity, _>(db, "events", event.clone(), event.seq).await;
 
+    let endpoint = webhook_endpoints::Model {
+        id: id(),
+        created_at: ts(92),
+        updated_at: ts(93),
+        config_id: Some(config.id),
+        url: format!("https://example.com/{HELLO}"),
+        description: Some(HELLO.to_owned()),
+        event_types: json!(["message.created"]),
+        secret_enc: "v1:AAAA".to_owned(),
+        enabled: false,
+        failing_since: Some(ts(94)),
+        last_success_at: Some(ts(95)),
+        disabled_at: Some(ts(96)),
+        disabled_reason: Some(HELLO.to_owned()),
+        is_deleted: true,
+        deleted_at: Some(ts(97)),
+    };
+    roundtrip::<webhook_endpoints::Entity, _>(
+        db,
+        "webhook_endpoints",
+        endpoint.clone(),
+        endpoint.id,
+    )
+    .await;
+    let delivery = webhook_deliveries::Model {
+        id: id(),
+        created_at: ts(98),
+        updated_at: ts(99),
+        endpoint_id: endpoint.id,
+        event_seq: event.seq,
+        event_type: event.r#type.clone(),
+        config_id: config.id,
+        status: "dead".to_owned(),
+        attempts: 3,
+        last_status_code: Some(503),
+        last_latency_ms: Some(1234),
+        last_error: Some(HELLO.to_owned()),
+        delivered_at: Some(ts(100)),
+        dispatched_at: Some(ts(101)),
+    };
+    roundtrip::<webhook_deliveries::Entity, _>(
+        db,
+        "webhook_deliveries",
+        delivery.clone(),
+        delivery.id,
+    )
+    .await;
+    let attempt = webhook_delivery_attempts::Model {
+        id: id(),
+        created_at: ts(102),
+        delivery_id: delivery.id,
+        attempt: 3,
+        succeeded: true,
+        status_code: Some(200),
+        latency_ms: 12,
+        error: Some(HELLO.to_owned()),
+    };
+    roundtrip::<webhook_delivery_attempts::Entity, _>(
+        db,
+        "webhook_delivery_attempts",
+        attempt.clone(),
+        attempt.id,
+    )
+    .await;
+    let cursor = webhook_dispatch::Model {
+        name: "events".to_owned(),
+        seq: (1i64 << 40) + 7,
+        updated_at: ts(103),
+    };
+    roundtrip::<webhook_dispatch::Entity, _>(
+        db,
+        "webhook_dispatch",
+        cursor.clone(),
+        cursor.name.clone(),
+    )
+    .await;
+
     Rows {
         config,
         customer,
@@ -1134,6 +1215,37 @@ async fn unique_constraints(db: &DatabaseConnection, rows: &Rows) {
         "ux_webhook_events_sha256",
         "webhook_events.body_sha256",
         vec![webhook_events::Column::BodySha256],
+        first,
+        dup,
+    )
+    .await;
+
+    // webhook_deliveries (endpoint_id, event_seq): a replayed dispatch
+    // never delivers an event twice to one endpoint.
+    let first = webhook_deliveries::Entity::find()
+        .one(db)
+        .await
+        .expect("read")
+        .expect("the delivery of the round trip");
+    let first = webhook_deliveries::Model {
+        id: id(),
+        event_seq: first.event_seq + 1,
+        ..first
+    };
+    let dup = webhook_deliveries::Model {
+        id: id(),
+        status: "pending".to_owned(),
+        ..first.clone()
+    };
+    assert_unique::<webhook_deliveries::Entity>(
+        db,
+        "webhook_deliveries (endpoint_id, event_seq)",
+        "ux_webhook_deliveries_endpoint_event",
+        "webhook_deliveries.endpoint_id, webhook_deliveries.event_seq",
+        vec![
+            webhook_deliveries::Column::EndpointId,
+            webhook_deliveries::Column::EventSeq,
+        ],
         first,
         dup,
     )

@@ -1,5 +1,7 @@
 //! A test peer: a tiny hyper webhook receiver that checks signatures
-//! with hmac/sha2 on its own, independently of the code under test.
+//! with hmac/sha2 on its own, independently of the code under test, and
+//! keeps every request's headers and raw body (for checks by other means:
+//! the outgoing webhooks' Standard Webhooks signature).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,11 +23,21 @@ pub struct Received {
     pub signature: Option<String>,
     pub signature_ok: bool,
     pub content_type: Option<String>,
+    /// Every header, names in lower case.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Received {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("receiver got JSON")
+    }
+
+    /// The value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -106,6 +118,13 @@ pub async fn spawn_receiver(secret: &str, respond: Responder) -> Receiver {
                         };
                         let signature = header("x-hub-signature-256");
                         let content_type = header("content-type");
+                        let headers = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| {
+                                (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
+                            })
+                            .collect();
                         let body = req.into_body().collect().await.unwrap().to_bytes();
                         let signature_ok = signature
                             .as_deref()
@@ -115,6 +134,7 @@ pub async fn spawn_receiver(secret: &str, respond: Responder) -> Receiver {
                             signature,
                             signature_ok,
                             content_type,
+                            headers,
                         };
                         let n = {
                             let mut g = got.lock().unwrap();

@@ -13,6 +13,7 @@ pub mod runtime;
 pub mod scenario;
 pub mod start;
 pub mod status;
+pub mod webhook;
 
 pub use registry::{BuildError, Deps, REGISTRY, Registration};
 pub use start::{Roles, start};

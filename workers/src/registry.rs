@@ -88,6 +88,7 @@ pub const REGISTRY: &[Registration] = &[
     crate::scenario::REGISTRATION,
     crate::outbound::REGISTRATION,
     crate::followup::REGISTRATION,
+    crate::webhook::REGISTRATION,
 ];
 
 /// The registration of the role `name`.

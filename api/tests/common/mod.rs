@@ -144,6 +144,9 @@ impl Api {
                 db: db.clone(),
                 broker: broker.clone(),
                 meta: None,
+                secret_key: Some(std::sync::Arc::new(
+                    SecretKey::from_base64(KEY).expect("key"),
+                )),
             },
             settings,
             listener,

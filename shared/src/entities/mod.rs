@@ -26,6 +26,10 @@ pub mod scenarios;
 pub mod team_notes;
 pub mod template_scenarios;
 pub mod templates;
+pub mod webhook_deliveries;
+pub mod webhook_delivery_attempts;
+pub mod webhook_dispatch;
+pub mod webhook_endpoints;
 pub mod webhook_events;
 pub mod whatsapp_configs;
 
@@ -57,6 +61,10 @@ pub mod prelude {
     pub use super::team_notes::Entity as TeamNotes;
     pub use super::template_scenarios::Entity as TemplateScenarios;
     pub use super::templates::Entity as Templates;
+    pub use super::webhook_deliveries::Entity as WebhookDeliveries;
+    pub use super::webhook_delivery_attempts::Entity as WebhookDeliveryAttempts;
+    pub use super::webhook_dispatch::Entity as WebhookDispatch;
+    pub use super::webhook_endpoints::Entity as WebhookEndpoints;
     pub use super::webhook_events::Entity as WebhookEvents;
     pub use super::whatsapp_configs::Entity as WhatsappConfigs;
 }
