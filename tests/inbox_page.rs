@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use wapipe::serve::Roles;
-use wapipe_domain::apikeys::{self, NewKey};
 use wapipe_testkit::app::{Mode, TestApp, settings_for};
 use wapipe_testkit::build::text_webhook_at;
 
@@ -21,19 +20,6 @@ mod common;
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
-
-async fn admin_key(app: &TestApp) -> String {
-    apikeys::create(
-        &app.db,
-        NewKey::Admin {
-            name: None,
-            companies: vec![],
-        },
-    )
-    .await
-    .expect("key")
-    .secret
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_and_assets_are_served_outside_the_api() {
@@ -252,7 +238,7 @@ impl Session {
         tweak(&mut settings);
         let app = TestApp::spawn_with(Mode::Embedded, settings, dir, Roles::all()).await;
         let graph = common::fake_graph(graph_listener, &app).await;
-        let key = admin_key(&app).await;
+        let key = app.admin_key().await;
         let c = driver.browser(&app.dir.path().join("chrome")).await;
         c.goto(&app.url("/")).await.expect("open the page");
         Some(Session {
@@ -301,6 +287,16 @@ impl Session {
         self.click("#login-button").await;
     }
 
+    /// Until the page's WebSocket is open.
+    async fn wait_live(&self) {
+        until(
+            &self.c,
+            "the WebSocket",
+            "return document.getElementById('live').textContent === 'live'",
+        )
+        .await;
+    }
+
     async fn stop(self) {
         self.c.close().await.expect("close the browser");
         self.app.stop().await;
@@ -337,12 +333,7 @@ async fn inbox_in_a_browser() {
 
     // The right key opens the inbox, live.
     s.log_in(&s.key).await;
-    until(
-        c,
-        "the WebSocket",
-        "return document.getElementById('live').textContent === 'live'",
-    )
-    .await;
+    s.wait_live().await;
     shot(c, "02-inbox-empty").await;
 
     // A customer writes (markup in the name and text must stay text).
@@ -496,12 +487,7 @@ async fn inbox_resumes_after_a_dropped_socket() {
     };
     let c = &s.c;
     s.log_in(&s.key).await;
-    until(
-        c,
-        "the WebSocket",
-        "return document.getElementById('live').textContent === 'live'",
-    )
-    .await;
+    s.wait_live().await;
     // Set in this page: a reload would lose it.
     c.execute("window.sameLoad = true; return true", vec![])
         .await

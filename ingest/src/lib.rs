@@ -64,8 +64,9 @@ impl Default for ReceiverSettings {
 /// Where requests that are not the receiver's go when another service
 /// shares its listener (the agents' REST API under `/api/`, and its inbox
 /// page at `/`). The receiver's own paths (`/healthz`, `/readyz` and the
-/// webhook paths `/api/whatsapp/webhooks[/{config uuid}]`) never reach it. Connections are served with upgrades, so a fallback that
-/// answers 101 (the API's WebSocket) takes the connection over through the
+/// webhook paths `/api/whatsapp/webhooks[/{config uuid}]`) never reach
+/// it. Connections are served with upgrades, so a fallback that answers
+/// 101 (the API's WebSocket) takes the connection over through the
 /// request's `OnUpgrade`.
 pub type Fallback = Arc<
     dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>

@@ -141,6 +141,9 @@
     clearTimeout(state.retry);
     Object.assign(state, { key: null, seq: null, loaded: false, pending: [], current: null, socket: null });
     state.chats.clear();
+    document.body.classList.remove("open");
+    $("chat").hidden = true;
+    $("placeholder").hidden = false;
     $("app").hidden = true;
     $("login").hidden = false;
     $("login-error").textContent = why || "";
