@@ -185,7 +185,10 @@
       } catch (_) {
         return;
       }
-      if (typeof ev.seq === "number") state.seq = Math.max(state.seq || 0, ev.seq);
+      if (typeof ev.seq === "number") {
+        state.seq = Math.max(state.seq || 0, ev.seq);
+        $("live").dataset.seq = String(state.seq);
+      }
       if (state.loaded) apply(ev);
       else state.pending.push(ev);
     };
