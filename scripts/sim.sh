@@ -27,8 +27,10 @@ CONFIG=$("$W" config list | awk -v p="$PHONE" '$0 ~ p && /active/ {print $1; exi
 "$W" scenarios import --config "$CONFIG" scripts/sim-flow.json >/dev/null
 # An agent to hand chats to (kept from an earlier run), and a key for the page.
 "$W" agents list | grep -q sam@example.com ||
-  "$W" agents add --name "Sam (agent)" --email sam@example.com --company "Sim Co" >/dev/null
-KEY=$("$W" apikey create --admin --company "Sim Co" --name "make sim" | tail -n1)
+  "$W" agents add --name "Sam (agent)" --email sam@example.com --company "Sim Co" >/dev/null 2>&1
+AGENT=$("$W" agents list --json | grep sam@example.com | grep -o '"id":"[^"]*"' | head -n1 | cut -d'"' -f4)
+# Its note on stderr says the key is shown once: the script prints it below.
+KEY=$("$W" apikey create --admin --company "Sim Co" --name "make sim" 2>/dev/null | tail -n1)
 
 ./target/release/wapipe-sim graph --listen "$GRAPH" --webhook "http://$LISTEN/api/whatsapp/webhooks" \
   --app-secret "$SECRET" --phone-number-id "$PHONE" --token sim-token --status-delay-ms 700 &
@@ -47,11 +49,28 @@ customer_says() {
     -H 'Content-Type: application/json' -d "$body" "http://$LISTEN/api/whatsapp/webhooks"
 }
 
+# The agents' REST API, with the page's key.
+api() {
+  curl -s -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' "$@"
+}
+
+# Sam takes the customer's chat, unless someone did in the page already.
+take_over() {
+  local chat
+  chat=$(api "http://$LISTEN/api/whatsapp/chats?status=unassigned&q=$CUSTOMER" | grep -o '"id":"[^"]*"' | head -n1 | cut -d'"' -f4)
+  [ -n "$chat" ] || return 0
+  echo "  Nobody took the chat: Sam does (assign, then a reply)."
+  api -o /dev/null -X POST -d '{"agentId":"'"$AGENT"'"}' "http://$LISTEN/api/whatsapp/chats/$chat/assign"
+  api -o /dev/null -X POST -d '{"type":"text","text":"Hi Ana, Sam here. How can I help?"}' \
+    "http://$LISTEN/api/whatsapp/chats/$chat/messages"
+}
+
 # Press Enter in a terminal; elsewhere, a pause.
 next() {
   if [ -t 0 ]; then
     read -r -p "  $1 [Enter] " _
   else
+    echo "  $1 (no terminal: going on in 10 s)"
     sleep 10
   fi
 }
@@ -78,7 +97,9 @@ next "Open the inbox, paste the key; then a customer writes \"hello\"."
 customer_says hello
 echo "  The chat appears; the bot answers with two buttons (queued, sent, delivered, read)."
 next "Take over: open the chat, Assign it to Sam, write a reply. Then the customer writes again."
+take_over
+sleep 2
 customer_says "thanks!"
-echo "  The chat is assigned to a human now: the bot stays quiet."
+echo "  The chat is a human's now: the bot stays quiet."
 echo "  The service keeps running; Ctrl-C stops it."
 wait "$SERVE"
