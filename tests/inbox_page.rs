@@ -320,6 +320,21 @@ async fn inbox_in_a_browser() {
         json!({"name": "VIP", "color": "#d4a017"}),
     )
     .await;
+    // An approved WhatsApp template, synced from the fake Meta.
+    s.graph
+        .set_templates(vec![json!({"id": "1001", "name": "order_update",
+        "language": "en_US", "status": "APPROVED", "category": "UTILITY",
+        "components": [{"type": "BODY", "text": "Hi {{1}}, order {{2}} shipped"}]})]);
+    let r = s
+        .app
+        .http
+        .post(s.app.url("/api/whatsapp/templates/sync"))
+        .bearer_auth(&s.key)
+        .json(&json!({"configId": s.app.config_id}))
+        .send()
+        .await
+        .expect("sync");
+    assert_eq!(r.status(), 200);
     shot(c, "01-login").await;
 
     // A wrong key is refused on the page.
@@ -409,6 +424,33 @@ async fn inbox_in_a_browser() {
     let out = text_of(c, "#messages li.msg.out").await;
     assert!(out.contains(reply) && out.contains("read"), "{out}");
     shot(c, "05-reply-read").await;
+
+    // A template, with its parameters.
+    s.type_into("template-params", "Ana | A-1001").await;
+    s.click("#send-template").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sent = s.graph.sent();
+        if let Some(m) = sent.iter().find(|m| m.kind == "template") {
+            let t = &m.body["template"];
+            assert_eq!(t["name"], "order_update", "{t}");
+            assert_eq!(t["language"]["code"], "en_US", "{t}");
+            let params = t["components"][0]["parameters"].to_string();
+            assert!(
+                params.contains("\"Ana\"") && params.contains("\"A-1001\""),
+                "{t}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no template reached Graph");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until(
+        c,
+        "the template on the page",
+        "return document.querySelectorAll('#messages li.msg.out').length === 2",
+    )
+    .await;
 
     // Assign the chat to Alex.
     c.find(Locator::Id("agent"))

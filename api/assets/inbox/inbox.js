@@ -513,7 +513,10 @@
       const [name, language] = JSON.parse($("template").value);
       const raw = $("template-params").value.trim();
       const parameters = raw ? raw.split("|").map((p) => p.trim()) : [];
-      act(() => send({ type: "template", template: { name, language, parameters } }), "Template queued.");
+      act(async () => {
+        await send({ type: "template", template: { name, language, parameters } });
+        $("template-params").value = "";
+      }, "Template queued.");
     });
     on("assign-form", "submit", (e) => {
       e.preventDefault();
