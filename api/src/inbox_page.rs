@@ -17,10 +17,8 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-/// The page's paths, for tests and for whoever mounts the API.
+/// The page itself; its files are under `/inbox/`.
 pub const PAGE_PATH: &str = "/";
-/// Where the page's assets live.
-pub const ASSETS_PREFIX: &str = "/inbox/";
 
 /// `'self'` also covers `ws:`/`wss:` to the same host (CSP Level 3), which
 /// the live updates need; nothing inline, nothing from elsewhere.
