@@ -10,21 +10,12 @@ use std::time::Duration;
 
 use sea_orm::EntityTrait;
 use serde_json::{Value, json};
-use wapipe_domain::apikeys::{self, NewKey};
+use wapipe_domain::apikeys;
 use wapipe_testkit::app::*;
 
 async fn shares_the_listener(mode: Mode) {
     let app = TestApp::spawn(mode).await;
-    let key = apikeys::create(
-        &app.db,
-        NewKey::Admin {
-            name: None,
-            companies: vec![],
-        },
-    )
-    .await
-    .expect("key")
-    .secret;
+    let key = app.admin_key().await;
 
     // The receiver still owns its paths on the shared listener.
     let r = app
@@ -155,16 +146,7 @@ async fn websocket_on_the_shared_listener(mode: Mode) {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
     let app = TestApp::spawn(mode).await;
-    let key = apikeys::create(
-        &app.db,
-        NewKey::Admin {
-            name: None,
-            companies: vec![],
-        },
-    )
-    .await
-    .expect("key")
-    .secret;
+    let key = app.admin_key().await;
     let mut req = app
         .url("/api/whatsapp/ws?after=0")
         .replacen("http", "ws", 1)

@@ -17,14 +17,13 @@ use wapipe_shared::config::Settings;
 use wapipe_shared::crypto::SecretKey;
 use wapipe_shared::entities::messages::{self, MessageStatus};
 use wapipe_shared::retry::RetryPolicy;
-use wapipe_sim::payloads::Business;
-use wapipe_sim::{GraphConfig, GraphHandle, spawn_graph};
-use wapipe_testkit::app::{
-    APP_SECRET, KEY, Mode, PHONE_NUMBER_ID, TestApp, WABA_ID, settings_for, text_webhook,
-};
+use wapipe_sim::GraphHandle;
+use wapipe_testkit::app::{KEY, Mode, TestApp, settings_for, text_webhook};
 use wapipe_workers::Deps;
 use wapipe_workers::outbound::OutboundSettings;
 use wapipe_workers::runtime;
+
+mod common;
 
 /// `wapipe send …` against the service's database and broker.
 fn cli(settings: &Settings, args: &[&str]) -> Output {
@@ -79,27 +78,8 @@ struct Outbound {
 /// The outbound role beside a running service (the same database and
 /// broker), sending to a fake Meta that calls the service back.
 async fn outbound_role(app: &TestApp, grace: Duration) -> Outbound {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let graph = spawn_graph(
-        listener,
-        GraphConfig {
-            webhook: Some(app.url("/api/whatsapp/webhooks")),
-            app_secret: APP_SECRET.into(),
-            business: Business {
-                waba_id: WABA_ID.into(),
-                phone_number_id: PHONE_NUMBER_ID.into(),
-                display_phone_number: "15550001111".into(),
-            },
-            phone_number_id: Some(PHONE_NUMBER_ID.into()),
-            token: Some("EAAG-test".into()),
-            status_delay: Duration::from_millis(20),
-            ..GraphConfig::default()
-        },
-    )
-    .await
-    .expect("fake graph");
+    let (listener, _) = common::graph_listener().await;
+    let graph = common::fake_graph(listener, app).await;
     // What the outbound role's registration builds, with a faster sweep.
     let key = Arc::new(SecretKey::from_base64(KEY).expect("key"));
     let mut process = app.settings.clone();
@@ -163,15 +143,8 @@ async fn wait_for_status(app: &TestApp, id: Uuid, want: MessageStatus) -> messag
     }
 }
 
-/// reqwest is built with rustls but without a provider of its own: the
-/// binary installs ring first thing, and so must every test process before
-/// any client (the harness's, the simulator's) is built.
-fn install_tls_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 async fn send_round_trip(mode: Mode, grace: Duration) {
-    install_tls_provider();
+    common::install_tls_provider();
     let (settings, dir) = wapipe_testkit::app::settings_for(mode).await;
     let roles = Roles {
         ingest: true,
@@ -255,7 +228,7 @@ async fn send_cli_round_trip_production() {
 
 #[tokio::test]
 async fn send_cli_bad_input() {
-    install_tls_provider();
+    common::install_tls_provider();
     let (settings, _dir) = wapipe_testkit::app::settings_for(Mode::Embedded).await;
     let (_db, config_id) = wapipe_testkit::app::prepare_db(&settings).await;
     let url = settings.clone();
@@ -328,7 +301,7 @@ async fn send_cli_bad_input() {
 /// statuses come back by webhook to `GET /messages/{id}`, and marking the
 /// chat read reaches Meta's mark-as-read.
 async fn api_round_trip(mode: Mode) {
-    install_tls_provider();
+    common::install_tls_provider();
     let (settings, dir) = settings_for(mode).await;
     let roles = Roles {
         ingest: true,

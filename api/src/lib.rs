@@ -1,6 +1,7 @@
 //! wapipe's agents' REST API (axum): the seed 002 endpoints under
 //! `/api/whatsapp`, API keys and permissions, cursor pagination,
-//! idempotent creates, one error shape, and the OpenAPI document.
+//! idempotent creates, one error shape, the OpenAPI document, and the
+//! inbox page at `/` that uses them.
 //!
 //! [`start`] serves it on its own listener; [`router`] and [`hyper_handler`]
 //! let the binary mount it behind the webhook receiver on one listener.
@@ -17,6 +18,7 @@ pub mod events;
 pub mod extract;
 pub mod followups;
 pub mod idempotency;
+pub mod inbox_page;
 pub mod labels;
 pub mod messages;
 pub mod notes;
@@ -154,7 +156,8 @@ async fn not_found() -> impl IntoResponse {
 }
 
 /// Every route: `/api/whatsapp/*` behind the key and rate limit,
-/// `/api/openapi.json` and `/api/docs` open.
+/// `/api/openapi.json`, `/api/docs` and the inbox page (`/`, `/inbox/*`)
+/// open.
 pub fn router(state: AppState) -> Router {
     let (api, doc) = openapi::split();
     let doc = Arc::new(doc);
@@ -166,6 +169,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(protected)
         .merge(openapi::public(doc))
+        .merge(inbox_page::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
 }

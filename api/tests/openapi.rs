@@ -272,6 +272,27 @@ async fn served_document_page_and_routes_agree() {
         "no outside assets"
     );
 
+    // The inbox page, on the API's own listener too (`wapipe api`): no key,
+    // outside the document.
+    for (path, kind) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/inbox/inbox.js", "text/javascript; charset=utf-8"),
+    ] {
+        let r = api
+            .http
+            .get(format!("{}{path}", api.base))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert_eq!(r.headers()["content-type"], kind, "{path}");
+        assert_eq!(
+            r.headers()["content-security-policy"],
+            wapipe_api::inbox_page::CSP
+        );
+        assert!(served["paths"].get(path).is_none(), "{path}");
+    }
+
     // Every documented operation is routed (never the 404 of an unknown route
     // nor a 405).
     let key = api.admin().await;

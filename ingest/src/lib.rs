@@ -62,10 +62,11 @@ impl Default for ReceiverSettings {
 }
 
 /// Where requests that are not the receiver's go when another service
-/// shares its listener (the agents' REST API under `/api/`). The webhook
-/// paths themselves (`/api/whatsapp/webhooks[/{config uuid}]`) never
-/// reach it. Connections are served with upgrades, so a fallback that
-/// answers 101 (the API's WebSocket) takes the connection over through the
+/// shares its listener (the agents' REST API under `/api/`, and its inbox
+/// page at `/`). The receiver's own paths (`/healthz`, `/readyz` and the
+/// webhook paths `/api/whatsapp/webhooks[/{config uuid}]`) never reach
+/// it. Connections are served with upgrades, so a fallback that answers
+/// 101 (the API's WebSocket) takes the connection over through the
 /// request's `OnUpgrade`.
 pub type Fallback = Arc<
     dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>
@@ -73,8 +74,12 @@ pub type Fallback = Arc<
         + Sync,
 >;
 
-/// The prefix of the paths a [`Fallback`] serves.
-pub const FALLBACK_PREFIX: &str = "/api/";
+/// The paths the receiver answers itself, even with a [`Fallback`]: a
+/// well-formed webhook path (`/api/whatsapp/webhooks/events` is the API's,
+/// not a webhook pinned to a config) and the probes.
+fn is_receivers(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz") || matches!(webhook_route(path), Some(Ok(_)))
+}
 
 pub struct Receiver {
     pub db: DatabaseConnection,
@@ -160,13 +165,10 @@ impl Receiver {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Resp, Infallible> {
         // Checked only when a service shares the listener, so the webhook
         // path costs nothing more otherwise.
-        if let Some(fallback) = &self.fallback {
-            let p = req.uri().path();
-            // `/api/whatsapp/webhooks/events` is the API's, not a pinned
-            // webhook: only a well-formed webhook path stays here.
-            if p.starts_with(FALLBACK_PREFIX) && !matches!(webhook_route(p), Some(Ok(_))) {
-                return Ok(fallback(req).await);
-            }
+        if let Some(fallback) = &self.fallback
+            && !is_receivers(req.uri().path())
+        {
+            return Ok(fallback(req).await);
         }
         let path = req.uri().path().to_owned();
         let resp = match (req.method(), path.as_str()) {

@@ -204,6 +204,20 @@ impl TestApp {
         }
     }
 
+    /// A new admin key for every company (the operator's), for the API.
+    pub async fn admin_key(&self) -> String {
+        wapipe_domain::apikeys::create(
+            &self.db,
+            wapipe_domain::apikeys::NewKey::Admin {
+                name: None,
+                companies: vec![],
+            },
+        )
+        .await
+        .expect("an admin key")
+        .secret
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

@@ -15,6 +15,12 @@ pub const CUSTOMER: &str = "4915112345678";
 /// A signed-ready webhook body for `TestApp`'s config: one inbound text
 /// message from `customer`, its wamid made unique by `tag`.
 pub fn text_webhook(tag: &str, customer: &str, text: &str) -> Vec<u8> {
+    text_webhook_at(tag, customer, "Test User", text, 1_730_231_903)
+}
+
+/// [`text_webhook`] from a customer named `name`, sent at `ts` (Unix
+/// seconds): a recent `ts` opens the 24-hour window for free-form replies.
+pub fn text_webhook_at(tag: &str, customer: &str, name: &str, text: &str, ts: i64) -> Vec<u8> {
     json!({
         "object": "whatsapp_business_account",
         "entry": [{
@@ -24,11 +30,11 @@ pub fn text_webhook(tag: &str, customer: &str, text: &str) -> Vec<u8> {
                 "value": {
                     "messaging_product": "whatsapp",
                     "metadata": {"display_phone_number": "15550001111", "phone_number_id": PHONE_NUMBER_ID},
-                    "contacts": [{"profile": {"name": "Test User"}, "wa_id": customer}],
+                    "contacts": [{"profile": {"name": name}, "wa_id": customer}],
                     "messages": [{
                         "from": customer,
                         "id": format!("wamid.{tag}"),
-                        "timestamp": "1730231903",
+                        "timestamp": ts.to_string(),
                         "type": "text",
                         "text": {"body": text}
                     }]
