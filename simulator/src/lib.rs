@@ -89,6 +89,14 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
+/// An HTTP client for our local peers (replay, status callbacks, the
+/// fan-out check). reqwest is built with rustls and no default crypto
+/// provider workspace-wide, so the ring one is installed first.
+pub(crate) fn http_client(timeout: std::time::Duration) -> Result<reqwest::Client, reqwest::Error> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(timeout).build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,12 +121,4 @@ mod tests {
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }
-}
-
-/// An HTTP client for our local peers (replay, status callbacks, the
-/// fan-out check). reqwest is built with rustls and no default crypto
-/// provider workspace-wide, so the ring one is installed first.
-pub(crate) fn http_client(timeout: std::time::Duration) -> Result<reqwest::Client, reqwest::Error> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().timeout(timeout).build()
 }
