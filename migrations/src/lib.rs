@@ -16,6 +16,7 @@ mod m20261129_000008_api_seed002;
 mod m20261130_000009_responses_names_leases;
 mod m20261206_000010_events;
 mod m20261207_000011_chats_sort_index;
+mod m20261209_000014_meta_webhooks;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000009_responses_names_leases::Migration),
             Box::new(m20261206_000010_events::Migration),
             Box::new(m20261207_000011_chats_sort_index::Migration),
+            Box::new(m20261209_000014_meta_webhooks::Migration),
         ]
     }
 }

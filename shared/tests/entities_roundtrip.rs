@@ -299,6 +299,14 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         webhook_status: Some("active".to_owned()),
         business_profile: Some(json!({"name": HELLO, "website": "https://example.com"})),
         last_sync_at: Some(ts(3)),
+        quality_rating: Some("YELLOW".to_owned()),
+        messaging_limit_tier: Some("TIER_1K".to_owned()),
+        name_status: Some("APPROVED".to_owned()),
+        verified_name: Some(HELLO.to_owned()),
+        account_status: Some("ACCOUNT_RESTRICTION".to_owned()),
+        restrictions: Some(json!([{"restriction_type": "RESTRICTED_ADD_PHONE_NUMBER_ACTION"}])),
+        business_capabilities: Some(json!({"max_phone_numbers_per_waba": 25})),
+        health_updated_at: Some(ts(4)),
         is_deleted: true,
         deleted_at: Some(ts(3)),
     };
@@ -366,6 +374,8 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         preferred_agent: Some(agent.id),
         preferred_contact_time: Some("morning".to_owned()),
         is_active: false,
+        marketing_opted_out: true,
+        marketing_preference_at: Some(ts(13)),
     };
     let customer =
         roundtrip::<customers::Entity, _>(db, "customers", customer.clone(), customer.id).await;
@@ -495,6 +505,10 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         provider: "meta-whatsapp".to_owned(),
         provider_status: Some("delivered".to_owned()),
         metadata: Some(json!({"campaign": HELLO})),
+        pricing_model: Some("PMP".to_owned()),
+        pricing_type: Some("regular".to_owned()),
+        pricing_category: Some("marketing".to_owned()),
+        billable: Some(true),
     };
     let message =
         roundtrip::<messages::Entity, _>(db, "messages", message.clone(), message.id).await;
@@ -610,6 +624,9 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         whatsapp_template_name: Some("order_update".to_owned()),
         last_used_at: Some(ts(44)),
         is_active: false,
+        pending_category: Some("MARKETING".to_owned()),
+        pending_category_at: Some(ts(49)),
+        status_at: Some(ts(45)),
     };
     roundtrip::<templates::Entity, _>(db, "templates", template.clone(), template.id).await;
 

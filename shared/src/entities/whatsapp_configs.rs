@@ -45,6 +45,21 @@ pub struct Model {
     pub webhook_status: Option<String>,
     pub business_profile: Option<Json>,
     pub last_sync_at: Option<DateTimeUtc>,
+
+    /// The number's health as Meta last reported it (account and
+    /// phone-number webhooks): `GREEN`/`YELLOW`/`RED`/`UNKNOWN`.
+    pub quality_rating: Option<String>,
+    /// `TIER_250`, `TIER_1K`, …, `TIER_UNLIMITED`.
+    pub messaging_limit_tier: Option<String>,
+    /// The display name's review: `APPROVED`, `REJECTED`, `PENDING`, …
+    pub name_status: Option<String>,
+    pub verified_name: Option<String>,
+    /// The last `account_update` event (`ACCOUNT_RESTRICTION`, …).
+    pub account_status: Option<String>,
+    /// Active restrictions (`restriction_info`), or null when lifted.
+    pub restrictions: Option<Json>,
+    pub business_capabilities: Option<Json>,
+    pub health_updated_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -32,6 +32,7 @@ mod effects;
 pub mod extract;
 mod fanout;
 mod messages;
+mod preferences;
 mod receipts;
 mod route;
 mod settle;

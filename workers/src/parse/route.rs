@@ -20,7 +20,7 @@ use wapipe_shared::whatsapp::{self as wa, Change, Contact, MetaError, Status};
 use super::customers::Sender;
 use super::extract::{Inbound, clean_json, extract_message};
 use super::summary::Summary;
-use super::templates;
+use super::{preferences, templates};
 
 /// The messages and receipts of a batch, gathered change by change and
 /// then stored together ([`super::messages`], [`super::receipts`]).
@@ -264,7 +264,16 @@ pub(super) async fn apply_change<'a, C: ConnectionTrait>(
     if change.field.is_some_and(|f| templates::FIELDS.contains(&f)) {
         for cfg in &targets {
             summary.templates_updated +=
-                templates::apply_template_update(db, cfg.id, change.value, pos.now).await?;
+                templates::apply_template_update(db, cfg.id, change.value, change.time(), pos.now)
+                    .await?;
+        }
+        return Ok(());
+    }
+
+    if change.field == Some(preferences::FIELD) {
+        for cfg in &targets {
+            summary.preferences_applied +=
+                preferences::apply(db, cfg.id, change.value, pos.now).await?;
         }
         return Ok(());
     }

@@ -66,6 +66,8 @@ pub(super) struct Summary {
     /// messages (they had arrived before their target).
     late_effects_applied: u64,
     pub(super) templates_updated: u64,
+    /// Customers' marketing preferences that changed a row.
+    pub(super) preferences_applied: u64,
     unknown: BTreeMap<&'static str, u64>,
     /// Value-level `errors[]`, with the config they came for.
     pub(super) errors: Vec<Value>,

@@ -1,0 +1,82 @@
+//! Homes for what Meta's other webhook fields say (wapipe issue 14):
+//!
+//! - **Templates.** `pending_category` / `pending_category_at`: a category
+//!   change Meta announced (`template_category_update` with
+//!   `correct_category`) and when it takes effect; cleared when the change
+//!   is done. `status_at`: Meta's time (`entry[].time`) of the status
+//!   update last applied, so a late or replayed older update cannot undo
+//!   a newer one.
+//! - **Pricing.** `messages.pricing_model`, `pricing_type`,
+//!   `pricing_category` and `billable`, from the `pricing` of the
+//!   message's status receipts.
+//! - **Marketing opt-out.** `customers.marketing_opted_out` (a
+//!   `user_preferences` stop, until a resume) and
+//!   `marketing_preference_at`, Meta's time of the preference applied, so
+//!   an older one never overrides a newer one.
+//! - **Number health.** On `whatsapp_configs`: `quality_rating`,
+//!   `messaging_limit_tier`, `name_status` (with `verified_name`),
+//!   `account_status` (the last `account_update` event),
+//!   `restrictions` (JSON: the account's restriction list, or null),
+//!   `business_capabilities` (JSON) and `health_updated_at`.
+
+use sea_orm_migration::{prelude::*, schema::*};
+
+use crate::alter::{add, drop_col};
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+fn new_columns() -> Vec<(&'static str, ColumnDef)> {
+    vec![
+        ("templates", string_null("pending_category")),
+        (
+            "templates",
+            timestamp_with_time_zone_null("pending_category_at"),
+        ),
+        ("templates", timestamp_with_time_zone_null("status_at")),
+        ("messages", string_null("pricing_model")),
+        ("messages", string_null("pricing_type")),
+        ("messages", string_null("pricing_category")),
+        ("messages", boolean_null("billable")),
+        (
+            "customers",
+            boolean("marketing_opted_out").default(false).to_owned(),
+        ),
+        (
+            "customers",
+            timestamp_with_time_zone_null("marketing_preference_at"),
+        ),
+        ("whatsapp_configs", string_null("quality_rating")),
+        ("whatsapp_configs", string_null("messaging_limit_tier")),
+        ("whatsapp_configs", string_null("name_status")),
+        ("whatsapp_configs", string_null("verified_name")),
+        ("whatsapp_configs", string_null("account_status")),
+        ("whatsapp_configs", json_binary_null("restrictions")),
+        (
+            "whatsapp_configs",
+            json_binary_null("business_capabilities"),
+        ),
+        (
+            "whatsapp_configs",
+            timestamp_with_time_zone_null("health_updated_at"),
+        ),
+    ]
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for (table, col) in new_columns() {
+            add(manager, table, col).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for (table, col) in new_columns().into_iter().rev() {
+            let name = col.get_column_name();
+            drop_col(manager, table, &name).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,367 @@
+//! Meta's webhook fields beyond messages and statuses, applied by the
+//! parse worker on PostgreSQL and SQLite: template status, quality,
+//! components and category updates change the `templates` row, and
+//! `user_preferences` flags customers who stopped marketing messages. Each
+//! kind from our own fixture and from its public sample
+//! (`shared/meta-corpus`, skipped when absent), and a replay of each
+//! changes nothing more.
+
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::{Value, json};
+use uuid::Uuid;
+use wapipe_domain::templates::body_parameters;
+use wapipe_shared::entities::{customers, templates};
+use wapipe_testkit::both_backends;
+use wapipe_testkit::corpus::corpus_sample;
+use wapipe_testkit::workers::*;
+
+async fn template(env: &Env, id: Uuid) -> templates::Model {
+    templates::Entity::find_by_id(id)
+        .one(&env.db)
+        .await
+        .expect("query")
+        .expect("template")
+}
+
+/// A row as JSON without `updated_at`, which a replay may touch.
+fn content<T: serde::Serialize>(row: &T) -> Value {
+    let mut v = serde_json::to_value(row).expect("json");
+    if let Some(o) = v.as_object_mut() {
+        o.remove("updated_at");
+    }
+    v
+}
+
+/// Posts `body`, then replays it (what `wapipe replay` does) and checks the
+/// row `read` returns is the same after the replay as after the first run.
+/// Returns the first run's `processed_data` and the row.
+async fn post_and_replay<T, F, Fut>(env: &Env, body: &Value, read: F) -> (Value, T)
+where
+    T: serde::Serialize,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let id = env.post(body).await;
+    let first = read().await;
+    let data = env.event(id).await.processed_data.expect("processed data");
+    env.reset(id).await;
+    env.process(id).await;
+    assert_eq!(content(&read().await), content(&first), "replay of {body}");
+    (data, first)
+}
+
+/// A template known to Meta by `meta_id`, as the sync leaves it.
+async fn meta_template(env: &Env, config: Uuid, meta_id: &str, name: &str, lang: &str) -> Uuid {
+    let id = add_template(&env.db, config, name, lang, "Hello", "PENDING").await;
+    templates::Entity::update_many()
+        .col_expr(
+            templates::Column::WhatsappTemplateId,
+            sea_orm::sea_query::Expr::value(meta_id),
+        )
+        .filter(templates::Column::Id.eq(id))
+        .exec(&env.db)
+        .await
+        .expect("meta id");
+    id
+}
+
+fn tpl_value(extra: Value) -> Value {
+    let mut v = json!({"message_template_id": 777, "message_template_name": "order_confirmation",
+        "message_template_language": "en_US"});
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    v
+}
+
+async fn template_updates_apply_once(b: Backend) {
+    let env = env(b).await;
+    let id = meta_template(&env, env.config_id, "777", "order_confirmation", "en_US").await;
+    let read = || template(&env, id);
+    let status = "message_template_status_update";
+
+    let approved = field_event(
+        WABA,
+        1_760_000_100,
+        status,
+        tpl_value(json!({"event": "APPROVED", "reason": "NONE"})),
+    );
+    let (_, t) = post_and_replay(&env, &approved, read).await;
+    assert_eq!((t.status.as_str(), t.rejected_reason), ("APPROVED", None));
+
+    // Paused, with Meta's reason; an older update (late, or replayed) does
+    // not undo it.
+    let paused = field_event(
+        WABA,
+        1_760_000_200,
+        status,
+        tpl_value(
+            json!({"event": "PAUSED", "other_info": {"title": "FIRST_PAUSE",
+            "description": "Paused for 3 hours: low quality"}}),
+        ),
+    );
+    let (_, t) = post_and_replay(&env, &paused, read).await;
+    assert_eq!(t.status, "PAUSED");
+    assert_eq!(
+        t.rejected_reason.as_deref(),
+        Some("FIRST_PAUSE: Paused for 3 hours: low quality")
+    );
+    env.post(&approved).await;
+    assert_eq!(read().await.status, "PAUSED", "older update ignored");
+
+    let (_, t) = post_and_replay(
+        &env,
+        &field_event(
+            WABA,
+            1_760_000_300,
+            "message_template_quality_update",
+            tpl_value(json!({"previous_quality_score": "GREEN", "new_quality_score": "RED"})),
+        ),
+        read,
+    )
+    .await;
+    assert_eq!(t.quality_score.as_deref(), Some("RED"));
+
+    // New components: the send check then counts the new body's parameters.
+    let (_, t) = post_and_replay(
+        &env,
+        &field_event(
+            WABA,
+            1_760_000_400,
+            "message_template_components_update",
+            tpl_value(json!({"message_template_title": "Order",
+                "message_template_element": "Hi {{1}}, order {{2}} is confirmed.",
+                "message_template_footer": "Shop",
+                "message_template_buttons": [{"message_template_button_type": "URL",
+                    "message_template_button_text": "Track", "message_template_button_url": "https://x.test/t"}]})),
+        ),
+        read,
+    )
+    .await;
+    let components = t.components.clone().expect("components");
+    assert_eq!(components[0]["type"], "HEADER");
+    assert_eq!(components[1]["text"], "Hi {{1}}, order {{2}} is confirmed.");
+    assert_eq!(components[2]["text"], "Shop");
+    assert_eq!(components[3]["buttons"][0]["url"], "https://x.test/t");
+    assert_eq!(body_parameters(&t), 2);
+
+    // A category change announced: pending, the category stays.
+    let category = "template_category_update";
+    let (_, t) = post_and_replay(
+        &env,
+        &field_event(
+            WABA,
+            1_760_000_500,
+            category,
+            tpl_value(
+                json!({"new_category": "UTILITY", "correct_category": "MARKETING",
+                "category_update_timestamp": 1_760_086_900}),
+            ),
+        ),
+        read,
+    )
+    .await;
+    assert_eq!(t.category, "UTILITY");
+    assert_eq!(t.pending_category.as_deref(), Some("MARKETING"));
+    assert_eq!(
+        t.pending_category_at.map(|d| d.timestamp()),
+        Some(1_760_086_900)
+    );
+    // Done: the category moves and the announcement is cleared.
+    let (_, t) = post_and_replay(
+        &env,
+        &field_event(
+            WABA,
+            1_760_086_900,
+            category,
+            tpl_value(json!({"previous_category": "UTILITY", "new_category": "MARKETING"})),
+        ),
+        read,
+    )
+    .await;
+    assert_eq!(
+        (t.category.as_str(), t.previous_category.as_deref()),
+        ("MARKETING", Some("UTILITY"))
+    );
+    assert_eq!((t.pending_category, t.pending_category_at), (None, None));
+}
+both_backends!(template_updates_apply_once);
+
+/// Meta's public samples of every template field, each on a template of
+/// the sample's id: each changes its row, and a replay changes nothing.
+async fn corpus_template_updates(b: Backend) {
+    let files = [
+        (
+            "meta-docs-message_template_status_update.json",
+            "1689556908129832",
+        ),
+        (
+            "pywa-template-status-update-rejected.json",
+            "1689556908129835",
+        ),
+        (
+            "meta-docs-message_template_quality_update.json",
+            "806312974732579",
+        ),
+        (
+            "meta-docs-message_template_components_update.json",
+            "1315502779341834",
+        ),
+        (
+            "meta-docs-template_category_update-1.json",
+            "278077987957091",
+        ),
+        (
+            "meta-docs-template_category_update-2.json",
+            "278077987957091",
+        ),
+    ];
+    if corpus_sample("other", files[0].0).is_none() {
+        eprintln!("skipped: shared/meta-corpus is not present");
+        return;
+    }
+    let env = env(b).await;
+    let config = add_config(&env.db, PHONE_NUMBER_ID, WABA_ID, "Test Co").await;
+    for (file, meta_id) in files {
+        let body = corpus_sample("other", file).expect("sample");
+        let id = match templates::Entity::find()
+            .filter(templates::Column::WhatsappTemplateId.eq(meta_id))
+            .one(&env.db)
+            .await
+            .expect("query")
+        {
+            Some(t) => t.id,
+            None => meta_template(&env, config, meta_id, meta_id, "xx").await,
+        };
+        let before = template(&env, id).await;
+        let (data, after) = post_and_replay(&env, &body, || template(&env, id)).await;
+        assert_eq!(data["templates_updated"], 1, "{file}");
+        assert_ne!(content(&after), content(&before), "{file} changed nothing");
+        match file {
+            f if f.contains("status_update") => assert_eq!(after.status, "APPROVED"),
+            f if f.contains("rejected") => assert_eq!(
+                (after.status.as_str(), after.rejected_reason.as_deref()),
+                ("REJECTED", Some("INVALID_FORMAT"))
+            ),
+            f if f.contains("quality") => {
+                assert_eq!(after.quality_score.as_deref(), Some("YELLOW"))
+            }
+            f if f.contains("components") => assert_eq!(body_parameters(&after), 2),
+            f if f.ends_with("-1.json") => {
+                assert_eq!(after.pending_category.as_deref(), Some("MARKETING"))
+            }
+            _ => assert_eq!(
+                (after.category.as_str(), after.pending_category),
+                ("MARKETING", None)
+            ),
+        }
+    }
+}
+both_backends!(corpus_template_updates);
+
+fn preference(wa_id: &str, value: &str, ts: i64) -> Value {
+    json!({"messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": PHONE, "phone_number_id": PHONE},
+        "contacts": [{"wa_id": wa_id}],
+        "user_preferences": [{"wa_id": wa_id, "detail": "User requested it",
+            "category": "marketing_messages", "value": value, "timestamp": ts}]})
+}
+
+async fn customer(env: &Env, wa_id: &str) -> customers::Model {
+    customers::Entity::find()
+        .filter(customers::Column::WaId.eq(wa_id))
+        .one(&env.db)
+        .await
+        .expect("query")
+        .expect("customer")
+}
+
+async fn marketing_preferences_flag_the_customer(b: Backend) {
+    let env = env(b).await;
+    // A customer we know: stop flags them, without touching their window.
+    env.post(&text_event("wamid.pref-1", CUSTOMER, 1_760_000_000, "hi"))
+        .await;
+    let known = customer(&env, CUSTOMER).await;
+    let stop = field_event(
+        WABA,
+        1_760_000_100,
+        "user_preferences",
+        preference(CUSTOMER, "stop", 1_760_000_100),
+    );
+    let (_, c) = post_and_replay(&env, &stop, || customer(&env, CUSTOMER)).await;
+    assert!(c.marketing_opted_out);
+    assert_eq!(
+        c.marketing_preference_at.map(|t| t.timestamp()),
+        Some(1_760_000_100)
+    );
+    assert_eq!(c.last_inbound_at, known.last_inbound_at, "no window opened");
+
+    // Resume clears it; the older stop, replayed, does not set it again.
+    let resume = field_event(
+        WABA,
+        1_760_000_200,
+        "user_preferences",
+        preference(CUSTOMER, "resume", 1_760_000_200),
+    );
+    let (_, c) = post_and_replay(&env, &resume, || customer(&env, CUSTOMER)).await;
+    assert!(!c.marketing_opted_out);
+    env.post(&stop).await;
+    assert!(!customer(&env, CUSTOMER).await.marketing_opted_out);
+
+    // A customer not seen yet is created, flagged, with no window.
+    let (_, c) = post_and_replay(
+        &env,
+        &field_event(
+            WABA,
+            1_760_000_300,
+            "user_preferences",
+            preference("4915199999999", "stop", 1_760_000_300),
+        ),
+        || customer(&env, "4915199999999"),
+    )
+    .await;
+    assert!(c.marketing_opted_out);
+    assert_eq!(c.last_inbound_at, None);
+    assert_eq!(env.count_messages().await, 1, "a preference is no message");
+
+    // Meta's samples (resume, signup): a customer who had stopped (at an
+    // older time) may get marketing again.
+    if corpus_sample("other", "meta-docs-user_preferences.json").is_none() {
+        eprintln!("skipped the samples: shared/meta-corpus is not present");
+        return;
+    }
+    add_config(&env.db, PHONE_NUMBER_ID, WABA_ID, "Test Co").await;
+    let mut stop = preference("16505551234", "stop", 1_731_705_000);
+    stop["metadata"]["phone_number_id"] = json!(PHONE_NUMBER_ID);
+    env.post(&field_event(
+        WABA_ID,
+        1_731_705_000,
+        "user_preferences",
+        stop,
+    ))
+    .await;
+    for file in [
+        "meta-docs-user_preferences.json",
+        "pywa-user-marketing-preferences-signup.json",
+        "pywa-user-marketing-preferences-resume.json",
+    ] {
+        let body = corpus_sample("other", file).expect("sample");
+        customers::Entity::update_many()
+            .col_expr(
+                customers::Column::MarketingOptedOut,
+                sea_orm::sea_query::Expr::value(true),
+            )
+            .col_expr(
+                customers::Column::MarketingPreferenceAt,
+                sea_orm::sea_query::Expr::value(chrono::DateTime::from_timestamp(1_731_705_000, 0)),
+            )
+            .filter(customers::Column::WaId.eq("16505551234"))
+            .exec(&env.db)
+            .await
+            .expect("flag");
+        let (data, c) = post_and_replay(&env, &body, || customer(&env, "16505551234")).await;
+        assert!(!c.marketing_opted_out, "{file}");
+        assert_eq!(data["preferences_applied"], 1, "{file}");
+    }
+}
+both_backends!(marketing_preferences_flag_the_customer);
