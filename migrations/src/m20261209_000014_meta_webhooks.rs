@@ -16,8 +16,11 @@
 //! - **Number health.** On `whatsapp_configs`: `quality_rating`,
 //!   `messaging_limit_tier`, `name_status` (with `verified_name`),
 //!   `account_status` (the last `account_update` event),
-//!   `restrictions` (JSON: the account's restriction list, or null),
-//!   `business_capabilities` (JSON) and `health_updated_at`.
+//!   `restrictions` (JSON: what restricts the account, or null),
+//!   `business_capabilities` and `last_alert` (JSON), each group with the
+//!   Meta time it was last set at (`quality_updated_at`, `name_updated_at`,
+//!   `account_updated_at`, `alert_updated_at`, `capabilities_updated_at`):
+//!   an older update of a group, late or replayed, changes nothing.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -27,13 +30,8 @@ use crate::alter::{add, drop_col};
 pub struct Migration;
 
 fn new_columns() -> Vec<(&'static str, ColumnDef)> {
-    vec![
+    let mut cols = vec![
         ("templates", string_null("pending_category")),
-        (
-            "templates",
-            timestamp_with_time_zone_null("pending_category_at"),
-        ),
-        ("templates", timestamp_with_time_zone_null("status_at")),
         ("messages", string_null("pricing_model")),
         ("messages", string_null("pricing_type")),
         ("messages", string_null("pricing_category")),
@@ -42,25 +40,35 @@ fn new_columns() -> Vec<(&'static str, ColumnDef)> {
             "customers",
             boolean("marketing_opted_out").default(false).to_owned(),
         ),
-        (
-            "customers",
-            timestamp_with_time_zone_null("marketing_preference_at"),
-        ),
-        ("whatsapp_configs", string_null("quality_rating")),
-        ("whatsapp_configs", string_null("messaging_limit_tier")),
-        ("whatsapp_configs", string_null("name_status")),
-        ("whatsapp_configs", string_null("verified_name")),
-        ("whatsapp_configs", string_null("account_status")),
-        ("whatsapp_configs", json_binary_null("restrictions")),
-        (
-            "whatsapp_configs",
-            json_binary_null("business_capabilities"),
-        ),
-        (
-            "whatsapp_configs",
-            timestamp_with_time_zone_null("health_updated_at"),
-        ),
-    ]
+    ];
+    let times = [
+        ("templates", "pending_category_at"),
+        ("templates", "status_at"),
+        ("customers", "marketing_preference_at"),
+        ("whatsapp_configs", "quality_updated_at"),
+        ("whatsapp_configs", "name_updated_at"),
+        ("whatsapp_configs", "account_updated_at"),
+        ("whatsapp_configs", "alert_updated_at"),
+        ("whatsapp_configs", "capabilities_updated_at"),
+    ];
+    cols.extend(
+        times
+            .into_iter()
+            .map(|(t, c)| (t, timestamp_with_time_zone_null(c))),
+    );
+    for c in [
+        "quality_rating",
+        "messaging_limit_tier",
+        "name_status",
+        "verified_name",
+        "account_status",
+    ] {
+        cols.push(("whatsapp_configs", string_null(c)));
+    }
+    for c in ["restrictions", "business_capabilities", "last_alert"] {
+        cols.push(("whatsapp_configs", json_binary_null(c)));
+    }
+    cols
 }
 
 #[async_trait::async_trait]

@@ -306,7 +306,12 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         account_status: Some("ACCOUNT_RESTRICTION".to_owned()),
         restrictions: Some(json!([{"restriction_type": "RESTRICTED_ADD_PHONE_NUMBER_ACTION"}])),
         business_capabilities: Some(json!({"max_phone_numbers_per_waba": 25})),
-        health_updated_at: Some(ts(4)),
+        last_alert: Some(json!({"alert_info": {"alert_severity": "WARNING"}})),
+        quality_updated_at: Some(ts(4)),
+        name_updated_at: Some(ts(5)),
+        account_updated_at: Some(ts(6)),
+        alert_updated_at: Some(ts(7)),
+        capabilities_updated_at: Some(ts(8)),
         is_deleted: true,
         deleted_at: Some(ts(3)),
     };

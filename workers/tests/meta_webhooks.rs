@@ -10,7 +10,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 use uuid::Uuid;
 use wapipe_domain::templates::body_parameters;
-use wapipe_shared::entities::{customers, templates};
+use wapipe_shared::entities::{customers, templates, whatsapp_configs};
 use wapipe_testkit::both_backends;
 use wapipe_testkit::corpus::corpus_sample;
 use wapipe_testkit::workers::*;
@@ -365,3 +365,263 @@ async fn marketing_preferences_flag_the_customer(b: Backend) {
     }
 }
 both_backends!(marketing_preferences_flag_the_customer);
+
+async fn config(env: &Env, id: Uuid) -> whatsapp_configs::Model {
+    whatsapp_configs::Entity::find_by_id(id)
+        .one(&env.db)
+        .await
+        .expect("query")
+        .expect("config")
+}
+
+/// The degradations an event's first run reported (`processed_data`).
+fn degraded(data: &Value) -> Value {
+    data["health_events"].clone()
+}
+
+async fn account_and_number_health(b: Backend) {
+    let env = env(b).await;
+    let other = add_config(&env.db, "15550000002", WABA, "Test Co").await;
+    for (id, display) in [(env.config_id, "+1 555-000-0001"), (other, "15550000002")] {
+        whatsapp_configs::Entity::update_many()
+            .col_expr(
+                whatsapp_configs::Column::DisplayPhoneNumber,
+                sea_orm::sea_query::Expr::value(display),
+            )
+            .filter(whatsapp_configs::Column::Id.eq(id))
+            .exec(&env.db)
+            .await
+            .expect("display number");
+    }
+    let ours = || config(&env, env.config_id);
+    let quality = |time: i64, event: &str, limit: &str| {
+        field_event(
+            WABA,
+            time,
+            "phone_number_quality_update",
+            json!({"display_phone_number": "15550000001", "event": event, "current_limit": limit}),
+        )
+    };
+
+    // Flagged: only the number named, counted once (not on the replay).
+    let (data, c) =
+        post_and_replay(&env, &quality(1_760_000_100, "FLAGGED", "TIER_1K"), ours).await;
+    assert_eq!(
+        (
+            c.quality_rating.as_deref(),
+            c.messaging_limit_tier.as_deref()
+        ),
+        (Some("RED"), Some("TIER_1K"))
+    );
+    assert_eq!(degraded(&data), json!(["quality_flagged"]));
+    assert_eq!(data["configs_updated"], 1);
+    assert_eq!(
+        config(&env, other).await.quality_rating,
+        None,
+        "not its number"
+    );
+    let id = env
+        .post(&quality(1_760_000_100, "FLAGGED", "TIER_1K"))
+        .await;
+    let again = env.event(id).await.processed_data.expect("data");
+    assert_eq!(
+        degraded(&again),
+        json!([]),
+        "already flagged: not counted again"
+    );
+
+    let (data, c) =
+        post_and_replay(&env, &quality(1_760_000_200, "DOWNGRADE", "TIER_250"), ours).await;
+    assert_eq!(c.messaging_limit_tier.as_deref(), Some("TIER_250"));
+    assert_eq!(degraded(&data), json!(["limit_downgraded"]));
+    // An older update, arriving late, changes nothing.
+    let id = env
+        .post(&quality(1_760_000_150, "UPGRADE", "TIER_10K"))
+        .await;
+    assert_eq!(
+        ours().await.messaging_limit_tier.as_deref(),
+        Some("TIER_250")
+    );
+    assert_eq!(
+        env.event(id).await.processed_data.expect("data")["configs_updated"],
+        0
+    );
+    let (data, c) =
+        post_and_replay(&env, &quality(1_760_000_300, "UNFLAGGED", "TIER_1K"), ours).await;
+    assert_eq!(c.quality_rating.as_deref(), Some("GREEN"));
+    assert_eq!(degraded(&data), json!([]));
+
+    let name = |time: i64, decision: &str| {
+        field_event(
+            WABA,
+            time,
+            "phone_number_name_update",
+            json!({"display_phone_number": "15550000001", "decision": decision,
+                "requested_verified_name": "Erika's Shop", "rejection_reason": null}),
+        )
+    };
+    let (data, c) = post_and_replay(&env, &name(1_760_000_400, "REJECTED"), ours).await;
+    assert_eq!(
+        (c.name_status.as_deref(), c.verified_name),
+        (Some("REJECTED"), None)
+    );
+    assert_eq!(degraded(&data), json!(["name_rejected"]));
+    let (_, c) = post_and_replay(&env, &name(1_760_000_500, "APPROVED"), ours).await;
+    assert_eq!(
+        (c.name_status.as_deref(), c.verified_name.as_deref()),
+        (Some("APPROVED"), Some("Erika's Shop"))
+    );
+
+    // Account-wide: every config of the WABA.
+    let restriction = json!([{"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expiration": 1_760_086_000}]);
+    let (data, c) = post_and_replay(
+        &env,
+        &field_event(
+            WABA,
+            1_760_000_600,
+            "account_update",
+            json!({"event": "ACCOUNT_RESTRICTION", "restriction_info": restriction}),
+        ),
+        ours,
+    )
+    .await;
+    assert_eq!(c.account_status.as_deref(), Some("ACCOUNT_RESTRICTION"));
+    assert_eq!(c.restrictions, Some(restriction.clone()));
+    assert_eq!(config(&env, other).await.restrictions, Some(restriction));
+    assert_eq!(degraded(&data), json!(["account_restricted"]));
+    assert_eq!(data["configs_updated"], 2);
+    let (_, c) = post_and_replay(
+        &env,
+        &field_event(
+            WABA,
+            1_760_000_700,
+            "account_update",
+            json!({"event": "DISABLED_UPDATE", "ban_info": {"waba_ban_state": "REINSTATE"}}),
+        ),
+        ours,
+    )
+    .await;
+    assert_eq!(
+        (c.account_status.as_deref(), c.restrictions),
+        (Some("REINSTATED"), None)
+    );
+    // A notice with no state: the status stays.
+    env.post(&field_event(
+        WABA,
+        1_760_000_800,
+        "account_update",
+        json!({"event": "BUSINESS_PRIMARY_LOCATION_COUNTRY_UPDATE", "country": "DE"}),
+    ))
+    .await;
+    assert_eq!(ours().await.account_status.as_deref(), Some("REINSTATED"));
+
+    let alert = json!({"entity_type": "WABA", "entity_id": WABA, "alert_info": {"alert_severity": "CRITICAL",
+        "alert_status": "ACTIVE", "alert_type": "OBA_APPROVED", "alert_description": "x"}});
+    let (data, c) = post_and_replay(
+        &env,
+        &field_event(WABA, 1_760_000_900, "account_alerts", alert.clone()),
+        ours,
+    )
+    .await;
+    assert_eq!(c.last_alert, Some(alert));
+    assert_eq!(degraded(&data), json!(["alert_active"]));
+    let caps =
+        json!({"max_daily_conversation_per_phone": 1000, "max_phone_numbers_per_business": 2});
+    let (_, c) = post_and_replay(
+        &env,
+        &field_event(
+            WABA,
+            1_760_001_000,
+            "business_capability_update",
+            caps.clone(),
+        ),
+        ours,
+    )
+    .await;
+    assert_eq!(c.business_capabilities, Some(caps));
+}
+both_backends!(account_and_number_health);
+
+/// Meta's samples of each health field, on a config of the sample's WABA.
+async fn corpus_account_and_number_health(b: Backend) {
+    if corpus_sample("other", "meta-docs-account_alerts.json").is_none() {
+        eprintln!("skipped: shared/meta-corpus is not present");
+        return;
+    }
+    let env = env(b).await;
+    let id = add_config(&env.db, PHONE_NUMBER_ID, WABA_ID, "Test Co").await;
+    let caps = add_config(&env.db, "15550000007", "524126980791429", "Test Co").await;
+    let read = || config(&env, id);
+    let sample = |f: &str| corpus_sample("other", f).expect("sample");
+
+    let (_, c) = post_and_replay(
+        &env,
+        &sample("meta-docs-phone_number_quality_update.json"),
+        read,
+    )
+    .await;
+    assert_eq!(c.messaging_limit_tier.as_deref(), Some("TIER_UNLIMITED"));
+    let (_, c) = post_and_replay(
+        &env,
+        &sample("meta-docs-phone_number_name_update.json"),
+        read,
+    )
+    .await;
+    assert_eq!(
+        (c.name_status.as_deref(), c.verified_name.as_deref()),
+        (Some("APPROVED"), Some("Lucky Shrub"))
+    );
+    let (data, c) = post_and_replay(
+        &env,
+        &sample("pywa-account-update-account-restriction.json"),
+        read,
+    )
+    .await;
+    assert_eq!(c.account_status.as_deref(), Some("ACCOUNT_RESTRICTION"));
+    assert_eq!(
+        c.restrictions
+            .as_ref()
+            .and_then(Value::as_array)
+            .map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(degraded(&data), json!(["account_restricted"]));
+    let (data, c) = post_and_replay(
+        &env,
+        &sample("meta-docs-account_update-account-violation.json"),
+        read,
+    )
+    .await;
+    assert_eq!(c.account_status.as_deref(), Some("ACCOUNT_VIOLATION"));
+    assert_eq!(degraded(&data), json!(["account_violation"]));
+    let (_, c) = post_and_replay(
+        &env,
+        &sample("meta-docs-account_update-disabled-update.json"),
+        read,
+    )
+    .await;
+    assert_eq!(
+        (c.account_status.as_deref(), c.restrictions),
+        (Some("REINSTATED"), None)
+    );
+    let (data, c) = post_and_replay(&env, &sample("meta-docs-account_alerts.json"), read).await;
+    assert_eq!(
+        c.last_alert
+            .as_ref()
+            .map(|a| a["alert_info"]["alert_type"].clone()),
+        Some(json!("INCREASED_CAPABILITIES_ELIGIBILITY_DEFERRED"))
+    );
+    assert_eq!(degraded(&data), json!(["alert_active"]));
+    let (_, c) = post_and_replay(
+        &env,
+        &sample("meta-docs-business_capability_update.json"),
+        || config(&env, caps),
+    )
+    .await;
+    assert_eq!(
+        c.business_capabilities
+            .map(|v| v["max_phone_numbers_per_waba"].clone()),
+        Some(json!(25))
+    );
+}
+both_backends!(corpus_account_and_number_health);

@@ -56,10 +56,19 @@ pub struct Model {
     pub verified_name: Option<String>,
     /// The last `account_update` event (`ACCOUNT_RESTRICTION`, …).
     pub account_status: Option<String>,
-    /// Active restrictions (`restriction_info`), or null when lifted.
+    /// What restricts the account (`restriction_info`, a ban's
+    /// `ban_info`), or null when lifted.
     pub restrictions: Option<Json>,
     pub business_capabilities: Option<Json>,
-    pub health_updated_at: Option<DateTimeUtc>,
+    /// The last `account_alerts` value.
+    pub last_alert: Option<Json>,
+    /// Meta's time of the last update applied, per group: an older one
+    /// changes nothing.
+    pub quality_updated_at: Option<DateTimeUtc>,
+    pub name_updated_at: Option<DateTimeUtc>,
+    pub account_updated_at: Option<DateTimeUtc>,
+    pub alert_updated_at: Option<DateTimeUtc>,
+    pub capabilities_updated_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

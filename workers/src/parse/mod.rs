@@ -31,6 +31,7 @@ mod customers;
 mod effects;
 pub mod extract;
 mod fanout;
+mod health;
 mod messages;
 mod preferences;
 mod receipts;
@@ -62,6 +63,7 @@ use route::{Collected, Position, Routes};
 use summary::Summary;
 
 pub use conversations::expire_conversations;
+pub use health::{HEALTH_EVENTS, METRIC_HEALTH_EVENTS_TOTAL};
 pub use settle::{Settled, mark_failed};
 pub use summary::{
     METRIC_CHANGES_TOTAL, METRIC_EVENTS_TOTAL, METRIC_MESSAGE_LAG_SECONDS, METRIC_MESSAGES_TOTAL,

@@ -20,7 +20,7 @@ use wapipe_shared::whatsapp::{self as wa, Change, Contact, MetaError, Status};
 use super::customers::Sender;
 use super::extract::{Inbound, clean_json, extract_message};
 use super::summary::Summary;
-use super::{preferences, templates};
+use super::{health, preferences, templates};
 
 /// The messages and receipts of a batch, gathered change by change and
 /// then stored together ([`super::messages`], [`super::receipts`]).
@@ -270,6 +270,12 @@ pub(super) async fn apply_change<'a, C: ConnectionTrait>(
         return Ok(());
     }
 
+    if change.field.is_some_and(|f| health::FIELDS.contains(&f)) {
+        let applied = health::apply(db, &targets, change, pos.ev.received_at, pos.now).await?;
+        summary.configs_updated += applied.rows;
+        summary.health_events.extend(applied.degraded);
+        // Also kept as Meta sent it, below: the columns hold the latest state only.
+    }
     if change.field == Some(preferences::FIELD) {
         for cfg in &targets {
             summary.preferences_applied +=

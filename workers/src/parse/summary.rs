@@ -68,6 +68,10 @@ pub(super) struct Summary {
     pub(super) templates_updated: u64,
     /// Customers' marketing preferences that changed a row.
     pub(super) preferences_applied: u64,
+    /// Config rows account and number health updates wrote.
+    pub(super) configs_updated: u64,
+    /// Degradations reported ([`super::health::HEALTH_EVENTS`]).
+    pub(super) health_events: Vec<&'static str>,
     unknown: BTreeMap<&'static str, u64>,
     /// Value-level `errors[]`, with the config they came for.
     pub(super) errors: Vec<Value>,
@@ -169,6 +173,10 @@ pub(super) fn record_metrics(changes: &[Change<'_>], summary: &Summary) {
     }
     if summary.unroutable_changes > 0 {
         metrics::counter!(METRIC_UNROUTABLE_TOTAL).increment(summary.unroutable_changes);
+    }
+    for event in &summary.health_events {
+        metrics::counter!(super::health::METRIC_HEALTH_EVENTS_TOTAL, "event" => *event)
+            .increment(1);
     }
 }
 
