@@ -51,7 +51,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use wapipe_shared::db::pow2_chunks;
-use wapipe_shared::entities::{chats, events, follow_ups, team_notes, whatsapp_configs};
+use wapipe_shared::entities::{calls, chats, events, follow_ups, team_notes, whatsapp_configs};
 
 use crate::views;
 
@@ -68,9 +68,12 @@ pub const FOLLOWUP_OVERDUE: &str = "followup.overdue";
 /// A number was flagged after Meta's 190, 368 or 131031: its sends fail
 /// until an operator clears it.
 pub const CONFIG_FLAGGED: &str = "config.flagged";
+/// A WhatsApp call in a chat started, changed status or ended (Meta's
+/// `calls` webhook).
+pub const CALL_UPDATED: &str = "call.updated";
 
 /// Every type, for the documentation and for checks.
-pub const TYPES: [&str; 8] = [
+pub const TYPES: [&str; 9] = [
     MESSAGE_CREATED,
     MESSAGE_UPDATED,
     CHAT_CREATED,
@@ -79,6 +82,7 @@ pub const TYPES: [&str; 8] = [
     FOLLOWUP_REMINDER,
     FOLLOWUP_OVERDUE,
     CONFIG_FLAGGED,
+    CALL_UPDATED,
 ];
 
 /// Bits of a PostgreSQL `seq` below the transaction id.
@@ -289,6 +293,30 @@ pub fn flagged_event(c: &whatsapp_configs::Model) -> Event {
             "flaggedCode": c.flagged_code,
             "flaggedReason": c.flagged_reason,
             "flaggedAt": c.flagged_at,
+        }),
+    )
+}
+
+/// The `call.updated` event of a call, in its chat.
+pub fn call_event(c: &calls::Model) -> Event {
+    Event::new(
+        CALL_UPDATED,
+        c.config_id,
+        Some(c.chat_id),
+        json!({
+            "id": c.id,
+            "chatId": c.chat_id,
+            "customerId": c.customer_id,
+            "callId": c.call_id,
+            "direction": c.direction,
+            "from": c.from,
+            "to": c.to,
+            "status": c.status,
+            "startedAt": c.started_at,
+            "endedAt": c.ended_at,
+            "duration": c.duration,
+            "createdAt": c.created_at,
+            "updatedAt": c.updated_at,
         }),
     )
 }

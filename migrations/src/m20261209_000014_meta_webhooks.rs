@@ -21,6 +21,9 @@
 //!   Meta time it was last set at (`quality_updated_at`, `name_updated_at`,
 //!   `account_updated_at`, `alert_updated_at`, `capabilities_updated_at`):
 //!   an older update of a group, late or replayed, changes nothing.
+//! - **Calls.** `calls`: one row per WhatsApp call (`wacid`, unique per
+//!   config), in the customer's chat: direction, from, to, status (with
+//!   `status_rank`, so a status never regresses), start, end, duration.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -71,16 +74,77 @@ fn new_columns() -> Vec<(&'static str, ColumnDef)> {
     cols
 }
 
+fn calls() -> TableCreateStatement {
+    Table::create()
+        .table("calls")
+        .col(pk_uuid("id"))
+        .col(timestamp_with_time_zone("created_at"))
+        .col(timestamp_with_time_zone("updated_at"))
+        .col(uuid("config_id"))
+        .col(uuid("chat_id"))
+        .col(uuid("customer_id"))
+        // Meta's call id (`wacid.…`).
+        .col(string("call_id"))
+        // `inbound` (the customer called) or `outbound`; NULL if unknown.
+        .col(string_null("direction"))
+        .col(string_null("from"))
+        .col(string_null("to"))
+        .col(string("status"))
+        .col(integer("status_rank"))
+        .col(timestamp_with_time_zone_null("started_at"))
+        .col(timestamp_with_time_zone_null("ended_at"))
+        .col(integer_null("duration"))
+        .col(json_binary_null("errors"))
+        .foreign_key(
+            ForeignKey::create()
+                .from_col("config_id")
+                .to("whatsapp_configs", "id"),
+        )
+        .foreign_key(ForeignKey::create().from_col("chat_id").to("chats", "id"))
+        .foreign_key(
+            ForeignKey::create()
+                .from_col("customer_id")
+                .to("customers", "id"),
+        )
+        .to_owned()
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for (table, col) in new_columns() {
             add(manager, table, col).await?;
         }
+        manager.create_table(calls()).await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("ux_calls_config_call")
+                    .table("calls")
+                    .col("config_id")
+                    .col("call_id")
+                    .unique()
+                    .to_owned(),
+            )
+            .await?;
+        // A chat's calls, newest first.
+        manager
+            .create_index(
+                Index::create()
+                    .name("ix_calls_chat")
+                    .table("calls")
+                    .col("chat_id")
+                    .col("created_at")
+                    .to_owned(),
+            )
+            .await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table("calls").to_owned())
+            .await?;
         for (table, col) in new_columns().into_iter().rev() {
             let name = col.get_column_name();
             drop_col(manager, table, &name).await?;

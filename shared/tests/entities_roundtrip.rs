@@ -94,6 +94,7 @@ async fn schema_matches_entities(db: &DatabaseConnection) {
         api_keys,
         audit_log,
         blocked_numbers,
+        calls,
         chat_assignments,
         chat_labels,
         chats,
@@ -928,6 +929,26 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
     };
     roundtrip::<dead_letters::Entity, _>(db, "dead_letters", dead_letter.clone(), dead_letter.id)
         .await;
+
+    let call = calls::Model {
+        id: id(),
+        created_at: ts(93),
+        updated_at: ts(94),
+        config_id: config.id,
+        chat_id: chat.id,
+        customer_id: customer.id,
+        call_id: format!("wacid.{HELLO}"),
+        direction: Some("inbound".to_owned()),
+        from: Some("16505551234".to_owned()),
+        to: Some("15550100199".to_owned()),
+        status: "completed".to_owned(),
+        status_rank: 3,
+        started_at: Some(ts(95)),
+        ended_at: Some(ts(96)),
+        duration: Some(120),
+        errors: Some(json!([{"code": 12455}])),
+    };
+    roundtrip::<calls::Entity, _>(db, "calls", call.clone(), call.id).await;
 
     // `seq` is given by the writer (wapipe_domain::events); any number
     // round-trips, including one past 2^32.

@@ -10,7 +10,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 use uuid::Uuid;
 use wapipe_domain::templates::body_parameters;
-use wapipe_shared::entities::{customers, templates, whatsapp_configs};
+use wapipe_shared::entities::{calls, customers, events, templates, whatsapp_configs};
 use wapipe_testkit::both_backends;
 use wapipe_testkit::corpus::corpus_sample;
 use wapipe_testkit::workers::*;
@@ -625,3 +625,176 @@ async fn corpus_account_and_number_health(b: Backend) {
     );
 }
 both_backends!(corpus_account_and_number_health);
+
+async fn call(env: &Env, call_id: &str) -> calls::Model {
+    calls::Entity::find()
+        .filter(calls::Column::CallId.eq(call_id))
+        .one(&env.db)
+        .await
+        .expect("query")
+        .expect("call")
+}
+
+/// `call.updated` events of the log.
+async fn call_events(env: &Env) -> Vec<events::Model> {
+    events::Entity::find()
+        .filter(events::Column::Type.eq("call.updated"))
+        .all(&env.db)
+        .await
+        .expect("events")
+}
+
+fn calls_value(calls: Value, statuses: Value) -> Value {
+    json!({"messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": PHONE, "phone_number_id": PHONE},
+        "contacts": [{"profile": {"name": "Erika"}, "wa_id": CUSTOMER}],
+        "calls": calls, "statuses": statuses})
+}
+
+async fn calls_land_in_the_chat(b: Backend) {
+    let env = env(b).await;
+    let connect = field_event(
+        WABA,
+        1_760_000_100,
+        "calls",
+        calls_value(
+            json!([{"id": "wacid.in-1", "from": CUSTOMER, "to": PHONE, "event": "connect",
+                "timestamp": "1760000100", "direction": "USER_INITIATED",
+                "session": {"sdp": "v=0", "sdp_type": "offer"}}]),
+            json!([]),
+        ),
+    );
+    let (data, c) = post_and_replay(&env, &connect, || call(&env, "wacid.in-1")).await;
+    assert_eq!(data["calls_updated"], 1);
+    assert_eq!(
+        (
+            c.direction.as_deref(),
+            c.from.as_deref(),
+            c.to.as_deref(),
+            c.status.as_str()
+        ),
+        (Some("inbound"), Some(CUSTOMER), Some(PHONE), "connected")
+    );
+    assert_eq!(c.started_at.map(|t| t.timestamp()), Some(1_760_000_100));
+    let chats = env.chats().await;
+    assert_eq!(chats.len(), 1);
+    assert_eq!(
+        (c.chat_id, chats[0].total_messages),
+        (chats[0].id, 0),
+        "no message counted"
+    );
+    let customer = customer(&env, CUSTOMER).await;
+    assert_eq!(
+        (c.customer_id, customer.last_inbound_at),
+        (customer.id, None),
+        "no window"
+    );
+    let events = call_events(&env).await;
+    assert_eq!(events.len(), 1, "the replay wrote no second event");
+    assert_eq!(events[0].chat_id, Some(c.chat_id));
+    assert_eq!(events[0].payload["status"], "connected");
+
+    let terminate = field_event(
+        WABA,
+        1_760_000_230,
+        "calls",
+        calls_value(
+            json!([{"id": "wacid.in-1", "from": CUSTOMER, "to": PHONE, "event": "terminate",
+                "timestamp": "1760000230", "direction": "USER_INITIATED", "status": "COMPLETED",
+                "start_time": "1760000105", "end_time": "1760000225", "duration": 120}]),
+            json!([]),
+        ),
+    );
+    let (_, c) = post_and_replay(&env, &terminate, || call(&env, "wacid.in-1")).await;
+    assert_eq!(c.status, "completed");
+    assert_eq!(
+        (
+            c.started_at.map(|t| t.timestamp()),
+            c.ended_at.map(|t| t.timestamp()),
+            c.duration
+        ),
+        (Some(1_760_000_105), Some(1_760_000_225), Some(120))
+    );
+    assert_eq!(call_events(&env).await.len(), 2);
+    // The connect again, late: the call stays ended.
+    env.post(&connect).await;
+    assert_eq!(call(&env, "wacid.in-1").await.status, "completed");
+    assert_eq!(call_events(&env).await.len(), 2);
+
+    // A call we placed: its statuses, out of order, never regress.
+    let status = |s: &str, ts: i64| {
+        field_event(
+            WABA,
+            ts,
+            "calls",
+            calls_value(
+                json!([]),
+                json!([{"id": "wacid.out-1", "timestamp": ts.to_string(), "type": "call",
+                    "status": s, "recipient_id": CUSTOMER}]),
+            ),
+        )
+    };
+    let (_, c) = post_and_replay(&env, &status("RINGING", 1_760_000_300), || {
+        call(&env, "wacid.out-1")
+    })
+    .await;
+    assert_eq!(
+        (c.direction.as_deref(), c.status.as_str()),
+        (Some("outbound"), "ringing")
+    );
+    assert_eq!(c.chat_id, env.chats().await[0].id, "the same chat");
+    env.post(&status("REJECTED", 1_760_000_320)).await;
+    env.post(&status("ACCEPTED", 1_760_000_310)).await;
+    let c = call(&env, "wacid.out-1").await;
+    assert_eq!(c.status, "rejected");
+    assert!(c.ended_at.is_some());
+    assert_eq!(call_events(&env).await.len(), 4);
+}
+both_backends!(calls_land_in_the_chat);
+
+async fn corpus_calls(b: Backend) {
+    if corpus_sample("other", "pywa-call-connect-user-initiated.json").is_none() {
+        eprintln!("skipped: shared/meta-corpus is not present");
+        return;
+    }
+    let env = env(b).await;
+    for (phone, waba) in [
+        ("743897493242", "100293269804676"),
+        ("37489742", "47389759353"),
+        ("5483758353", "487439753"),
+    ] {
+        add_config(&env.db, phone, waba, "Test Co").await;
+    }
+    let sample = |f: &str| corpus_sample("other", f).expect("sample");
+    let (_, c) = post_and_replay(
+        &env,
+        &sample("pywa-call-connect-user-initiated.json"),
+        || call(&env, "wacid.xxxx="),
+    )
+    .await;
+    assert_eq!(
+        (c.direction.as_deref(), c.from.as_deref(), c.status.as_str()),
+        (Some("inbound"), Some("972987654321"), "connected")
+    );
+    let (_, c) = post_and_replay(
+        &env,
+        &sample("pywa-call-terminate-call-terminate.json"),
+        || call(&env, "wacid.ABGGFjFVU2AfAgo6V-Hc5eCgK5Gh"),
+    )
+    .await;
+    assert_eq!((c.status.as_str(), c.duration), ("completed", Some(120)));
+    assert_eq!(
+        c.errors.as_ref().map(|e| e[0]["code"].clone()),
+        Some(json!(12455))
+    );
+    let (_, c) = post_and_replay(&env, &sample("pywa-call-status-call-status.json"), || {
+        call(&env, "wacid.ABGGFjFVU2AfAgo6V")
+    })
+    .await;
+    assert_eq!(
+        (c.direction.as_deref(), c.status.as_str()),
+        (Some("outbound"), "ringing")
+    );
+    assert_eq!(call_events(&env).await.len(), 3);
+}
+both_backends!(corpus_calls);

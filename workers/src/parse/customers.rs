@@ -91,6 +91,32 @@ pub(super) fn new_customer(
     }
 }
 
+/// Finds or creates a customer met without a message (a preference, a
+/// call): a new row opens no 24-hour window and sets no contact times.
+pub(super) async fn customer_without_message<C: ConnectionTrait>(
+    db: &C,
+    config_id: Uuid,
+    sender: &Sender,
+    now: DateTime<Utc>,
+) -> Result<customers::Model, DbErr> {
+    let mut am = new_customer(Uuid::now_v7(), config_id, sender, now, now);
+    am.last_contact_at = Set(None);
+    am.last_inbound_at = Set(None);
+    am.first_contact_at = Set(None);
+    insert_if_absent(db, am).await?;
+    customers::Entity::find()
+        .filter(customers::Column::ConfigId.eq(config_id))
+        .filter(sender.rows())
+        .one(db)
+        .await?
+        .ok_or_else(|| {
+            DbErr::RecordNotFound(format!(
+                "customer {:?} of config {config_id} neither inserted nor found",
+                sender.key()
+            ))
+        })
+}
+
 /// Finds or creates the customer, then brings its profile up to date: the
 /// general path, for senders with a `user_id` ([`upsert_customers`] upserts
 /// the common phone-number-only senders in one statement).

@@ -25,6 +25,7 @@
 //!   event.
 
 mod batch;
+mod calls;
 mod chats;
 mod conversations;
 mod customers;

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use wapipe_shared::entities::customers::{self, Column as C};
 use wapipe_shared::whatsapp::{array, bounded_id, lenient_string, meta_timestamp, str_at};
 
-use super::customers::{Sender, insert_if_absent, new_customer};
+use super::customers::{Sender, customer_without_message};
 
 pub(super) const FIELD: &str = "user_preferences";
 
@@ -46,11 +46,7 @@ pub(super) async fn apply<D: ConnectionTrait>(
         }
         // Without Meta's time, the receipt time orders it.
         let at = meta_timestamp(p.get("timestamp")).unwrap_or(now).min(now);
-        let mut am = new_customer(Uuid::now_v7(), config_id, &sender, at, now);
-        am.last_contact_at = sea_orm::ActiveValue::Set(None);
-        am.last_inbound_at = sea_orm::ActiveValue::Set(None);
-        am.first_contact_at = sea_orm::ActiveValue::Set(None);
-        insert_if_absent(db, am).await?;
+        customer_without_message(db, config_id, &sender, now).await?;
         // Strictly newer only, so a replay matches no row and changes
         // nothing (not even `updated_at`). At the same second a stop wins
         // over a resume, whatever order they arrive in: when unsure, no

@@ -38,6 +38,7 @@ pub const UNKNOWN_KINDS: &[&str] = &[
     "status",
     "status_without_id",
     "field",
+    "call_without_id_or_customer",
 ];
 
 /// Per-outcome counts, for `processed_data`.
@@ -68,6 +69,8 @@ pub(super) struct Summary {
     pub(super) templates_updated: u64,
     /// Customers' marketing preferences that changed a row.
     pub(super) preferences_applied: u64,
+    /// Calls created or changed (`calls` field).
+    pub(super) calls_updated: u64,
     /// Config rows account and number health updates wrote.
     pub(super) configs_updated: u64,
     /// Degradations reported ([`super::health::HEALTH_EVENTS`]).
