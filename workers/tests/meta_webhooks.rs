@@ -798,3 +798,201 @@ async fn corpus_calls(b: Backend) {
     assert_eq!(call_events(&env).await.len(), 3);
 }
 both_backends!(corpus_calls);
+
+async fn chat_of(env: &Env, customer_id: Uuid) -> wapipe_shared::entities::chats::Model {
+    env.chats()
+        .await
+        .into_iter()
+        .find(|c| c.customer_id == customer_id)
+        .expect("chat")
+}
+
+fn coexistence_value(key: &str, items: Value) -> Value {
+    let mut v = json!({"messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": PHONE, "phone_number_id": PHONE}});
+    v[key] = items;
+    v
+}
+
+async fn coexistence_with_the_business_app(b: Backend) {
+    use wapipe_domain::scenarios::engine::{Refusal, in_human_hands};
+    use wapipe_shared::entities::messages::{Direction, MessageStatus, Origin};
+    let env = env(b).await;
+    env.post(&text_event(
+        "wamid.co-in",
+        CUSTOMER,
+        1_760_000_000,
+        "Is it in stock?",
+    ))
+    .await;
+    env.take_jobs("scenario").await;
+    let erika = customer(&env, CUSTOMER).await;
+    assert!(in_human_hands(&chat_of(&env, erika.id).await).is_none());
+
+    // The owner answers from the app: an outbound message, the bot paused.
+    let echo = field_event(
+        WABA,
+        1_760_000_060,
+        "smb_message_echoes",
+        coexistence_value(
+            "message_echoes",
+            json!([{"from": PHONE, "to": CUSTOMER, "id": "wamid.co-echo", "timestamp": "1760000060",
+                "type": "text", "text": {"body": "Yes, two left"}}]),
+        ),
+    );
+    let id = env.post(&echo).await;
+    let counts = env.counts().await;
+    env.reset(id).await;
+    env.process(id).await;
+    assert_eq!(env.counts().await, counts, "replay");
+    let m = env.message("wamid.co-echo").await;
+    assert_eq!(
+        (m.direction, m.origin, m.sender_type.as_str(), m.status),
+        (
+            Direction::Outbound,
+            Origin::Admin,
+            "phone",
+            MessageStatus::Sent
+        )
+    );
+    assert_eq!(m.text.as_deref(), Some("Yes, two left"));
+    let chat = chat_of(&env, erika.id).await;
+    assert_eq!(
+        (
+            chat.total_messages,
+            chat.unread_count,
+            chat.last_message.as_deref()
+        ),
+        (2, 1, Some("Yes, two left"))
+    );
+    assert_eq!(chat.handoff_at.map(|t| t.timestamp()), Some(1_760_000_060));
+    assert_eq!(
+        in_human_hands(&chat),
+        Some(Refusal::HandedOff),
+        "bot paused"
+    );
+    assert!(
+        env.take_jobs("scenario").await.is_empty(),
+        "no scenario for an echo"
+    );
+
+    // History: past messages of a new customer, in Meta's order, quietly.
+    let past = "4915100000077";
+    let history = field_event(
+        WABA,
+        1_760_000_100,
+        "history",
+        coexistence_value(
+            "history",
+            json!([{"metadata": {"phase": 0, "chunk_order": 1, "progress": 100}, "threads": [{"id": past, "messages": [
+                {"from": PHONE, "id": "wamid.h-3", "timestamp": "1750000300", "type": "text",
+                 "text": {"body": "See you"}, "history_context": {"status": "READ"}},
+                {"from": past, "id": "wamid.h-2", "timestamp": "1750000200", "type": "text",
+                 "text": {"body": "Thanks"}, "history_context": {"status": "READ"}},
+                {"from": PHONE, "id": "wamid.h-1", "timestamp": "1750000100", "type": "text",
+                 "text": {"body": "Welcome"}, "history_context": {"status": "DELIVERED"}}]}]}]),
+        ),
+    );
+    let id = env.post(&history).await;
+    let counts = env.counts().await;
+    env.reset(id).await;
+    env.process(id).await;
+    assert_eq!(env.counts().await, counts, "replay");
+    let c = customer(&env, past).await;
+    assert_eq!(c.last_inbound_at, None, "no window opened");
+    let chat = chat_of(&env, c.id).await;
+    assert_eq!(
+        (
+            chat.total_messages,
+            chat.unread_count,
+            chat.last_message.as_deref()
+        ),
+        (3, 0, Some("See you"))
+    );
+    assert_eq!(chat.handoff_at, None, "history pauses no bot");
+    let h1 = env.message("wamid.h-1").await;
+    let h2 = env.message("wamid.h-2").await;
+    let h3 = env.message("wamid.h-3").await;
+    assert!(
+        h1.created_at < h2.created_at && h2.created_at < h3.created_at,
+        "in order"
+    );
+    assert_eq!(
+        (h1.direction, h1.status),
+        (Direction::Outbound, MessageStatus::Delivered)
+    );
+    assert_eq!(
+        (h2.direction, h2.origin),
+        (Direction::Inbound, Origin::User)
+    );
+    assert_eq!(h3.status, MessageStatus::Read);
+    assert!(
+        env.take_jobs("scenario").await.is_empty(),
+        "no scenario runs"
+    );
+    assert!(env.take_jobs("outbound").await.is_empty(), "nothing sent");
+
+    // The app's contacts name the customer.
+    let sync = field_event(
+        WABA,
+        1_760_000_200,
+        "smb_app_state_sync",
+        coexistence_value(
+            "state_sync",
+            json!([{"type": "contact", "action": "edit", "contact": {"full_name": "Erika Mustermann",
+                "first_name": "Erika", "phone_number": format!("+{CUSTOMER}")}, "metadata": {"timestamp": "1760000200"}}]),
+        ),
+    );
+    let (data, c) = post_and_replay(&env, &sync, || customer(&env, CUSTOMER)).await;
+    assert_eq!(c.name.as_deref(), Some("Erika Mustermann"));
+    assert_eq!(data["coexistence_applied"], 1);
+}
+both_backends!(coexistence_with_the_business_app);
+
+async fn corpus_coexistence(b: Backend) {
+    if corpus_sample("other", "meta-docs-history-1.json").is_none() {
+        eprintln!("skipped: shared/meta-corpus is not present");
+        return;
+    }
+    let env = env(b).await;
+    add_config(&env.db, PHONE_NUMBER_ID, WABA_ID, "Test Co").await;
+    add_config(&env.db, "1122334455667", "1234567890987654321", "Test Co").await;
+    let sample = |f: &str| corpus_sample("other", f).expect("sample");
+    for f in ["meta-docs-history-1.json", "meta-docs-history-2.json"] {
+        let id = env.post(&sample(f)).await;
+        let counts = env.counts().await;
+        env.reset(id).await;
+        env.process(id).await;
+        assert_eq!(env.counts().await, counts, "replay of {f}");
+    }
+    let read = env
+        .message("wamid.HBgLMTY0NjcwNDM1OTUVAgARGBIyNDlBOEI5QUQ4NDc0N0FCNjMA")
+        .await;
+    assert_eq!(read.sender_type, "phone");
+    let thanks = env
+        .message("wamid.N0FCNjMAHBgLMTY0NjcwNDM1OTUVAgARGBIyNDlBOEI5QUQ4NDc0")
+        .await;
+    assert_eq!(thanks.text.as_deref(), Some("Thanks!"));
+    let pablo = customer(&env, "16505551234").await;
+    assert_eq!(chat_of(&env, pablo.id).await.unread_count, 0);
+    assert_eq!(pablo.last_inbound_at, None);
+
+    let (_, c) = post_and_replay(&env, &sample("meta-docs-smb_app_state_sync.json"), || {
+        customer(&env, "16505551234")
+    })
+    .await;
+    assert_eq!(c.name.as_deref(), Some("Pablo Morales"));
+
+    let id = env.post(&sample("pywa-outgoing-message-text.json")).await;
+    let m = env.message("<WHATSAPP_MESSAGE_ID>").await;
+    assert_eq!(
+        (m.sender_type.as_str(), m.text.as_deref()),
+        ("phone", Some("Test message"))
+    );
+    assert!(chat_of(&env, m.customer_id).await.handoff_at.is_some());
+    let counts = env.counts().await;
+    env.reset(id).await;
+    env.process(id).await;
+    assert_eq!(env.counts().await, counts, "replay");
+}
+both_backends!(corpus_coexistence);

@@ -27,6 +27,7 @@
 mod batch;
 mod calls;
 mod chats;
+mod coexistence;
 mod conversations;
 mod customers;
 mod effects;

@@ -20,7 +20,7 @@ use wapipe_shared::whatsapp::{self as wa, Change, Contact, MetaError, Status};
 use super::customers::Sender;
 use super::extract::{Inbound, clean_json, extract_message};
 use super::summary::Summary;
-use super::{calls, health, preferences, templates};
+use super::{calls, coexistence, health, preferences, templates};
 
 /// The messages and receipts of a batch, gathered change by change and
 /// then stored together ([`super::messages`], [`super::receipts`]).
@@ -275,6 +275,15 @@ pub(super) async fn apply_change<'a, C: ConnectionTrait>(
         summary.configs_updated += applied.rows;
         summary.health_events.extend(applied.degraded);
         // Also kept as Meta sent it, below: the columns hold the latest state only.
+    }
+    if let Some(f @ (coexistence::ECHOES | coexistence::HISTORY | coexistence::STATE_SYNC)) =
+        change.field
+    {
+        for cfg in &targets {
+            summary.coexistence_applied +=
+                coexistence::apply(db, cfg, f, change.value, pos).await?;
+        }
+        return Ok(());
     }
     if change.field == Some(calls::FIELD) {
         for cfg in &targets {

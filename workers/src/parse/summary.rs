@@ -69,6 +69,9 @@ pub(super) struct Summary {
     pub(super) templates_updated: u64,
     /// Customers' marketing preferences that changed a row.
     pub(super) preferences_applied: u64,
+    /// Messages imported (echoes, history) and customers renamed
+    /// (coexistence with the WhatsApp Business app).
+    pub(super) coexistence_applied: u64,
     /// Calls created or changed (`calls` field).
     pub(super) calls_updated: u64,
     /// Config rows account and number health updates wrote.
