@@ -691,6 +691,12 @@ async fn calls_land_in_the_chat(b: Backend) {
     );
     let events = call_events(&env).await;
     assert_eq!(events.len(), 1, "the replay wrote no second event");
+    let created = events::Entity::find()
+        .filter(events::Column::Type.eq("chat.created"))
+        .all(&env.db)
+        .await
+        .expect("events");
+    assert_eq!(created.len(), 1, "the chat the call created, once");
     assert_eq!(events[0].chat_id, Some(c.chat_id));
     assert_eq!(events[0].payload["status"], "connected");
 

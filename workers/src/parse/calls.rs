@@ -15,6 +15,7 @@ use sea_orm::sea_query::{Expr, Func, OnConflict};
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 use serde_json::Value;
 use uuid::Uuid;
+use wapipe_domain::events as ev;
 use wapipe_shared::entities::calls::{self, Column as K};
 use wapipe_shared::whatsapp::{
     Contact, array, bounded_id, lenient_i64, lenient_string, meta_timestamp, str_at,
@@ -164,32 +165,40 @@ pub(super) async fn apply<C: ConnectionTrait>(
                 .map(|s| from_status(s, &contacts)),
         );
     let mut out = Applied::default();
-    let mut events = Vec::new();
+    let mut calls = Vec::new();
+    let mut new_chats = Vec::new();
     for u in updates {
         let Some(u) = u.filter(|u| u.customer.key().is_some()) else {
             out.skipped += 1;
             continue;
         };
         let errors = errors.clone().filter(|_| u.rank == 3);
-        if let Some(call) = upsert(db, config_id, &u, errors, now).await? {
+        let (call, new_chat) = upsert(db, config_id, &u, errors, now).await?;
+        new_chats.extend(new_chat);
+        if let Some(call) = call {
             out.changed += 1;
-            events.push(wapipe_domain::events::call_event(&call));
+            calls.push(ev::call_event(&call));
         }
     }
-    wapipe_domain::events::record(db, &events).await?;
+    // A chat a call created is announced before its call.
+    let mut events = ev::chat_events(db, ev::CHAT_CREATED, &new_chats).await?;
+    events.extend(calls);
+    ev::record(db, &events).await?;
     Ok(out)
 }
 
-/// Creates or advances the call's row; the row when something changed.
+/// Creates or advances the call's row. Returns the row when something
+/// changed, and the chat when it was created now.
 async fn upsert<C: ConnectionTrait>(
     db: &C,
     config_id: Uuid,
     u: &CallUpdate,
     errors: Option<Value>,
     now: DateTime<Utc>,
-) -> Result<Option<calls::Model>, DbErr> {
+) -> Result<(Option<calls::Model>, Option<Uuid>), DbErr> {
     let customer = customer_without_message(db, config_id, &u.customer, now).await?;
-    let (chat, _) = chat_of(db, &customer, now).await?;
+    let (chat, created) = chat_of(db, &customer, now).await?;
+    let new_chat = created.then_some(chat.id);
     let at = u.at.unwrap_or(now).min(now);
     let inserted = calls::Entity::insert(calls::ActiveModel {
         id: Set(Uuid::now_v7()),
@@ -259,13 +268,14 @@ async fn upsert<C: ConnectionTrait>(
             > 0;
     }
     if !changed {
-        return Ok(None);
+        return Ok((None, new_chat));
     }
-    calls::Entity::find()
+    let call = calls::Entity::find()
         .filter(K::ConfigId.eq(config_id))
         .filter(K::CallId.eq(u.call_id.as_str()))
         .one(db)
-        .await
+        .await?;
+    Ok((call, new_chat))
 }
 
 /// `value` when given, else the column as it is.
