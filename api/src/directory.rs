@@ -224,6 +224,17 @@ pub struct WhatsAppConfig {
     pub updated_at: chrono::DateTime<chrono::Utc>,
     pub last_sync_at: Option<chrono::DateTime<chrono::Utc>>,
     pub is_deleted: bool,
+    /// The number's health as Meta's webhooks last reported it
+    /// (`GREEN`/`RED` quality, `TIER_…` limit, display name review, the
+    /// account's status and restrictions, the last alert).
+    pub quality_rating: Option<String>,
+    pub messaging_limit_tier: Option<String>,
+    pub name_status: Option<String>,
+    pub verified_name: Option<String>,
+    pub account_status: Option<String>,
+    pub restrictions: Option<Value>,
+    pub last_alert: Option<Value>,
+    pub business_capabilities: Option<Value>,
 }
 
 /// The WhatsApp numbers of the key's companies (admin keys).
@@ -274,6 +285,14 @@ pub async fn configs(
                 updated_at: c.updated_at,
                 last_sync_at: c.last_sync_at,
                 is_deleted: c.is_deleted,
+                quality_rating: c.quality_rating,
+                messaging_limit_tier: c.messaging_limit_tier,
+                name_status: c.name_status,
+                verified_name: c.verified_name,
+                account_status: c.account_status,
+                restrictions: c.restrictions,
+                last_alert: c.last_alert,
+                business_capabilities: c.business_capabilities,
             })
             .collect(),
     ))

@@ -22,7 +22,8 @@ use wapipe_domain::outbox::content::{
     ListRow, ListSection, MediaKind, MediaSource, ReplyButton, Template,
 };
 use wapipe_domain::outbox::{
-    self, CODE_WINDOW_CLOSED, NewOutbound, OutboundContent, customer_window_open,
+    self, CODE_MARKETING_OPTED_OUT, CODE_WINDOW_CLOSED, NewOutbound, OutboundContent,
+    customer_window_open,
 };
 use wapipe_domain::receipts::read_status_of;
 use wapipe_domain::templates::{self, TemplateCheckError};
@@ -404,7 +405,9 @@ impl SendMessage {
     responses((status = 202, body = Message, description = "queued"),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "the number is blocked"),
-        (status = 422, body = ErrorBody, description = "131047: outside the 24-hour window; use a template")))]
+        (status = 422, body = ErrorBody, description = "131047: outside the 24-hour window; use a template; \
+            131050: a MARKETING template to a customer who stopped marketing messages; \
+            template_invalid: unknown, paused, disabled or rejected template (with Meta's reason)")))]
 pub async fn send(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -455,6 +458,18 @@ pub async fn send(
         ),
         None => None,
     };
+    if let Some(t) = &template
+        && templates::marketing_refused(&state.db, t, chat.customer_id).await?
+    {
+        return Err(ApiError::unprocessable(
+            CODE_MARKETING_OPTED_OUT,
+            format!(
+                "the customer stopped marketing messages: template {:?} is MARKETING; \
+                 send a utility template or wait until they resume",
+                t.name
+            ),
+        ));
+    }
     if !content.is_template()
         && !customer_window_open(&state.db, chat.config_id, chat.customer_id).await?
     {

@@ -77,6 +77,26 @@ pub struct AdminStats {
     pub avg_response_time: Option<f64>,
     /// (resolved + closed) / all chats.
     pub resolution_rate: Option<f64>,
+    /// Messages by Meta's pricing category and type per day, from the
+    /// `pricing` of their status receipts (messages without one are left
+    /// out), by day, category, then type.
+    pub pricing_per_day: Vec<PricingDay>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PricingDay {
+    /// `YYYY-MM-DD` (UTC) the message was created.
+    pub date: String,
+    /// Meta's `pricing.category` (`marketing`, `utility`, `service`, …);
+    /// `unknown` when the receipt had none.
+    pub category: String,
+    /// Meta's `pricing.type` (`regular`, `free_customer_service`, …);
+    /// `unknown` when the receipt had none.
+    pub pricing_type: String,
+    pub messages: u64,
+    /// Of those, how many Meta marked `billable`.
+    pub billable: u64,
 }
 
 #[utoipa::path(get, path = "/api/whatsapp/stats/admin", tag = "stats", params(Range),
@@ -126,6 +146,20 @@ pub async fn admin(
         }
     }
     let times = stats::response_times(&rows, None);
+    let mut pricing: BTreeMap<(String, String, String), (u64, u64)> = BTreeMap::new();
+    for (at, category, kind, billable) in
+        stats::pricing_rows(&state.db, who.configs.as_deref(), from, to).await?
+    {
+        let unknown = || "unknown".to_owned();
+        let key = (
+            at.format("%Y-%m-%d").to_string(),
+            category.unwrap_or_else(unknown),
+            kind.unwrap_or_else(unknown),
+        );
+        let n = pricing.entry(key).or_default();
+        n.0 += 1;
+        n.1 += u64::from(billable == Some(true));
+    }
     Ok(axum::Json(AdminStats {
         from,
         to,
@@ -134,6 +168,18 @@ pub async fn admin(
         first_response_time: times.avg_first(),
         avg_response_time: times.avg_all(),
         resolution_rate: (total > 0).then(|| done as f64 / total as f64),
+        pricing_per_day: pricing
+            .into_iter()
+            .map(
+                |((date, category, pricing_type), (messages, billable))| PricingDay {
+                    date,
+                    category,
+                    pricing_type,
+                    messages,
+                    billable,
+                },
+            )
+            .collect(),
     }))
 }
 

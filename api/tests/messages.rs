@@ -406,6 +406,117 @@ async fn window_and_blocked(api: Api) {
 }
 both!(window_and_blocked_test, window_and_blocked);
 
+/// What Meta's webhooks set is checked before a send: a paused template is
+/// refused with Meta's reason, a MARKETING template to a customer who
+/// stopped marketing messages with 131050 (other categories go), and
+/// nothing reaches Meta. The admin report counts priced messages by
+/// category and type per day.
+async fn meta_state_refusals_and_pricing(api: Api) {
+    use sea_orm::sea_query::Expr;
+    use wapipe_shared::entities::{chats, customers, templates};
+    let admin = api.admin_of(&["Acme"]).await;
+    let (chat, inbound) = api
+        .inbound(api.config_id, "33612345678", "Zoé", "hello", minutes_ago(5))
+        .await;
+    let path = format!("/api/whatsapp/chats/{chat}/messages");
+    let paused = api
+        .template(api.config_id, "winter", "fr", "Soldes", "APPROVED")
+        .await;
+    let promo = api
+        .template(api.config_id, "promo", "fr", "Promo", "APPROVED")
+        .await;
+    api.template(api.config_id, "receipt", "fr", "Reçu", "APPROVED")
+        .await;
+    // As the parse worker leaves them after Meta's webhooks.
+    templates::Entity::update_many()
+        .col_expr(templates::Column::Status, Expr::value("PAUSED"))
+        .col_expr(
+            templates::Column::RejectedReason,
+            Expr::value("FIRST_PAUSE: low quality"),
+        )
+        .filter(templates::Column::Id.eq(paused))
+        .exec(&api.db)
+        .await
+        .expect("pause");
+    templates::Entity::update_many()
+        .col_expr(templates::Column::Category, Expr::value("MARKETING"))
+        .filter(templates::Column::Id.eq(promo))
+        .exec(&api.db)
+        .await
+        .expect("marketing");
+    let send =
+        |name: &str| json!({"type": "template", "template": {"name": name, "language": "fr"}});
+
+    let r = api.post(&admin, &path, send("winter")).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{r:?}");
+    assert_eq!(r.body["error"]["code"], "template_invalid");
+    let msg = r.body["error"]["message"].as_str().expect("message");
+    assert!(
+        msg.contains("paused") && msg.contains("FIRST_PAUSE: low quality"),
+        "{msg}"
+    );
+
+    // Before the opt-out, marketing goes.
+    let r = api.post(&admin, &path, send("promo")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+    let customer = chats::Entity::find_by_id(chat)
+        .one(&api.db)
+        .await
+        .expect("read")
+        .expect("chat")
+        .customer_id;
+    customers::Entity::update_many()
+        .col_expr(customers::Column::MarketingOptedOut, Expr::value(true))
+        .filter(customers::Column::Id.eq(customer))
+        .exec(&api.db)
+        .await
+        .expect("opt out");
+    let r = api.post(&admin, &path, send("promo")).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{r:?}");
+    assert_eq!(r.body["error"]["code"], "131050");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("marketing")),
+        "{r:?}"
+    );
+    assert_eq!(outbound_rows(&api, chat).await, 1, "refusals queue nothing");
+    assert_eq!(api.outbound_jobs().await, 1, "no call to Meta for refusals");
+    let r = api.post(&admin, &path, send("receipt")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "utility goes: {r:?}");
+
+    // Pricing, as the status worker copies it from the receipts.
+    for (id, category, kind, billable) in [
+        (inbound, "service", "free_customer_service", false),
+        (id(&r.body), "utility", "regular", true),
+    ] {
+        messages::Entity::update_many()
+            .col_expr(messages::Column::PricingCategory, Expr::value(category))
+            .col_expr(messages::Column::PricingType, Expr::value(kind))
+            .col_expr(messages::Column::Billable, Expr::value(billable))
+            .filter(messages::Column::Id.eq(id))
+            .exec(&api.db)
+            .await
+            .expect("pricing");
+    }
+    let r = api.get(&admin, "/api/whatsapp/stats/admin").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let created = minutes_ago(5).format("%Y-%m-%d").to_string();
+    let mut want = vec![
+        json!({"date": created, "category": "service", "pricingType": "free_customer_service",
+            "messages": 1, "billable": 0}),
+        json!({"date": today, "category": "utility", "pricingType": "regular",
+            "messages": 1, "billable": 1}),
+    ];
+    want.sort_by_key(|v| (v["date"].to_string(), v["category"].to_string()));
+    assert_eq!(r.body["pricingPerDay"], json!(want));
+}
+both!(
+    meta_state_refusals_and_pricing_test,
+    meta_state_refusals_and_pricing
+);
+
 async fn list_get_and_read(api: Api) {
     let admin = api.admin_of(&["Acme"]).await;
     let (chat, inbound) = api

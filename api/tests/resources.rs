@@ -1036,6 +1036,22 @@ async fn directory(api: Api) {
     assert_eq!(list[0]["company"], "Acme");
     assert_eq!(list[0]["accessToken"], "********", "never the secret");
     assert!(!r.body.to_string().contains("v1:"), "no ciphertext either");
+    // The health Meta's webhooks keep on the row is shown.
+    {
+        use sea_orm::EntityTrait;
+        use wapipe_shared::entities::whatsapp_configs as wc;
+        wc::Entity::update_many()
+            .col_expr(
+                wc::Column::MessagingLimitTier,
+                sea_orm::sea_query::Expr::value("TIER_1K"),
+            )
+            .exec(&api.db)
+            .await
+            .expect("tier");
+    }
+    let r = api.get(&acme, "/api/whatsapp/configs").await;
+    assert_eq!(r.body[0]["messagingLimitTier"], "TIER_1K");
+    assert_eq!(r.body[0]["qualityRating"], Value::Null);
     assert_eq!(
         api.get(&ana_key, "/api/whatsapp/configs").await.status,
         StatusCode::FORBIDDEN

@@ -51,7 +51,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use wapipe_shared::db::pow2_chunks;
-use wapipe_shared::entities::{chats, events, follow_ups, team_notes, whatsapp_configs};
+use wapipe_shared::entities::{calls, chats, events, follow_ups, team_notes, whatsapp_configs};
 
 use crate::views;
 
@@ -71,9 +71,12 @@ pub const CONFIG_FLAGGED: &str = "config.flagged";
 /// An outgoing webhook endpoint failed too long and was disabled (the
 /// endpoint, without its secret, and why).
 pub const WEBHOOK_DISABLED: &str = "webhook.disabled";
+/// A WhatsApp call in a chat started, changed status or ended (Meta's
+/// `calls` webhook).
+pub const CALL_UPDATED: &str = "call.updated";
 
 /// Every type, for the documentation and for checks.
-pub const TYPES: [&str; 9] = [
+pub const TYPES: [&str; 10] = [
     MESSAGE_CREATED,
     MESSAGE_UPDATED,
     CHAT_CREATED,
@@ -83,6 +86,7 @@ pub const TYPES: [&str; 9] = [
     FOLLOWUP_OVERDUE,
     CONFIG_FLAGGED,
     WEBHOOK_DISABLED,
+    CALL_UPDATED,
 ];
 
 /// Bits of a PostgreSQL `seq` below the transaction id.
@@ -297,6 +301,30 @@ pub fn flagged_event(c: &whatsapp_configs::Model) -> Event {
     )
 }
 
+/// The `call.updated` event of a call, in its chat.
+pub fn call_event(c: &calls::Model) -> Event {
+    Event::new(
+        CALL_UPDATED,
+        c.config_id,
+        Some(c.chat_id),
+        json!({
+            "id": c.id,
+            "chatId": c.chat_id,
+            "customerId": c.customer_id,
+            "callId": c.call_id,
+            "direction": c.direction,
+            "from": c.from,
+            "to": c.to,
+            "status": c.status,
+            "startedAt": c.started_at,
+            "endedAt": c.ended_at,
+            "duration": c.duration,
+            "createdAt": c.created_at,
+            "updatedAt": c.updated_at,
+        }),
+    )
+}
+
 /// Whose events a reader may see.
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
@@ -397,7 +425,8 @@ pub async fn unsettled_after<C: ConnectionTrait>(db: &C, after: i64) -> Result<b
 pub struct Envelope {
     /// `message.created`, `message.updated`, `chat.created`,
     /// `chat.updated`, `note.created`, `followup.reminder`,
-    /// `followup.overdue`, `config.flagged` or `webhook.disabled`.
+    /// `followup.overdue`, `config.flagged`, `webhook.disabled` or
+    /// `call.updated`.
     #[serde(rename = "type")]
     pub kind: String,
     /// The event's place in the one order of the deployment; resume after it.

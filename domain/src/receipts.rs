@@ -158,6 +158,37 @@ where
             backfill_time(&txn, message.id, status, r.timestamp).await?;
         }
     }
+    // Pricing can come on any receipt, outranked ones too (a `sent` after
+    // its `delivered`); the latest in Meta's time among all the wamid's
+    // receipts wins, whatever order they arrived in. Plain values: a
+    // redelivered receipt writes the same ones.
+    let latest = if pending
+        .iter()
+        .any(|r| Pricing::of(r.pricing.as_ref()).is_some())
+    {
+        message_status_events::Entity::find()
+            .filter(E::ConfigId.eq(config_id))
+            .filter(E::ProviderMessageId.eq(provider_message_id))
+            .filter(E::Pricing.is_not_null())
+            .order_by_desc(E::Timestamp)
+            .order_by_desc(E::Id)
+            .all(&txn)
+            .await?
+            .iter()
+            .find_map(|r| Pricing::of(r.pricing.as_ref()))
+    } else {
+        None
+    };
+    if let Some(p) = latest {
+        messages::Entity::update_many()
+            .col_expr(M::PricingModel, Expr::value(p.model))
+            .col_expr(M::PricingType, Expr::value(p.kind))
+            .col_expr(M::PricingCategory, Expr::value(p.category))
+            .col_expr(M::Billable, Expr::value(p.billable))
+            .filter(M::Id.eq(message.id))
+            .exec(&txn)
+            .await?;
+    }
     message_status_events::Entity::update_many()
         .col_expr(E::Applied, Expr::value(true))
         .col_expr(E::MessageId, Expr::value(message.id))
@@ -183,6 +214,40 @@ where
         }
     }
     Ok(out)
+}
+
+/// A receipt's `pricing` (Meta's `pricing_model`, `type`, `category`,
+/// `billable`), as the message keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pricing {
+    pub model: Option<String>,
+    pub kind: Option<String>,
+    pub category: Option<String>,
+    pub billable: Option<bool>,
+}
+
+impl Pricing {
+    /// `None` unless `pricing` is an object with at least one of the four.
+    pub fn of(pricing: Option<&serde_json::Value>) -> Option<Self> {
+        use wapipe_shared::whatsapp::lenient_string;
+        let p = pricing.filter(|p| p.is_object())?;
+        let text = |k: &str| lenient_string(p.get(k));
+        let out = Self {
+            model: text("pricing_model"),
+            kind: text("type"),
+            category: text("category"),
+            billable: match p.get("billable") {
+                Some(serde_json::Value::Bool(b)) => Some(*b),
+                Some(serde_json::Value::String(s)) => s.parse().ok(),
+                _ => None,
+            },
+        };
+        let empty = out.model.is_none()
+            && out.kind.is_none()
+            && out.category.is_none()
+            && out.billable.is_none();
+        (!empty).then_some(out)
+    }
 }
 
 /// The one conditional UPDATE of a receipt. Returns whether it applied.

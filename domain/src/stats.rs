@@ -149,6 +149,37 @@ pub async fn message_rows<C: ConnectionTrait>(
         .await
 }
 
+/// Priced messages (those whose receipts carried Meta's `pricing`) of
+/// `configs` (all when `None`) created between `from` and `to`: (created
+/// at, pricing category, pricing type, billable).
+pub async fn pricing_rows<C: ConnectionTrait>(
+    db: &C,
+    configs: Option<&[Uuid]>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<PricedMessage>, sea_orm::DbErr> {
+    let mut q = messages::Entity::find()
+        .select_only()
+        .column(messages::Column::CreatedAt)
+        .column(messages::Column::PricingCategory)
+        .column(messages::Column::PricingType)
+        .column(messages::Column::Billable)
+        .filter(messages::Column::CreatedAt.gte(from))
+        .filter(messages::Column::CreatedAt.lt(to))
+        .filter(
+            sea_orm::Condition::any()
+                .add(messages::Column::PricingCategory.is_not_null())
+                .add(messages::Column::PricingType.is_not_null()),
+        );
+    if let Some(c) = configs {
+        q = q.filter(messages::Column::ConfigId.is_in(c.iter().copied()));
+    }
+    q.into_tuple().all(db).await
+}
+
+/// One row of [`pricing_rows`].
+pub type PricedMessage = (DateTime<Utc>, Option<String>, Option<String>, Option<bool>);
+
 fn day_bounds(day: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
     let start = day.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
     (start, start + Duration::days(1))

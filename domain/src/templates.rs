@@ -24,11 +24,14 @@ pub enum TemplateCheckError {
         language: String,
         available: String,
     },
-    #[error("template {name:?} ({language}) is {status}, not approved")]
+    #[error("template {name:?} ({language}) is {status}, not approved{reason}")]
     NotApproved {
         name: String,
         language: String,
         status: String,
+        /// `: <Meta's reason>` when Meta gave one (a pause, a rejection),
+        /// else empty.
+        reason: String,
     },
     #[error("template {name:?} ({language}) takes {expected} body parameter(s); {given} given")]
     Parameters {
@@ -121,6 +124,11 @@ pub async fn check_send<C: ConnectionTrait>(
             } else {
                 "inactive".to_owned()
             },
+            reason: t
+                .rejected_reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default(),
         });
     }
     let expected = body_parameters(t);
@@ -133,6 +141,24 @@ pub async fn check_send<C: ConnectionTrait>(
         });
     }
     Ok(t.clone())
+}
+
+/// Whether sending template `t` to the customer is refused because they
+/// stopped marketing messages (`user_preferences`): only MARKETING
+/// templates are; other categories go.
+pub async fn marketing_refused<C: ConnectionTrait>(
+    db: &C,
+    t: &templates::Model,
+    customer_id: Uuid,
+) -> Result<bool, sea_orm::DbErr> {
+    use wapipe_shared::entities::customers;
+    if !t.category.eq_ignore_ascii_case("marketing") {
+        return Ok(false);
+    }
+    Ok(customers::Entity::find_by_id(customer_id)
+        .one(db)
+        .await?
+        .is_some_and(|c| c.marketing_opted_out))
 }
 
 /// Counts a use of the template (`usageCount`, `lastUsedAt`).

@@ -17,6 +17,7 @@ mod m20261130_000009_responses_names_leases;
 mod m20261206_000010_events;
 mod m20261207_000011_chats_sort_index;
 mod m20261208_000012_webhook_endpoints;
+mod m20261209_000014_meta_webhooks;
 
 pub struct Migrator;
 
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000010_events::Migration),
             Box::new(m20261207_000011_chats_sort_index::Migration),
             Box::new(m20261208_000012_webhook_endpoints::Migration),
+            Box::new(m20261209_000014_meta_webhooks::Migration),
         ]
     }
 }

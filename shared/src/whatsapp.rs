@@ -181,6 +181,9 @@ pub fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 pub struct Change<'a> {
     /// `entry[].id`: the WABA id.
     pub entry_id: Option<&'a Value>,
+    /// `entry[].time`: when Meta emitted the entry (account and template
+    /// updates carry no other time).
+    pub entry_time: Option<&'a Value>,
     pub field: Option<&'a str>,
     /// `value`, or `Null` when missing.
     pub value: &'a Value,
@@ -196,6 +199,7 @@ pub fn changes(root: &Value) -> Vec<Change<'_>> {
         for change in array(entry, "changes") {
             out.push(Change {
                 entry_id: entry.get("id"),
+                entry_time: entry.get("time"),
                 field: change.get("field").and_then(Value::as_str),
                 value: change.get("value").unwrap_or(&NULL),
             });
@@ -208,6 +212,11 @@ impl<'a> Change<'a> {
     /// The WABA id, from `entry[].id`.
     pub fn waba_id(&self) -> Option<String> {
         lenient_string(self.entry_id)
+    }
+
+    /// Meta's time of the entry (`entry[].time`), if it sent one.
+    pub fn time(&self) -> Option<DateTime<Utc>> {
+        meta_timestamp(self.entry_time)
     }
 
     /// `value.metadata.phone_number_id`: which number the change is about.

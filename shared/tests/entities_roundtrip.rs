@@ -94,6 +94,7 @@ async fn schema_matches_entities(db: &DatabaseConnection) {
         api_keys,
         audit_log,
         blocked_numbers,
+        calls,
         chat_assignments,
         chat_labels,
         chats,
@@ -303,6 +304,19 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         webhook_status: Some("active".to_owned()),
         business_profile: Some(json!({"name": HELLO, "website": "https://example.com"})),
         last_sync_at: Some(ts(3)),
+        quality_rating: Some("YELLOW".to_owned()),
+        messaging_limit_tier: Some("TIER_1K".to_owned()),
+        name_status: Some("APPROVED".to_owned()),
+        verified_name: Some(HELLO.to_owned()),
+        account_status: Some("ACCOUNT_RESTRICTION".to_owned()),
+        restrictions: Some(json!([{"restriction_type": "RESTRICTED_ADD_PHONE_NUMBER_ACTION"}])),
+        business_capabilities: Some(json!({"max_phone_numbers_per_waba": 25})),
+        last_alert: Some(json!({"alert_info": {"alert_severity": "WARNING"}})),
+        quality_updated_at: Some(ts(4)),
+        name_updated_at: Some(ts(5)),
+        account_updated_at: Some(ts(6)),
+        alert_updated_at: Some(ts(7)),
+        capabilities_updated_at: Some(ts(8)),
         is_deleted: true,
         deleted_at: Some(ts(3)),
     };
@@ -370,6 +384,8 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         preferred_agent: Some(agent.id),
         preferred_contact_time: Some("morning".to_owned()),
         is_active: false,
+        marketing_opted_out: true,
+        marketing_preference_at: Some(ts(13)),
     };
     let customer =
         roundtrip::<customers::Entity, _>(db, "customers", customer.clone(), customer.id).await;
@@ -499,6 +515,10 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         provider: "meta-whatsapp".to_owned(),
         provider_status: Some("delivered".to_owned()),
         metadata: Some(json!({"campaign": HELLO})),
+        pricing_model: Some("PMP".to_owned()),
+        pricing_type: Some("regular".to_owned()),
+        pricing_category: Some("marketing".to_owned()),
+        billable: Some(true),
     };
     let message =
         roundtrip::<messages::Entity, _>(db, "messages", message.clone(), message.id).await;
@@ -614,6 +634,9 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         whatsapp_template_name: Some("order_update".to_owned()),
         last_used_at: Some(ts(44)),
         is_active: false,
+        pending_category: Some("MARKETING".to_owned()),
+        pending_category_at: Some(ts(49)),
+        status_at: Some(ts(45)),
     };
     roundtrip::<templates::Entity, _>(db, "templates", template.clone(), template.id).await;
 
@@ -910,6 +933,26 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
     };
     roundtrip::<dead_letters::Entity, _>(db, "dead_letters", dead_letter.clone(), dead_letter.id)
         .await;
+
+    let call = calls::Model {
+        id: id(),
+        created_at: ts(93),
+        updated_at: ts(94),
+        config_id: config.id,
+        chat_id: chat.id,
+        customer_id: customer.id,
+        call_id: format!("wacid.{HELLO}"),
+        direction: Some("inbound".to_owned()),
+        from: Some("16505551234".to_owned()),
+        to: Some("15550100199".to_owned()),
+        status: "completed".to_owned(),
+        status_rank: 3,
+        started_at: Some(ts(95)),
+        ended_at: Some(ts(96)),
+        duration: Some(120),
+        errors: Some(json!([{"code": 12455}])),
+    };
+    roundtrip::<calls::Entity, _>(db, "calls", call.clone(), call.id).await;
 
     // `seq` is given by the writer (wapipe_domain::events); any number
     // round-trips, including one past 2^32.

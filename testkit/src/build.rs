@@ -62,6 +62,14 @@ pub fn envelope(value: Value) -> Value {
         {"field": "messages", "value": value}]}]})
 }
 
+/// An envelope with one change of `field` for `waba`, sent at Unix time
+/// `time` (`entry[].time`), as Meta sends account, template and preference
+/// updates.
+pub fn field_event(waba: &str, time: i64, field: &str, value: Value) -> Value {
+    json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "time": time, "changes": [
+        {"field": field, "value": value}]}]})
+}
+
 /// The `value` of a `messages` change for the worker env's number.
 pub fn messages_value(contacts: Value, messages: Value) -> Value {
     json!({"messaging_product": "whatsapp",

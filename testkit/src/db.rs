@@ -352,6 +352,41 @@ pub async fn add_config(
     .id
 }
 
+/// A WhatsApp template on `config` as the template sync leaves it
+/// (category UTILITY, active, `body` as its BODY component).
+pub async fn add_template(
+    db: &DatabaseConnection,
+    config: uuid::Uuid,
+    name: &str,
+    language: &str,
+    body: &str,
+    status: &str,
+) -> uuid::Uuid {
+    use sea_orm::{ActiveValue::Set, EntityTrait};
+    use wapipe_shared::entities::templates;
+    let id = uuid::Uuid::now_v7();
+    let now = chrono::Utc::now();
+    templates::Entity::insert(templates::ActiveModel {
+        id: Set(id),
+        created_at: Set(now),
+        updated_at: Set(now),
+        config_id: Set(config),
+        name: Set(name.to_owned()),
+        language: Set(language.to_owned()),
+        category: Set("UTILITY".to_owned()),
+        status: Set(status.to_owned()),
+        components: Set(Some(serde_json::json!([{"type": "BODY", "text": body}]))),
+        usage_count: Set(0),
+        is_deleted: Set(false),
+        is_active: Set(true),
+        ..Default::default()
+    })
+    .exec_without_returning(db)
+    .await
+    .expect("template");
+    id
+}
+
 /// Runs the async fn `$name(Backend)` once per backend, as two tests
 /// (`$name::postgres` and `$name::sqlite`); extra tokens are passed to
 /// `#[tokio::test(…)]`.

@@ -23,10 +23,11 @@ use wapipe_shared::entities::{
 use wapipe_workers::parse::{self, Settled};
 
 pub use crate::build::{
-    CUSTOMER, PHONE, WABA, envelope, fixture, messages_value, status_event, text_event, text_msg,
+    CUSTOMER, PHONE, PHONE_NUMBER_ID, WABA, WABA_ID, envelope, field_event, fixture,
+    messages_value, status_event, text_event, text_msg,
 };
-pub use crate::db::add_config;
 use crate::db::{TempDir, TestDb, migrated};
+pub use crate::db::{add_config, add_template};
 pub use crate::{Backend, KEY};
 
 pub struct Env {

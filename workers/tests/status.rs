@@ -345,6 +345,96 @@ async fn pending_receipts_apply_when_the_wamid_appears(b: Backend) {
 }
 both_backends!(pending_receipts_apply_when_the_wamid_appears);
 
+/// The `pricing` of a message's receipts lands on the message (any
+/// receipt, an outranked one too; the latest in Meta's time wins), and a
+/// replayed receipt changes nothing more. From our fixture and from Meta's
+/// sample (skipped without the corpus).
+async fn pricing_is_kept_on_the_message(b: Backend) {
+    let env = env(b).await;
+    env.post(&text_event("wamid.in", CUSTOMER, 1_760_000_000, "hi"))
+        .await;
+    let priced = |wamid: &str, status: MessageStatus, ts: i64, category: &str| {
+        let mut r = receipt(wamid, status, ts);
+        r["entry"][0]["changes"][0]["value"]["statuses"][0]["pricing"] = json!({
+            "billable": category != "service", "pricing_model": "PMP", "type": "regular",
+            "category": category});
+        r
+    };
+    let id = outbound(&env, "wamid.priced", MessageStatus::Sent).await;
+    let prices = |m: messages::Model| {
+        (
+            m.pricing_model,
+            m.pricing_type,
+            m.pricing_category,
+            m.billable,
+        )
+    };
+    let want = (
+        Some("PMP".to_owned()),
+        Some("regular".to_owned()),
+        Some("utility".to_owned()),
+        Some(true),
+    );
+    env.post(&priced(
+        "wamid.priced",
+        MessageStatus::Delivered,
+        1_760_000_020,
+        "utility",
+    ))
+    .await;
+    run_status_jobs(&env).await;
+    assert_eq!(prices(env.message("wamid.priced").await), want);
+    // Older, outranked, and later: its pricing does not replace the newer one.
+    let sent = env
+        .post(&priced(
+            "wamid.priced",
+            MessageStatus::Sent,
+            1_760_000_010,
+            "service",
+        ))
+        .await;
+    run_status_jobs(&env).await;
+    let m = env.message("wamid.priced").await;
+    assert_eq!(m.id, id);
+    assert_eq!(m.status, MessageStatus::Delivered);
+    assert_eq!(prices(m), want);
+    env.reset(sent).await;
+    env.process(sent).await;
+    run_status_jobs(&env).await;
+    assert_eq!(prices(env.message("wamid.priced").await), want, "replay");
+
+    let Some(dir) = wapipe_testkit::corpus::corpus_dir() else {
+        eprintln!("skipped the sample: shared/meta-corpus is not present");
+        return;
+    };
+    let mut body: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("statuses/meta-docs-messages-status-1.json")).expect("read"),
+    )
+    .expect("json");
+    // Onto this test's number, where our message with that wamid lives.
+    body["entry"][0]["id"] = json!(WABA);
+    body["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = json!(PHONE);
+    let wamid = body["entry"][0]["changes"][0]["value"]["statuses"][0]["id"]
+        .as_str()
+        .expect("wamid")
+        .to_owned();
+    outbound(&env, &wamid, MessageStatus::Sending).await;
+    let ev = env.post(&body).await;
+    run_status_jobs(&env).await;
+    let want = (
+        Some("PMP".to_owned()),
+        Some("regular".to_owned()),
+        Some("marketing".to_owned()),
+        Some(true),
+    );
+    assert_eq!(prices(env.message(&wamid).await), want);
+    env.reset(ev).await;
+    env.process(ev).await;
+    run_status_jobs(&env).await;
+    assert_eq!(prices(env.message(&wamid).await), want, "replay");
+}
+both_backends!(pricing_is_kept_on_the_message);
+
 async fn status_worker_publishes_message_status(b: Backend) {
     let env = env(b).await;
     env.post(&text_event("wamid.in", CUSTOMER, 1_760_000_000, "hi"))

@@ -306,29 +306,7 @@ impl Api {
         body: &str,
         status: &str,
     ) -> Uuid {
-        let id = Uuid::now_v7();
-        let now = Utc::now();
-        wapipe_shared::entities::templates::Entity::insert(
-            wapipe_shared::entities::templates::ActiveModel {
-                id: Set(id),
-                created_at: Set(now),
-                updated_at: Set(now),
-                config_id: Set(config),
-                name: Set(name.to_owned()),
-                language: Set(language.to_owned()),
-                category: Set("UTILITY".to_owned()),
-                status: Set(status.to_owned()),
-                components: Set(Some(json!([{"type": "BODY", "text": body}]))),
-                usage_count: Set(0),
-                is_deleted: Set(false),
-                is_active: Set(true),
-                ..Default::default()
-            },
-        )
-        .exec_without_returning(&self.db)
-        .await
-        .expect("template");
-        id
+        wapipe_testkit::db::add_template(&self.db, config, name, language, body, status).await
     }
 
     pub async fn call(&self, key: &str, method: Method, path: &str, body: Option<Value>) -> Resp {

@@ -30,6 +30,11 @@ pub use window::{customer_window_open, open_windows, window_open};
 pub const CODE_WINDOW_CLOSED: &str = "131047";
 pub const WINDOW_CLOSED_TITLE: &str = "outside the 24-hour window; use a template";
 
+/// Meta's code for a marketing message to a user who stopped marketing
+/// messages; we refuse such sends locally with the same code
+/// ([`crate::templates::marketing_refused`]).
+pub const CODE_MARKETING_OPTED_OUT: &str = "131050";
+
 /// What a reply answers: the inbound message, and the reply's place among
 /// that message's replies (0, 1, 2 …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

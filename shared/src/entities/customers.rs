@@ -42,6 +42,12 @@ pub struct Model {
     pub preferred_agent: Option<Uuid>,
     pub preferred_contact_time: Option<String>,
     pub is_active: bool,
+
+    /// The customer asked Meta to stop marketing messages (`user_preferences`
+    /// `stop`) and has not resumed: MARKETING templates are refused locally.
+    pub marketing_opted_out: bool,
+    /// Meta's time of the preference applied; older ones are ignored.
+    pub marketing_preference_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

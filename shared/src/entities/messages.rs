@@ -279,6 +279,13 @@ pub struct Model {
     pub provider: String,
     pub provider_status: Option<String>,
     pub metadata: Option<Json>,
+
+    /// The `pricing` of the message's status receipts (Meta's
+    /// `pricing_model`, `type`, `category`, `billable`).
+    pub pricing_model: Option<String>,
+    pub pricing_type: Option<String>,
+    pub pricing_category: Option<String>,
+    pub billable: Option<bool>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

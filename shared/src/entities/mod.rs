@@ -5,6 +5,7 @@ pub mod agents;
 pub mod api_keys;
 pub mod audit_log;
 pub mod blocked_numbers;
+pub mod calls;
 pub mod chat_assignments;
 pub mod chat_labels;
 pub mod chats;
@@ -40,6 +41,7 @@ pub mod prelude {
     pub use super::api_keys::Entity as ApiKeys;
     pub use super::audit_log::Entity as AuditLog;
     pub use super::blocked_numbers::Entity as BlockedNumbers;
+    pub use super::calls::Entity as Calls;
     pub use super::chat_assignments::Entity as ChatAssignments;
     pub use super::chat_labels::Entity as ChatLabels;
     pub use super::chats::Entity as Chats;

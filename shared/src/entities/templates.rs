@@ -35,6 +35,14 @@ pub struct Model {
     pub whatsapp_template_name: Option<String>,
     pub last_used_at: Option<DateTimeUtc>,
     pub is_active: bool,
+
+    /// A category change Meta announced (`correct_category`) and when it
+    /// takes effect; cleared once Meta reports it done.
+    pub pending_category: Option<String>,
+    pub pending_category_at: Option<DateTimeUtc>,
+    /// Meta's time of the status update last applied: an older one
+    /// (late or replayed) does not undo it.
+    pub status_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -45,6 +45,30 @@ pub struct Model {
     pub webhook_status: Option<String>,
     pub business_profile: Option<Json>,
     pub last_sync_at: Option<DateTimeUtc>,
+
+    /// The number's health as Meta last reported it (account and
+    /// phone-number webhooks): `GREEN`/`YELLOW`/`RED`/`UNKNOWN`.
+    pub quality_rating: Option<String>,
+    /// `TIER_250`, `TIER_1K`, …, `TIER_UNLIMITED`.
+    pub messaging_limit_tier: Option<String>,
+    /// The display name's review: `APPROVED`, `REJECTED`, `PENDING`, …
+    pub name_status: Option<String>,
+    pub verified_name: Option<String>,
+    /// The last `account_update` event (`ACCOUNT_RESTRICTION`, …).
+    pub account_status: Option<String>,
+    /// What restricts the account (`restriction_info`, a ban's
+    /// `ban_info`), or null when lifted.
+    pub restrictions: Option<Json>,
+    pub business_capabilities: Option<Json>,
+    /// The last `account_alerts` value.
+    pub last_alert: Option<Json>,
+    /// Meta's time of the last update applied, per group: an older one
+    /// changes nothing.
+    pub quality_updated_at: Option<DateTimeUtc>,
+    pub name_updated_at: Option<DateTimeUtc>,
+    pub account_updated_at: Option<DateTimeUtc>,
+    pub alert_updated_at: Option<DateTimeUtc>,
+    pub capabilities_updated_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -79,6 +79,40 @@ pub(super) async fn upsert_chats<C: ConnectionTrait>(
     Ok((out, created_chats))
 }
 
+/// The customer's chat, created if it has none (counted in the customer's
+/// `total_chats`, as for a message's chat); `true` when created now.
+pub(super) async fn chat_of<C: ConnectionTrait>(
+    db: &C,
+    customer: &customers::Model,
+    now: DateTime<Utc>,
+) -> Result<(chats::Model, bool), DbErr> {
+    let inserted = chats::Entity::insert(new_chat(Uuid::now_v7(), customer, now))
+        .on_conflict(
+            OnConflict::columns([chats::Column::ConfigId, chats::Column::CustomerId])
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    if inserted > 0 {
+        customers::Entity::update_many()
+            .col_expr(
+                customers::Column::TotalChats,
+                Expr::col(customers::Column::TotalChats).add(1),
+            )
+            .filter(customers::Column::Id.eq(customer.id))
+            .exec(db)
+            .await?;
+    }
+    let chat = chats::Entity::find()
+        .filter(chats::Column::ConfigId.eq(customer.config_id))
+        .filter(chats::Column::CustomerId.eq(customer.id))
+        .one(db)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("chat of customer {}", customer.id)))?;
+    Ok((chat, inserted > 0))
+}
+
 fn new_chat(id: Uuid, customer: &customers::Model, now: DateTime<Utc>) -> chats::ActiveModel {
     chats::ActiveModel {
         id: Set(id),

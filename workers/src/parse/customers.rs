@@ -30,6 +30,31 @@ impl Sender {
     pub fn key(&self) -> Option<&str> {
         self.wa_id.as_deref().or(self.user_id.as_deref())
     }
+
+    /// The rows of this person: by `wa_id` or by `user_id`.
+    pub fn rows(&self) -> Condition {
+        let mut keys = Condition::any();
+        if let Some(w) = &self.wa_id {
+            keys = keys.add(customers::Column::WaId.eq(w.as_str()));
+        }
+        if let Some(u) = &self.user_id {
+            keys = keys.add(customers::Column::UserId.eq(u.as_str()));
+        }
+        keys
+    }
+}
+
+/// Inserts `am` unless its person exists (either unique key): two writers
+/// never both create the same customer.
+pub(super) async fn insert_if_absent<C: ConnectionTrait>(
+    db: &C,
+    am: customers::ActiveModel,
+) -> Result<(), DbErr> {
+    customers::Entity::insert(am)
+        .on_conflict(OnConflict::new().do_nothing().to_owned())
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
 }
 
 /// A new customer row for `sender`, first and last seen at `seen_at`.
@@ -66,6 +91,32 @@ pub(super) fn new_customer(
     }
 }
 
+/// Finds or creates a customer met without a message (a preference, a
+/// call): a new row opens no 24-hour window and sets no contact times.
+pub(super) async fn customer_without_message<C: ConnectionTrait>(
+    db: &C,
+    config_id: Uuid,
+    sender: &Sender,
+    now: DateTime<Utc>,
+) -> Result<customers::Model, DbErr> {
+    let mut am = new_customer(Uuid::now_v7(), config_id, sender, now, now);
+    am.last_contact_at = Set(None);
+    am.last_inbound_at = Set(None);
+    am.first_contact_at = Set(None);
+    insert_if_absent(db, am).await?;
+    customers::Entity::find()
+        .filter(customers::Column::ConfigId.eq(config_id))
+        .filter(sender.rows())
+        .one(db)
+        .await?
+        .ok_or_else(|| {
+            DbErr::RecordNotFound(format!(
+                "customer {:?} of config {config_id} neither inserted nor found",
+                sender.key()
+            ))
+        })
+}
+
 /// Finds or creates the customer, then brings its profile up to date: the
 /// general path, for senders with a `user_id` ([`upsert_customers`] upserts
 /// the common phone-number-only senders in one statement).
@@ -83,22 +134,11 @@ pub(super) async fn upsert_customer<C: ConnectionTrait>(
     now: DateTime<Utc>,
 ) -> Result<customers::Model, DbErr> {
     let id = Uuid::now_v7();
-    let am = new_customer(id, config_id, sender, seen_at, now);
-    customers::Entity::insert(am)
-        .on_conflict(OnConflict::new().do_nothing().to_owned())
-        .exec_without_returning(db)
-        .await?;
+    insert_if_absent(db, new_customer(id, config_id, sender, seen_at, now)).await?;
 
-    let mut keys = Condition::any();
-    if let Some(w) = &sender.wa_id {
-        keys = keys.add(customers::Column::WaId.eq(w.as_str()));
-    }
-    if let Some(u) = &sender.user_id {
-        keys = keys.add(customers::Column::UserId.eq(u.as_str()));
-    }
     let rows = customers::Entity::find()
         .filter(customers::Column::ConfigId.eq(config_id))
-        .filter(keys)
+        .filter(sender.rows())
         .all(db)
         .await?;
     let by_wa = rows

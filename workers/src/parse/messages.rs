@@ -107,7 +107,7 @@ pub(super) async fn store_inbound<C: ConnectionTrait>(
             ids[i].0,
             chat_id,
             customer_id,
-            conversation_of[n],
+            Some(conversation_of[n]),
             &rows[i],
             now,
         ));
@@ -115,14 +115,7 @@ pub(super) async fn store_inbound<C: ConnectionTrait>(
     let mut inserted = 0;
     for chunk in pow2_chunks(models, CHUNK) {
         inserted += messages::Entity::insert_many(chunk)
-            .on_conflict(
-                OnConflict::columns([
-                    messages::Column::ConfigId,
-                    messages::Column::ProviderMessageId,
-                ])
-                .do_nothing()
-                .to_owned(),
-            )
+            .on_conflict(wamid_stored())
             .exec_without_returning(db)
             .await?;
     }
@@ -270,11 +263,23 @@ async fn existing_messages<C: ConnectionTrait>(
     Ok(out)
 }
 
-fn new_message(
+/// A message whose wamid the config already has is not stored again.
+pub(super) fn wamid_stored() -> OnConflict {
+    OnConflict::columns([
+        messages::Column::ConfigId,
+        messages::Column::ProviderMessageId,
+    ])
+    .do_nothing()
+    .to_owned()
+}
+
+/// An inbound message's row (the coexistence imports adapt it for the
+/// business's own messages).
+pub(super) fn new_message(
     id: Uuid,
     chat_id: Uuid,
     customer_id: Uuid,
-    conversation_id: Uuid,
+    conversation_id: Option<Uuid>,
     r: &PendingMessage,
     now: DateTime<Utc>,
 ) -> messages::ActiveModel {
@@ -286,7 +291,7 @@ fn new_message(
         config_id: Set(config_id),
         chat_id: Set(chat_id),
         customer_id: Set(customer_id),
-        conversation_id: Set(Some(conversation_id)),
+        conversation_id: Set(conversation_id),
         provider_message_id: Set(Some(m.provider_message_id.clone())),
         direction: Set(Direction::Inbound),
         origin: Set(Origin::User),

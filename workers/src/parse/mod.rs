@@ -25,13 +25,17 @@
 //!   event.
 
 mod batch;
+mod calls;
 mod chats;
+mod coexistence;
 mod conversations;
 mod customers;
 mod effects;
 pub mod extract;
 mod fanout;
+mod health;
 mod messages;
+mod preferences;
 mod receipts;
 mod route;
 mod settle;
@@ -61,6 +65,7 @@ use route::{Collected, Position, Routes};
 use summary::Summary;
 
 pub use conversations::expire_conversations;
+pub use health::{HEALTH_EVENTS, METRIC_HEALTH_EVENTS_TOTAL};
 pub use settle::{Settled, mark_failed};
 pub use summary::{
     METRIC_CHANGES_TOTAL, METRIC_EVENTS_TOTAL, METRIC_MESSAGE_LAG_SECONDS, METRIC_MESSAGES_TOTAL,

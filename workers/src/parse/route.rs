@@ -20,7 +20,7 @@ use wapipe_shared::whatsapp::{self as wa, Change, Contact, MetaError, Status};
 use super::customers::Sender;
 use super::extract::{Inbound, clean_json, extract_message};
 use super::summary::Summary;
-use super::templates;
+use super::{calls, coexistence, health, preferences, templates};
 
 /// The messages and receipts of a batch, gathered change by change and
 /// then stored together ([`super::messages`], [`super::receipts`]).
@@ -264,7 +264,41 @@ pub(super) async fn apply_change<'a, C: ConnectionTrait>(
     if change.field.is_some_and(|f| templates::FIELDS.contains(&f)) {
         for cfg in &targets {
             summary.templates_updated +=
-                templates::apply_template_update(db, cfg.id, change.value, pos.now).await?;
+                templates::apply_template_update(db, cfg.id, change.value, change.time(), pos.now)
+                    .await?;
+        }
+        return Ok(());
+    }
+
+    if change.field.is_some_and(|f| health::FIELDS.contains(&f)) {
+        let applied = health::apply(db, &targets, change, pos.ev.received_at, pos.now).await?;
+        summary.configs_updated += applied.rows;
+        summary.health_events.extend(applied.degraded);
+        // Also kept as Meta sent it, below: the columns hold the latest state only.
+    }
+    if let Some(f @ (coexistence::ECHOES | coexistence::HISTORY | coexistence::STATE_SYNC)) =
+        change.field
+    {
+        for cfg in &targets {
+            summary.coexistence_applied +=
+                coexistence::apply(db, cfg, f, change.value, pos).await?;
+        }
+        return Ok(());
+    }
+    if change.field == Some(calls::FIELD) {
+        for cfg in &targets {
+            let applied = calls::apply(db, cfg.id, change.value, pos.now).await?;
+            summary.calls_updated += applied.changed;
+            for _ in 0..applied.skipped {
+                summary.unknown("call_without_id_or_customer");
+            }
+        }
+        return Ok(());
+    }
+    if change.field == Some(preferences::FIELD) {
+        for cfg in &targets {
+            summary.preferences_applied +=
+                preferences::apply(db, cfg.id, change.value, pos.now).await?;
         }
         return Ok(());
     }

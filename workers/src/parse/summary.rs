@@ -38,6 +38,7 @@ pub const UNKNOWN_KINDS: &[&str] = &[
     "status",
     "status_without_id",
     "field",
+    "call_without_id_or_customer",
 ];
 
 /// Per-outcome counts, for `processed_data`.
@@ -66,6 +67,17 @@ pub(super) struct Summary {
     /// messages (they had arrived before their target).
     late_effects_applied: u64,
     pub(super) templates_updated: u64,
+    /// Customers' marketing preferences that changed a row.
+    pub(super) preferences_applied: u64,
+    /// Messages imported (echoes, history) and customers renamed
+    /// (coexistence with the WhatsApp Business app).
+    pub(super) coexistence_applied: u64,
+    /// Calls created or changed (`calls` field).
+    pub(super) calls_updated: u64,
+    /// Config rows account and number health updates wrote.
+    pub(super) configs_updated: u64,
+    /// Degradations reported ([`super::health::HEALTH_EVENTS`]).
+    pub(super) health_events: Vec<&'static str>,
     unknown: BTreeMap<&'static str, u64>,
     /// Value-level `errors[]`, with the config they came for.
     pub(super) errors: Vec<Value>,
@@ -167,6 +179,10 @@ pub(super) fn record_metrics(changes: &[Change<'_>], summary: &Summary) {
     }
     if summary.unroutable_changes > 0 {
         metrics::counter!(METRIC_UNROUTABLE_TOTAL).increment(summary.unroutable_changes);
+    }
+    for event in &summary.health_events {
+        metrics::counter!(super::health::METRIC_HEALTH_EVENTS_TOTAL, "event" => *event)
+            .increment(1);
     }
 }
 

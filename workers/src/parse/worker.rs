@@ -18,6 +18,7 @@ pub const REGISTRATION: Registration = Registration {
 };
 
 fn build(deps: &Deps) -> Result<Arc<dyn Worker>, BuildError> {
+    super::health::describe_metrics();
     Ok(typed(ParseWorker { deps: deps.clone() }))
 }
 
