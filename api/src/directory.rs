@@ -49,6 +49,11 @@ pub struct Customer {
     pub notes: Option<String>,
     pub language: Option<String>,
     pub whatsapp_name: Option<String>,
+    /// The user's WhatsApp `@username`, when they set one.
+    pub username: Option<String>,
+    /// The customer stopped marketing messages (MARKETING templates are
+    /// refused with 131050 until they resume).
+    pub marketing_opted_out: bool,
     pub whatsapp_profile_picture: Option<String>,
     pub is_verified: bool,
     pub total_chats: i32,
@@ -116,6 +121,8 @@ pub async fn customer(
         notes: c.notes,
         language: c.language,
         whatsapp_name: c.whatsapp_name,
+        username: c.username,
+        marketing_opted_out: c.marketing_opted_out,
         whatsapp_profile_picture: c.whatsapp_profile_picture,
         is_verified: c.is_verified,
         total_chats: c.total_chats,

@@ -471,6 +471,10 @@ async fn meta_state_refusals_and_pricing(api: Api) {
         .exec(&api.db)
         .await
         .expect("opt out");
+    let r = api
+        .get(&admin, &format!("/api/whatsapp/customers/{customer}"))
+        .await;
+    assert_eq!(r.body["marketingOptedOut"], true, "{r:?}");
     let r = api.post(&admin, &path, send("promo")).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{r:?}");
     assert_eq!(r.body["error"]["code"], "131050");

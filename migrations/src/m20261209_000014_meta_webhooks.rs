@@ -59,6 +59,8 @@ fn new_columns() -> Vec<(&'static str, ColumnDef)> {
             .into_iter()
             .map(|(t, c)| (t, timestamp_with_time_zone_null(c))),
     );
+    // The user's `@username` (contacts' `profile.username`).
+    cols.push(("customers", string_null("username")));
     for c in [
         "quality_rating",
         "messaging_limit_tier",

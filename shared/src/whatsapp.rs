@@ -266,6 +266,8 @@ pub struct Contact {
     pub wa_id: Option<String>,
     pub user_id: Option<String>,
     pub name: Option<String>,
+    /// `profile.username` (`@name`) of a user who set one.
+    pub username: Option<String>,
 }
 
 impl Contact {
@@ -274,6 +276,7 @@ impl Contact {
             wa_id: lenient_string(v.get("wa_id")).map(bounded_id),
             user_id: lenient_string(v.get("user_id")).map(bounded_id),
             name: text(v.get("profile").and_then(|p| p.get("name"))),
+            username: text(v.get("profile").and_then(|p| p.get("username"))).map(bounded_id),
         }
     }
 }
@@ -430,7 +433,8 @@ mod tests {
             vec![Contact {
                 wa_id: None,
                 user_id: Some("US.1".into()),
-                name: Some("A".into())
+                name: Some("A".into()),
+                username: None,
             }]
         );
         let st = Status::from_value(&cs[0].statuses()[0]);

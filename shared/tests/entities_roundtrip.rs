@@ -386,6 +386,7 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         is_active: false,
         marketing_opted_out: true,
         marketing_preference_at: Some(ts(13)),
+        username: Some("@zoé".to_owned()),
     };
     let customer =
         roundtrip::<customers::Entity, _>(db, "customers", customer.clone(), customer.id).await;

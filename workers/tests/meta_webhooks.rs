@@ -1002,3 +1002,84 @@ async fn corpus_coexistence(b: Backend) {
     assert_eq!(env.counts().await, counts, "replay");
 }
 both_backends!(corpus_coexistence);
+
+/// A user's `@username` (contacts' `profile.username`) is kept on the
+/// customer, for phone-number senders and BSUID-only ones, and a later
+/// message without it keeps it.
+async fn usernames_are_kept(b: Backend) {
+    let env = env(b).await;
+    let from = |wa_id: &str, user_id: Option<&str>, username: Option<&str>, id: &str, ts: i64| {
+        let mut contact = json!({"profile": {"name": "Nick"}, "wa_id": wa_id});
+        if let Some(u) = user_id {
+            contact["user_id"] = json!(u);
+        }
+        if let Some(u) = username {
+            contact["profile"]["username"] = json!(u);
+        }
+        let mut m = text_msg(id, wa_id, ts, "hi");
+        if wa_id.is_empty() {
+            m.as_object_mut().map(|o| o.remove("from"));
+            m["from_user_id"] = json!(user_id);
+        }
+        envelope(messages_value(json!([contact]), json!([m])))
+    };
+    let user = |key: (&'static str, String)| {
+        let env = &env;
+        async move {
+            customers::Entity::find()
+                .filter(match key.0 {
+                    "wa_id" => customers::Column::WaId.eq(key.1),
+                    _ => customers::Column::UserId.eq(key.1),
+                })
+                .one(&env.db)
+                .await
+                .expect("query")
+                .expect("customer")
+        }
+    };
+    let (_, c) = post_and_replay(
+        &env,
+        &from(CUSTOMER, None, Some("@nick"), "wamid.u-1", 1_760_000_000),
+        || user(("wa_id", CUSTOMER.to_owned())),
+    )
+    .await;
+    assert_eq!(c.username.as_deref(), Some("@nick"));
+    env.post(&from(CUSTOMER, None, None, "wamid.u-2", 1_760_000_010))
+        .await;
+    assert_eq!(
+        user(("wa_id", CUSTOMER.to_owned()))
+            .await
+            .username
+            .as_deref(),
+        Some("@nick"),
+        "kept"
+    );
+    let (_, c) = post_and_replay(
+        &env,
+        &from(
+            "",
+            Some("DE.77"),
+            Some("@only_bsuid"),
+            "wamid.u-3",
+            1_760_000_020,
+        ),
+        || user(("user_id", "DE.77".to_owned())),
+    )
+    .await;
+    assert_eq!(
+        (c.wa_id, c.username.as_deref()),
+        (None, Some("@only_bsuid"))
+    );
+
+    let Some(body) = corpus_sample("messages", "whatsapp-api-js-v25-incoming.json") else {
+        eprintln!("skipped the sample: shared/meta-corpus is not present");
+        return;
+    };
+    add_config(&env.db, "123456123", "1", "Test Co").await;
+    let (_, c) = post_and_replay(&env, &body, || user(("wa_id", "16315551181".to_owned()))).await;
+    assert_eq!(
+        (c.username.as_deref(), c.user_id.as_deref()),
+        (Some("@testusername"), Some("US.13491208655302741918"))
+    );
+}
+both_backends!(usernames_are_kept);

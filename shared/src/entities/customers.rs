@@ -48,6 +48,8 @@ pub struct Model {
     pub marketing_opted_out: bool,
     /// Meta's time of the preference applied; older ones are ignored.
     pub marketing_preference_at: Option<DateTimeUtc>,
+    /// The user's WhatsApp `@username` (`contacts[].profile.username`).
+    pub username: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -80,6 +80,7 @@ fn customer_of(contacts: &[Contact], wa_id: Option<String>) -> Sender {
         wa_id: wa_id.or_else(|| contact.and_then(|c| c.wa_id.clone())),
         user_id: contact.and_then(|c| c.user_id.clone()),
         name: contact.and_then(|c| c.name.clone()),
+        username: contact.and_then(|c| c.username.clone()),
     }
 }
 

@@ -70,6 +70,7 @@ pub(super) async fn apply<C: ConnectionTrait>(
                         wa_id: lenient_string(raw.get("to")).map(bounded_id),
                         user_id: lenient_string(raw.get("to_user_id")).map(bounded_id),
                         name: None,
+                        username: None,
                     };
                     Past {
                         m,
@@ -108,6 +109,7 @@ pub(super) async fn apply<C: ConnectionTrait>(
                     },
                     user_id: None,
                     name: None,
+                    username: None,
                 };
                 let status = raw
                     .get("history_context")
@@ -296,6 +298,7 @@ async fn rename<C: ConnectionTrait>(
             wa_id: Some(phone),
             user_id: None,
             name: None,
+            username: None,
         };
         let c = customer_without_message(db, config_id, &sender, now).await?;
         let name = clean_str(name);

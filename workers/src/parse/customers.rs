@@ -23,6 +23,8 @@ pub(super) struct Sender {
     pub wa_id: Option<String>,
     pub user_id: Option<String>,
     pub name: Option<String>,
+    /// The user's `@username`, when the contact shows one.
+    pub username: Option<String>,
 }
 
 impl Sender {
@@ -75,6 +77,7 @@ pub(super) fn new_customer(
         phone_number: Set(sender.wa_id.clone()),
         name: Set(sender.name.clone()),
         whatsapp_name: Set(sender.name.clone()),
+        username: Set(sender.username.clone()),
         email: Set(None),
         whatsapp_profile_picture: Set(None),
         tags: Set(None),
@@ -175,6 +178,12 @@ pub(super) async fn upsert_customer<C: ConnectionTrait>(
             out.name = Some(name.clone());
         }
     }
+    if let Some(u) = &sender.username
+        && out.username.as_ref() != Some(u)
+    {
+        am.username = Set(Some(u.clone()));
+        out.username = Some(u.clone());
+    }
     // The identity keys a row lacks are filled in only when no other row
     // holds them, so the unique indexes are never violated.
     if let Some(w) = &sender.wa_id
@@ -235,6 +244,10 @@ fn customer_refresh() -> OnConflict {
             Func::coalesce([new(Cu::WhatsappName), old(Cu::WhatsappName)]),
         )
         .value(
+            Cu::Username,
+            Func::coalesce([new(Cu::Username), old(Cu::Username)]),
+        )
+        .value(
             Cu::Name,
             Expr::case(
                 Condition::any()
@@ -280,6 +293,9 @@ pub(super) async fn upsert_customers<C: ConnectionTrait>(
         });
         if r.sender.name.is_some() {
             s.name = r.sender.name.clone();
+        }
+        if r.sender.username.is_some() {
+            s.username = r.sender.username.clone();
         }
     }
     let mut out = HashMap::with_capacity(order.len());

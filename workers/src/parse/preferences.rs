@@ -40,6 +40,7 @@ pub(super) async fn apply<D: ConnectionTrait>(
             wa_id: lenient_string(p.get("wa_id")).map(bounded_id),
             user_id: lenient_string(p.get("user_id")).map(bounded_id),
             name: None,
+            username: None,
         };
         if sender.key().is_none() {
             continue;

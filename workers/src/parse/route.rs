@@ -194,6 +194,7 @@ fn sender_of(m: &Inbound, contacts: &[Contact]) -> Sender {
             .clone()
             .or_else(|| contact.and_then(|c| c.user_id.clone())),
         name: contact.and_then(|c| c.name.clone()),
+        username: contact.and_then(|c| c.username.clone()),
     }
 }
 
@@ -397,10 +398,12 @@ mod tests {
             wa_id: None,
             user_id: Some("US.1".into()),
             name: Some("N".into()),
+            username: Some("@n".into()),
         }];
         let s = sender_of(&m, &contacts);
         assert_eq!(s.key(), Some("US.1"));
         assert_eq!(s.name.as_deref(), Some("N"));
+        assert_eq!(s.username.as_deref(), Some("@n"));
         let m = extract_message(&json!({"id":"w","from":"49","type":"text"}));
         assert_eq!(sender_of(&m, &contacts).key(), Some("49"));
         assert_eq!(sender_of(&m, &[]).name, None);
