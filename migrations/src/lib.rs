@@ -19,6 +19,10 @@ mod m20261207_000011_chats_sort_index;
 mod m20261208_000012_webhook_endpoints;
 mod m20261209_000014_meta_webhooks;
 
+/// A hash of these migrations' sources as compiled (see build.rs): what
+/// the test kit names its migrated templates by.
+pub const SOURCE_HASH: &str = env!("WAPIPE_MIGRATIONS_SOURCE_HASH");
+
 pub struct Migrator;
 
 #[async_trait::async_trait]
