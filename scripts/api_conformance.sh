@@ -135,7 +135,12 @@ cat >"$WORK/schemathesis.toml" <<TOML
 base-url = "http://$LISTEN"
 headers = { Authorization = "Bearer $KEY" }
 request-timeout = 10.0
-workers = 2
+# One worker thread: with two, CPython 3.11.7 (Debian's and this machine's)
+# now and then raises "AST constructor recursion depth mismatch" while
+# Hypothesis compiles strategies in both threads at once (a CPython race,
+# fixed in later releases), and Schemathesis reports a runtime error though
+# every case passed.
+workers = 1
 
 [generation]
 max-examples = $MAX_EXAMPLES
