@@ -367,7 +367,7 @@ impl Limits {
         slot - now
     }
 
-    /// Jobs holding a reservation now (for tests and the gauge).
+    /// Jobs holding a reservation now (for tests).
     pub fn reserved(&self) -> usize {
         lock(&self.reservations).len()
     }
