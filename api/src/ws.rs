@@ -6,16 +6,23 @@
 //! after its high-water mark (woken by the broker's real-time fan-out,
 //! which the workers publish to after a commit and the API after a write
 //! request ([`wake_layer`]), and by a short timer, which covers the rest:
-//! `wapipe send`, a lost wake-up) and sends each on a
-//! broadcast channel of `ws_max_buffer` events, shared by every client. So
-//! the server's memory is that buffer whatever the number of clients; a
-//! client more than that many events behind is closed with 1013 and
+//! `wapipe send`, a lost wake-up) and routes each, serialised once and
+//! shared, to the queue of every client that may see it. An agent who
+//! sees only their chats is routed only their chats' events: with a
+//! thousand agents connected, each task wakes for its own events, not for
+//! every event of the deployment (one shared broadcast made every task
+//! step through everything, and at 1,000 events/s most were closed as too
+//! slow). A queue holds at most `ws_max_buffer` events, pointers to the
+//! shared ones; a client that many events behind is closed with 1013 and
 //! resumes with `after`.
 //!
-//! The seam: the poller sends a batch and moves its mark under one lock,
+//! The seam: the poller routes a batch and moves its mark under one lock,
 //! and a client subscribes and reads the mark under the same lock. Every
-//! event up to the mark was sent before the client subscribed (it replays
-//! those from the table), every later one after (its receiver has them).
+//! event up to the mark was routed before the client subscribed (it
+//! replays those from the table), every later one after (its queue has
+//! them). An agent's queue gets every event of its configs until it has
+//! read its assigned chats; the hub then applies the ownership changes it
+//! routed meanwhile to what was read (see [`Hub::settle`]).
 //!
 //! Auth: `Authorization: Bearer KEY`, or for browsers (which cannot set
 //! headers on a WebSocket) the subprotocols `wapipe.v1` and
@@ -24,7 +31,8 @@
 //! Heartbeats: a ping every `ws_ping_every` (20 s); a client silent for
 //! `ws_idle_timeout` (60 s: no pong, no message) is closed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,7 +43,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
 use serde::Deserialize;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use utoipa::IntoParams;
@@ -108,11 +116,173 @@ impl Live {
     }
 }
 
+/// A client's place in the hub.
+struct Route {
+    tx: mpsc::Sender<Arc<Live>>,
+    /// Set when the client fell `buffer` events behind (its queue was full).
+    lagged: Arc<AtomicBool>,
+    configs: Option<Vec<Uuid>>,
+    /// For an agent who sees only their chats.
+    agent: Option<AgentRoute>,
+}
+
+struct AgentRoute {
+    agent: Uuid,
+    /// The chats the agent sees now.
+    chats: HashSet<Uuid>,
+    /// While the client reads its assigned chats from the database: every
+    /// event of its configs goes to it (it filters them itself), and the
+    /// ownership changes seen meanwhile, last one per chat, to apply to
+    /// what it read.
+    pending: Option<HashMap<Uuid, bool>>,
+}
+
+impl Route {
+    fn wants_config(&self, config: Uuid) -> bool {
+        self.configs.as_ref().is_none_or(|c| c.contains(&config))
+    }
+}
+
+/// Who gets which event: the hub's state, under one lock with the mark.
+#[derive(Default)]
+struct Routes {
+    /// The poller's mark: every event up to it has been routed.
+    mark: i64,
+    next_id: u64,
+    clients: HashMap<u64, Route>,
+    /// Clients that see every chat of their configs.
+    wide: Vec<u64>,
+    /// Agent clients still reading their chats.
+    pending: Vec<u64>,
+    /// Agent clients (past pending) by agent and by the chats they see.
+    by_agent: HashMap<Uuid, Vec<u64>>,
+    by_chat: HashMap<Uuid, Vec<u64>>,
+}
+
+fn unlist(list: &mut Vec<u64>, id: u64) {
+    list.retain(|&x| x != id);
+}
+
+fn unlist_in(map: &mut HashMap<Uuid, Vec<u64>>, key: Uuid, id: u64) {
+    if let Some(list) = map.get_mut(&key) {
+        unlist(list, id);
+        if list.is_empty() {
+            map.remove(&key);
+        }
+    }
+}
+
+impl Routes {
+    fn remove(&mut self, id: u64) {
+        let Some(route) = self.clients.remove(&id) else {
+            return;
+        };
+        match route.agent {
+            None => unlist(&mut self.wide, id),
+            Some(a) if a.pending.is_some() => unlist(&mut self.pending, id),
+            Some(a) => {
+                unlist_in(&mut self.by_agent, a.agent, id);
+                for chat in a.chats {
+                    unlist_in(&mut self.by_chat, chat, id);
+                }
+            }
+        }
+    }
+
+    /// Queues `live` for client `id`; a client whose queue is full is
+    /// marked too slow and returned for removal.
+    fn deliver(&self, id: u64, live: &Arc<Live>, gone: &mut Vec<u64>) {
+        let Some(route) = self.clients.get(&id) else {
+            return;
+        };
+        if !route.wants_config(live.config_id) {
+            return;
+        }
+        match route.tx.try_send(live.clone()) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                route.lagged.store(true, Ordering::Release);
+                gone.push(id);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => gone.push(id),
+        }
+    }
+
+    /// Routes one event: to the wide clients, the pending ones, the agents
+    /// who see its chat, and the agent it is given to (see [`Client::sees`]:
+    /// the same rule, applied here so that an agent's task wakes only for
+    /// its own chats).
+    fn route(&mut self, live: &Arc<Live>, gone: &mut Vec<u64>) {
+        for &id in &self.wide {
+            self.deliver(id, live, gone);
+        }
+        for &id in &self.pending {
+            self.deliver(id, live, gone);
+        }
+        if let (Some(owner), Some(chat)) = (live.chat_owner, live.chat_id) {
+            for &id in &self.pending {
+                if let Some(a) = self.clients.get_mut(&id).and_then(|r| r.agent.as_mut())
+                    && let Some(changes) = a.pending.as_mut()
+                {
+                    changes.insert(chat, owner == Some(a.agent));
+                }
+            }
+        }
+        let Some(chat) = live.chat_id else {
+            return;
+        };
+        let seeing = self.by_chat.get(&chat).cloned().unwrap_or_default();
+        for &id in &seeing {
+            self.deliver(id, live, gone);
+        }
+        let Some(owner) = live.chat_owner else {
+            return;
+        };
+        // The event that takes the chat away is the last its agent sees.
+        for &id in &seeing {
+            if let Some(a) = self.clients.get_mut(&id).and_then(|r| r.agent.as_mut())
+                && owner != Some(a.agent)
+            {
+                a.chats.remove(&chat);
+                unlist_in(&mut self.by_chat, chat, id);
+            }
+        }
+        // The event that gives it brings it and its later events.
+        let Some(owner) = owner else {
+            return;
+        };
+        let newly: Vec<u64> = self
+            .by_agent
+            .get(&owner)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|id| !seeing.contains(id))
+            .collect();
+        for id in newly {
+            if let Some(a) = self.clients.get_mut(&id).and_then(|r| r.agent.as_mut()) {
+                a.chats.insert(chat);
+                self.by_chat.entry(chat).or_default().push(id);
+            }
+            self.deliver(id, live, gone);
+        }
+    }
+}
+
+/// A client's end of the hub.
+struct Subscription {
+    id: u64,
+    rx: mpsc::Receiver<Arc<Live>>,
+    lagged: Arc<AtomicBool>,
+    /// Every event up to it is in the table; every later one comes on `rx`.
+    mark: i64,
+}
+
 /// The process's live events (see the module's notes).
 pub struct Hub {
-    tx: broadcast::Sender<Arc<Live>>,
-    /// The poller's mark: every event up to it has been sent on `tx`.
-    mark: Mutex<i64>,
+    routes: Mutex<Routes>,
+    /// Events a client may be behind before it is closed.
+    buffer: usize,
     /// Set once the poller has its first mark.
     ready: watch::Sender<bool>,
     /// Cancelled when the process shuts down: clients say goodbye.
@@ -121,52 +291,130 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(buffer: usize) -> Arc<Self> {
-        let (tx, _) = broadcast::channel(buffer.max(1));
         Arc::new(Self {
-            tx,
-            mark: Mutex::new(0),
+            routes: Mutex::new(Routes::default()),
+            buffer: buffer.max(1),
             ready: watch::Sender::new(false),
             stop: CancellationToken::new(),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, i64> {
-        // The lock guards a plain number: a panic elsewhere cannot leave it
-        // half-written.
-        self.mark.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Routes> {
+        // Every change to the routes is completed before the lock is let
+        // go, and none panics midway: a poisoned lock holds whole state.
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn start(&self, mark: i64) {
-        *self.lock() = mark;
+        self.lock().mark = mark;
         self.ready.send_replace(true);
     }
 
-    /// Sends events (in order, after the mark) and moves the mark.
+    /// Routes events (in order, after the mark) and moves the mark.
     fn publish(&self, batch: Vec<Live>) {
-        let mut mark = self.lock();
+        let mut routes = self.lock();
+        let mut gone = Vec::new();
         for live in batch {
             let seq = live.seq;
-            // No receiver is fine: nobody is connected.
-            let _ = self.tx.send(Arc::new(live));
-            *mark = seq;
+            routes.route(&Arc::new(live), &mut gone);
+            routes.mark = seq;
+            for id in gone.drain(..) {
+                routes.remove(id);
+            }
         }
     }
 
-    /// A receiver of everything after the returned mark, once the poller
-    /// runs.
-    async fn subscribe(&self) -> Option<(broadcast::Receiver<Arc<Live>>, i64)> {
+    /// A queue of everything after the returned mark that `scope` may see,
+    /// once the poller runs. An agent's queue starts pending: call
+    /// [`Hub::settle`] with the chats read after this.
+    async fn subscribe(&self, scope: &Scope) -> Option<Subscription> {
         let mut ready = self.ready.subscribe();
         tokio::time::timeout(READY_WAIT, ready.wait_for(|r| *r))
             .await
             .ok()?
             .ok()?;
-        let mark = self.lock();
-        Some((self.tx.subscribe(), *mark))
+        let (tx, rx) = mpsc::channel(self.buffer);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let mut routes = self.lock();
+        let id = routes.next_id;
+        routes.next_id += 1;
+        let agent = scope.only_chats_of.map(|agent| AgentRoute {
+            agent,
+            chats: HashSet::new(),
+            pending: Some(HashMap::new()),
+        });
+        if agent.is_some() {
+            routes.pending.push(id);
+        } else {
+            routes.wide.push(id);
+        }
+        routes.clients.insert(
+            id,
+            Route {
+                tx,
+                lagged: lagged.clone(),
+                configs: scope.configs.clone(),
+                agent,
+            },
+        );
+        Some(Subscription {
+            id,
+            rx,
+            lagged,
+            mark: routes.mark,
+        })
+    }
+
+    /// An agent client's chats are read: from now on it gets only theirs.
+    /// `assigned` was read after [`Hub::subscribe`]; the ownership changes
+    /// routed since are applied to it in order, so the hub's view ends as
+    /// the client's own.
+    fn settle(&self, id: u64, assigned: HashSet<Uuid>) {
+        let mut routes = self.lock();
+        let Some(a) = routes.clients.get_mut(&id).and_then(|r| r.agent.as_mut()) else {
+            return;
+        };
+        let Some(changes) = a.pending.take() else {
+            return;
+        };
+        let mut chats = assigned;
+        for (chat, mine) in changes {
+            if mine {
+                chats.insert(chat);
+            } else {
+                chats.remove(&chat);
+            }
+        }
+        a.chats = chats.clone();
+        let agent = a.agent;
+        unlist(&mut routes.pending, id);
+        routes.by_agent.entry(agent).or_default().push(id);
+        for chat in chats {
+            routes.by_chat.entry(chat).or_default().push(id);
+        }
+    }
+
+    fn leave(&self, id: u64) {
+        self.lock().remove(id);
     }
 
     /// The poller's mark now.
     pub fn mark(&self) -> i64 {
-        *self.lock()
+        self.lock().mark
+    }
+
+    /// Connected clients (for tests and the gauge's cross-check).
+    pub fn clients(&self) -> usize {
+        self.lock().clients.len()
+    }
+}
+
+/// Leaves the hub when the client's task ends, however it ends.
+struct Leave<'a>(&'a Hub, u64);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.leave(self.1);
     }
 }
 
@@ -396,17 +644,30 @@ impl Client {
 
     /// Ok: the client left. Err: the server closes, with this code.
     async fn stream(&self, socket: &mut WebSocket, after: Option<i64>) -> Result<(), Goodbye> {
-        let Some((mut rx, mark)) = self.hub.subscribe().await else {
+        let Some(sub) = self.hub.subscribe(&self.scope).await else {
             return Err(Goodbye(
                 CLOSE_INTERNAL,
                 "the events stream is not ready".into(),
             ));
         };
+        let _leave = Leave(&self.hub, sub.id);
+        let Subscription {
+            id,
+            mut rx,
+            lagged,
+            mark,
+        } = sub;
         let db_err = |e: sea_orm::DbErr| {
             tracing::warn!(error = %e, "WebSocket replay failed");
             Goodbye(CLOSE_INTERNAL, "cannot read the events".into())
         };
+        // Read after subscribing: every change to the agent's chats after
+        // the mark is either in what is read or comes on the queue (both,
+        // sometimes: applying one twice is harmless).
         let mut mine = self.assigned_chats().await.map_err(db_err)?;
+        if self.scope.only_chats_of.is_some() {
+            self.hub.settle(id, mine.clone());
+        }
         let mut last = after.unwrap_or(mark);
         // Replay what came before the mark; the receiver has the rest.
         while last < mark {
@@ -434,7 +695,7 @@ impl Client {
         loop {
             tokio::select! {
                 got = rx.recv() => match got {
-                    Ok(live) => {
+                    Some(live) => {
                         if live.seq <= last {
                             continue;
                         }
@@ -443,14 +704,14 @@ impl Client {
                             self.send(socket, Message::Text(live.text.clone())).await?;
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                    None if lagged.load(Ordering::Acquire) => {
                         metrics::counter!(wapipe_shared::metrics::WS_TOO_SLOW).increment(1);
                         return Err(Goodbye(
                             CLOSE_TRY_AGAIN_LATER,
                             format!("more than {} events behind; reconnect with after={last}", self.buffer),
                         ));
                     }
-                    Err(broadcast::error::RecvError::Closed) => {
+                    None => {
                         return Err(Goodbye(CLOSE_GOING_AWAY, "server shutting down".into()));
                     }
                 },
@@ -530,5 +791,129 @@ impl Client {
             }
             None => was,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(seq: i64, config: Uuid, chat: Uuid, owner: Option<Option<Uuid>>) -> Live {
+        Live {
+            seq,
+            config_id: config,
+            chat_id: Some(chat),
+            chat_owner: owner,
+            text: Utf8Bytes::from(seq.to_string()),
+        }
+    }
+
+    fn agent(a: Uuid) -> Scope {
+        Scope {
+            configs: None,
+            only_chats_of: Some(a),
+        }
+    }
+
+    /// The sequence numbers waiting in a client's queue.
+    fn drain(sub: &mut Subscription) -> Vec<i64> {
+        let mut got = Vec::new();
+        while let Ok(l) = sub.rx.try_recv() {
+            got.push(l.seq);
+        }
+        got
+    }
+
+    async fn hub(buffer: usize) -> Arc<Hub> {
+        let hub = Hub::new(buffer);
+        hub.start(0);
+        hub
+    }
+
+    #[tokio::test]
+    async fn an_agent_is_routed_only_its_chats_and_what_is_given_to_it() {
+        let hub = hub(100).await;
+        let (cfg, me, other) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let (mine, theirs, given) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let mut admin = hub.subscribe(&Scope::everything()).await.expect("ready");
+        let mut sub = hub.subscribe(&agent(me)).await.expect("ready");
+        hub.settle(sub.id, HashSet::from([mine]));
+        hub.publish(vec![
+            live(1, cfg, mine, None),
+            live(2, cfg, theirs, None),
+            // Given to me: this event and the chat's later ones.
+            live(3, cfg, given, Some(Some(me))),
+            live(4, cfg, given, None),
+            // Taken away: the last I see of it.
+            live(5, cfg, mine, Some(Some(other))),
+            live(6, cfg, mine, None),
+            live(7, cfg, given, Some(None)),
+            live(8, cfg, given, None),
+        ]);
+        assert_eq!(drain(&mut sub), vec![1, 3, 4, 5, 7]);
+        assert_eq!(drain(&mut admin), (1..=8).collect::<Vec<_>>());
+        assert_eq!(hub.mark(), 8);
+    }
+
+    #[tokio::test]
+    async fn a_pending_agent_gets_everything_and_settles_on_the_changes_seen_meanwhile() {
+        let hub = hub(100).await;
+        let (cfg, me, other) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let mut sub = hub.subscribe(&agent(me)).await.expect("ready");
+        // While the client reads its chats (it read {a, b} at some point):
+        // b is taken away, c given, a taken and given back.
+        hub.publish(vec![
+            live(1, cfg, b, Some(Some(other))),
+            live(2, cfg, c, Some(Some(me))),
+            live(3, cfg, a, Some(None)),
+            live(4, cfg, a, Some(Some(me))),
+        ]);
+        assert_eq!(drain(&mut sub), vec![1, 2, 3, 4]);
+        hub.settle(sub.id, HashSet::from([a, b]));
+        hub.publish(vec![
+            live(5, cfg, a, None),
+            live(6, cfg, b, None),
+            live(7, cfg, c, None),
+        ]);
+        assert_eq!(drain(&mut sub), vec![5, 7]);
+    }
+
+    #[tokio::test]
+    async fn configs_limit_every_client() {
+        let hub = hub(100).await;
+        let (mine, elsewhere, chat) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let mut sub = hub
+            .subscribe(&Scope {
+                configs: Some(vec![mine]),
+                only_chats_of: None,
+            })
+            .await
+            .expect("ready");
+        hub.publish(vec![
+            live(1, elsewhere, chat, None),
+            live(2, mine, chat, None),
+        ]);
+        assert_eq!(drain(&mut sub), vec![2]);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_marks_the_client_too_slow_and_drops_it() {
+        let hub = hub(2).await;
+        let (cfg, chat) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut slow = hub.subscribe(&Scope::everything()).await.expect("ready");
+        let mut fast = hub.subscribe(&Scope::everything()).await.expect("ready");
+        for seq in 1..=3 {
+            hub.publish(vec![live(seq, cfg, chat, None)]);
+            assert_eq!(drain(&mut fast), vec![seq]);
+        }
+        assert!(slow.lagged.load(Ordering::Acquire));
+        assert_eq!(hub.clients(), 1, "the slow client's route is gone");
+        // What was queued is still read, then the queue ends.
+        assert_eq!(drain(&mut slow), vec![1, 2]);
+        assert!(slow.rx.recv().await.is_none());
+        // A client that leaves is unrouted.
+        hub.leave(fast.id);
+        assert_eq!(hub.clients(), 0);
     }
 }
