@@ -8,9 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use sea_orm::sea_query::{Expr, Query};
-use sea_orm::{
-    ColumnTrait, Condition, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect, SqlErr,
-};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, SqlErr};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -23,7 +21,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Body, Id, Q};
-use crate::page::{self, Cursor, Page};
+use crate::page::{Cursor, Keyset, Page};
 
 /// seed 002 `permissions`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -208,39 +206,35 @@ async fn list_where(
     extra: Condition,
     p: ListAgents,
 ) -> ApiResult<Page<Agent>> {
-    let limit = page::limit(p.limit)?;
     let mut cond = Condition::all()
         .add(scope(who))
         .add(agents::Column::IsDeleted.eq(false))
-        .add(extra)
-        .add(page::after(
-            p.cursor.as_deref(),
-            agents::Column::CreatedAt,
-            agents::Column::Id,
-            false,
-        )?);
+        .add(extra);
     if let Some(s) = &p.status {
         if !STATUSES.contains(&s.as_str()) {
             return Err(ApiError::field("status", "online, away, busy or offline"));
         }
         cond = cond.add(agents::Column::Status.eq(s.as_str()));
     }
-    let rows = agents::Entity::find()
-        .filter(cond)
-        .order_by(agents::Column::CreatedAt, Order::Asc)
-        .order_by(agents::Column::Id, Order::Asc)
-        .limit(limit + 1)
-        .all(&state.db)
-        .await?;
-    Ok(page::paginate(
-        rows,
-        limit,
-        |a| Cursor {
-            at: a.created_at,
-            id: a.id,
-        },
+    let by = Keyset {
+        time: agents::Column::CreatedAt,
+        id: agents::Column::Id,
+        descending: false,
+    };
+    let q = agents::Entity::find().filter(cond);
+    let key = |a: &agents::Model| Cursor {
+        at: a.created_at,
+        id: a.id,
+    };
+    by.page(
+        &state.db,
+        q,
+        p.cursor.as_deref(),
+        p.limit,
+        key,
         Agent::from_row,
-    ))
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/api/whatsapp/agents", tag = "agents", params(ListAgents),

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, Condition, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -19,7 +19,7 @@ use crate::AppState;
 use crate::auth::{Perm, Principal};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Body, Id, Q};
-use crate::page::{self, Cursor, Page};
+use crate::page::{Cursor, Keyset, Page};
 
 /// seed 002 BlockedNumber.
 #[derive(Debug, Serialize, ToSchema)]
@@ -97,35 +97,31 @@ pub async fn list(
     Extension(who): Extension<Principal>,
     Q(p): Q<ListBlocked>,
 ) -> ApiResult<axum::Json<Page<BlockedNumber>>> {
-    let limit = page::limit(p.limit)?;
     let mut cond = Condition::all()
         .add(who.config_scope(blocked_numbers::Column::ConfigId))
-        .add(blocked_numbers::Column::IsDeleted.eq(false))
-        .add(page::after(
-            p.cursor.as_deref(),
-            blocked_numbers::Column::UpdatedAt,
-            blocked_numbers::Column::Id,
-            true,
-        )?);
+        .add(blocked_numbers::Column::IsDeleted.eq(false));
     if p.all != Some(true) {
         cond = cond.add(blocked_numbers::Column::IsActive.eq(true));
     }
-    let rows = blocked_numbers::Entity::find()
-        .filter(cond)
-        .order_by(blocked_numbers::Column::UpdatedAt, Order::Desc)
-        .order_by(blocked_numbers::Column::Id, Order::Desc)
-        .limit(limit + 1)
-        .all(&state.db)
-        .await?;
-    Ok(axum::Json(page::paginate(
-        rows,
-        limit,
-        |b| Cursor {
-            at: b.updated_at,
-            id: b.id,
-        },
+    let by = Keyset {
+        time: blocked_numbers::Column::UpdatedAt,
+        id: blocked_numbers::Column::Id,
+        descending: true,
+    };
+    let q = blocked_numbers::Entity::find().filter(cond);
+    let key = |b: &blocked_numbers::Model| Cursor {
+        at: b.updated_at,
+        id: b.id,
+    };
+    let page = by.page(
+        &state.db,
+        q,
+        p.cursor.as_deref(),
+        p.limit,
+        key,
         BlockedNumber::from,
-    )))
+    );
+    Ok(axum::Json(page.await?))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -5,9 +5,7 @@
 
 use axum::Extension;
 use axum::extract::State;
-use sea_orm::{
-    ColumnTrait, Condition, EntityTrait, Iterable, Order, QueryFilter, QueryOrder, QuerySelect,
-};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, Iterable, QueryFilter, QuerySelect};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -18,7 +16,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Q;
-use crate::page::{self, Cursor, Page};
+use crate::page::{self, Cursor, Keyset, Page};
 
 /// seed 002 WebhookEvent.
 #[derive(Debug, Serialize, ToSchema)]
@@ -93,13 +91,7 @@ pub async fn list(
     Extension(who): Extension<Principal>,
     Q(p): Q<ListEvents>,
 ) -> ApiResult<axum::Json<Page<WebhookEvent>>> {
-    let limit = page::limit(p.limit)?;
-    let mut cond = Condition::all().add(page::after(
-        p.cursor.as_deref(),
-        ev::Column::ReceivedAt,
-        ev::Column::Id,
-        true,
-    )?);
+    let mut cond = Condition::all();
     if who.configs.is_some() {
         cond = cond.add(who.config_scope(ev::Column::ConfigId));
     }
@@ -135,20 +127,23 @@ pub async fn list(
             .columns(ev::Column::iter().filter(|c| !matches!(c, ev::Column::RawBody)));
         q = q.expr_as(sea_orm::sea_query::Expr::val(Vec::<u8>::new()), "raw_body");
     }
-    let rows = q
-        .filter(cond)
-        .order_by(ev::Column::ReceivedAt, Order::Desc)
-        .order_by(ev::Column::Id, Order::Desc)
-        .limit(limit + 1)
-        .all(&state.db)
-        .await?;
-    Ok(axum::Json(page::paginate(
-        rows,
-        limit,
-        |e| Cursor {
-            at: e.received_at,
-            id: e.id,
-        },
-        |e| WebhookEvent::from_row(e, raw),
-    )))
+    let by = Keyset {
+        time: ev::Column::ReceivedAt,
+        id: ev::Column::Id,
+        descending: true,
+    };
+    let key = |e: &ev::Model| Cursor {
+        at: e.received_at,
+        id: e.id,
+    };
+    let view = |e| WebhookEvent::from_row(e, raw);
+    let page = by.page(
+        &state.db,
+        q.filter(cond),
+        p.cursor.as_deref(),
+        p.limit,
+        key,
+        view,
+    );
+    Ok(axum::Json(page.await?))
 }

@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, Condition, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter};
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -23,7 +23,7 @@ use crate::auth::{Perm, Principal};
 use crate::chats;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Body, Id, Q};
-use crate::page::{self, Cursor, Page};
+use crate::page::{self, Cursor, Keyset, Page};
 pub use wapipe_domain::views::FollowUp;
 
 fn err(e: FollowUpError) -> ApiError {
@@ -83,13 +83,7 @@ async fn list_where(
     extra: Condition,
     p: ListFollowUps,
 ) -> ApiResult<Page<FollowUp>> {
-    let limit = page::limit(p.limit)?;
-    let mut cond = scope(who).add(extra).add(page::after(
-        p.cursor.as_deref(),
-        follow_ups::Column::ScheduledAt,
-        follow_ups::Column::Id,
-        false,
-    )?);
+    let mut cond = scope(who).add(extra);
     if let Some(s) = &p.status {
         let s: Status = s.parse().map_err(err)?;
         cond = cond.add(follow_ups::Column::Status.eq(s.as_str()));
@@ -103,22 +97,25 @@ async fn list_where(
     if let Some(t) = &p.to {
         cond = cond.add(follow_ups::Column::ScheduledAt.lt(page::parse_time("to", t)?));
     }
-    let rows = follow_ups::Entity::find()
-        .filter(cond)
-        .order_by(follow_ups::Column::ScheduledAt, Order::Asc)
-        .order_by(follow_ups::Column::Id, Order::Asc)
-        .limit(limit + 1)
-        .all(&state.db)
-        .await?;
-    Ok(page::paginate(
-        rows,
-        limit,
-        |f| Cursor {
-            at: f.scheduled_at,
-            id: f.id,
-        },
+    let by = Keyset {
+        time: follow_ups::Column::ScheduledAt,
+        id: follow_ups::Column::Id,
+        descending: false,
+    };
+    let q = follow_ups::Entity::find().filter(cond);
+    let key = |f: &follow_ups::Model| Cursor {
+        at: f.scheduled_at,
+        id: f.id,
+    };
+    by.page(
+        &state.db,
+        q,
+        p.cursor.as_deref(),
+        p.limit,
+        key,
         FollowUp::from,
-    ))
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/api/whatsapp/followups", tag = "follow-ups", params(ListFollowUps),

@@ -9,8 +9,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, ExprTrait, Order, QueryFilter,
-    QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, ExprTrait, QueryFilter, SqlErr,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -25,7 +24,7 @@ use crate::auth::{Perm, Principal};
 use crate::chats;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Body, Id, Ids, Q};
-use crate::page::{self, Cursor, Page};
+use crate::page::{Cursor, Keyset, Page};
 
 /// seed 002 Label.
 #[derive(Debug, Serialize, ToSchema)]
@@ -115,35 +114,24 @@ pub async fn list(
     Extension(who): Extension<Principal>,
     Q(p): Q<ListLabels>,
 ) -> ApiResult<axum::Json<Page<Label>>> {
-    let limit = page::limit(p.limit)?;
     let mut cond = Condition::all()
         .add(labels::Column::IsDeleted.eq(false))
-        .add(who.config_scope(labels::Column::ConfigId))
-        .add(page::after(
-            p.cursor.as_deref(),
-            labels::Column::CreatedAt,
-            labels::Column::Id,
-            false,
-        )?);
+        .add(who.config_scope(labels::Column::ConfigId));
     if let Some(c) = p.config_id {
         cond = cond.add(labels::Column::ConfigId.eq(c));
     }
-    let rows = labels::Entity::find()
-        .filter(cond)
-        .order_by(labels::Column::CreatedAt, Order::Asc)
-        .order_by(labels::Column::Id, Order::Asc)
-        .limit(limit + 1)
-        .all(&state.db)
-        .await?;
-    Ok(axum::Json(page::paginate(
-        rows,
-        limit,
-        |l| Cursor {
-            at: l.created_at,
-            id: l.id,
-        },
-        Label::from,
-    )))
+    let by = Keyset {
+        time: labels::Column::CreatedAt,
+        id: labels::Column::Id,
+        descending: false,
+    };
+    let q = labels::Entity::find().filter(cond);
+    let key = |l: &labels::Model| Cursor {
+        at: l.created_at,
+        id: l.id,
+    };
+    let page = by.page(&state.db, q, p.cursor.as_deref(), p.limit, key, Label::from);
+    Ok(axum::Json(page.await?))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -171,7 +159,7 @@ pub async fn create(
     let config = who.pick_config(&state, new.config_id).await?;
     let now = wapipe_domain::clock::now();
     let id = Uuid::now_v7();
-    let txn = state.db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(&state.db).await?;
     labels::Entity::insert(labels::ActiveModel {
         id: Set(id),
         created_at: Set(now),
@@ -248,7 +236,7 @@ pub async fn update(
     if let Some(a) = up.is_active {
         q = q.col_expr(labels::Column::IsActive, Expr::value(a));
     }
-    let txn = state.db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(&state.db).await?;
     q.exec(&txn).await.map_err(unique_or)?;
     audit::record(
         &txn,
@@ -279,7 +267,7 @@ pub async fn delete(
     let before = visible(&state, &who, id).await?;
     who.require(Perm::ManageLabels)?;
     let now = wapipe_domain::clock::now();
-    let txn = state.db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(&state.db).await?;
     labels::Entity::update_many()
         .col_expr(labels::Column::IsDeleted, Expr::value(true))
         .col_expr(labels::Column::DeletedAt, Expr::value(now))
@@ -343,7 +331,7 @@ pub async fn add_to_chat(
 ) -> ApiResult<axum::Json<crate::views::Chat>> {
     let (chat, label) = chat_and_label(&state, &who, chat_id, label_id).await?;
     let now = wapipe_domain::clock::now();
-    let txn = state.db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(&state.db).await?;
     let added = chat_labels::Entity::insert(chat_labels::ActiveModel {
         chat_id: Set(chat.id),
         label_id: Set(label.id),
@@ -375,7 +363,7 @@ pub async fn remove_from_chat(
     Ids((chat_id, label_id)): Ids<(Uuid, Uuid)>,
 ) -> ApiResult<axum::Json<crate::views::Chat>> {
     let (chat, label) = chat_and_label(&state, &who, chat_id, label_id).await?;
-    let txn = state.db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(&state.db).await?;
     let removed = chat_labels::Entity::delete_many()
         .filter(chat_labels::Column::ChatId.eq(chat.id))
         .filter(chat_labels::Column::LabelId.eq(label.id))

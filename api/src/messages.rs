@@ -11,10 +11,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ColumnTrait, Condition, EntityTrait, ExprTrait, Order, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
-};
+use sea_orm::{ColumnTrait, EntityTrait, ExprTrait, QueryFilter};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -35,7 +32,7 @@ use crate::auth::Principal;
 use crate::chats::{queue_mark_read, visible};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Body, Id, Q};
-use crate::page::{self, Cursor, Page};
+use crate::page::{self, Cursor, Keyset, Page};
 use crate::views::{Ends, Location, Message};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -73,32 +70,25 @@ pub async fn list(
     Id(chat_id): Id,
     Q(p): Q<ListMessages>,
 ) -> ApiResult<axum::Json<Page<Message>>> {
-    let limit = page::limit(p.limit)?;
+    // Checked before any query: a bad limit is the caller's error.
+    page::limit(p.limit)?;
     let chat = visible(&state, &who, chat_id).await?;
-    let mut cond = Condition::all()
-        .add(m::Column::ChatId.eq(chat.id))
-        .add(m::Column::IsDeleted.eq(false));
-    cond = cond.add(page::after(
-        p.cursor.as_deref(),
-        m::Column::CreatedAt,
-        m::Column::Id,
-        true,
-    )?);
-    let rows = m::Entity::find()
-        .filter(cond)
-        .order_by(m::Column::CreatedAt, Order::Desc)
-        .order_by(m::Column::Id, Order::Desc)
-        .limit(limit + 1)
-        .all(&state.db)
-        .await?;
     let (customer, business) = ends(&state, &chat).await?;
     let ends = Ends {
         customer: customer.as_deref(),
         business: business.as_deref(),
     };
-    Ok(axum::Json(page::paginate(rows, limit, key_of, |r| {
-        Message::from_row(r, &ends)
-    })))
+    let by = Keyset {
+        time: m::Column::CreatedAt,
+        id: m::Column::Id,
+        descending: true,
+    };
+    let q = m::Entity::find()
+        .filter(m::Column::ChatId.eq(chat.id))
+        .filter(m::Column::IsDeleted.eq(false));
+    let view = |r| Message::from_row(r, &ends);
+    let page = by.page(&state.db, q, p.cursor.as_deref(), p.limit, key_of, view);
+    Ok(axum::Json(page.await?))
 }
 
 /// A message visible to the caller: its chat must be.
@@ -154,7 +144,7 @@ pub async fn mark_read(
         ));
     }
     let now = wapipe_domain::clock::now();
-    let txn = state.db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(&state.db).await?;
     let changed = m::Entity::update_many()
         .col_expr(m::Column::IsRead, Expr::value(true))
         .col_expr(

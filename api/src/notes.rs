@@ -8,10 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, Order, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
-};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -24,7 +21,7 @@ use crate::auth::Principal;
 use crate::chats;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Body, Id, Q};
-use crate::page::{self, Cursor, Page};
+use crate::page::{Cursor, Keyset, Page};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -99,34 +96,28 @@ pub async fn list(
     Id(chat_id): Id,
     Q(p): Q<ListNotes>,
 ) -> ApiResult<axum::Json<Page<TeamNote>>> {
-    let limit = page::limit(p.limit)?;
     let chat = chats::visible(&state, &who, chat_id).await?;
-    let rows = team_notes::Entity::find()
-        .filter(
-            Condition::all()
-                .add(team_notes::Column::ChatId.eq(chat.id))
-                .add(team_notes::Column::IsDeleted.eq(false))
-                .add(page::after(
-                    p.cursor.as_deref(),
-                    team_notes::Column::CreatedAt,
-                    team_notes::Column::Id,
-                    true,
-                )?),
-        )
-        .order_by(team_notes::Column::CreatedAt, Order::Desc)
-        .order_by(team_notes::Column::Id, Order::Desc)
-        .limit(limit + 1)
-        .all(&state.db)
-        .await?;
-    Ok(axum::Json(page::paginate(
-        rows,
-        limit,
-        |n| Cursor {
-            at: n.created_at,
-            id: n.id,
-        },
+    let by = Keyset {
+        time: team_notes::Column::CreatedAt,
+        id: team_notes::Column::Id,
+        descending: true,
+    };
+    let q = team_notes::Entity::find()
+        .filter(team_notes::Column::ChatId.eq(chat.id))
+        .filter(team_notes::Column::IsDeleted.eq(false));
+    let key = |n: &team_notes::Model| Cursor {
+        at: n.created_at,
+        id: n.id,
+    };
+    let page = by.page(
+        &state.db,
+        q,
+        p.cursor.as_deref(),
+        p.limit,
+        key,
         TeamNote::from,
-    )))
+    );
+    Ok(axum::Json(page.await?))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -148,7 +139,7 @@ pub async fn create(
     check_note(&b.note)?;
     let now = wapipe_domain::clock::now();
     let id = Uuid::now_v7();
-    let txn = state.db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(&state.db).await?;
     team_notes::Entity::insert(team_notes::ActiveModel {
         id: Set(id),
         created_at: Set(now),
@@ -225,7 +216,7 @@ pub async fn update(
         edited_at: now,
         edited_by: who.agent_id(),
     }));
-    let txn = state.db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(&state.db).await?;
     // Conditional on the text read, so two concurrent edits cannot lose one
     // from the history.
     let done = team_notes::Entity::update_many()
@@ -277,7 +268,7 @@ pub async fn delete(
     let before = visible(&state, &who, id).await?;
     own(&who, &before)?;
     let now = wapipe_domain::clock::now();
-    let txn = state.db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(&state.db).await?;
     team_notes::Entity::update_many()
         .col_expr(team_notes::Column::IsDeleted, Expr::value(true))
         .col_expr(team_notes::Column::DeletedAt, Expr::value(now))

@@ -160,3 +160,45 @@ mod tests {
         assert!(limit(Some(0)).is_err() && limit(Some(201)).is_err());
     }
 }
+
+/// A keyset list's order: a time column, then the id column.
+pub struct Keyset<C> {
+    pub time: C,
+    pub id: C,
+    pub descending: bool,
+}
+
+impl<C: sea_orm::ColumnTrait> Keyset<C> {
+    /// One page of `query` in this order: the `limit` (checked) rows after
+    /// `cursor`, each shown through `view`, and the next cursor, which
+    /// `key` reads off the last row.
+    pub async fn page<E, T, D>(
+        self,
+        db: &D,
+        query: sea_orm::Select<E>,
+        cursor: Option<&str>,
+        asked: Option<u64>,
+        key: impl Fn(&E::Model) -> Cursor,
+        view: impl FnMut(E::Model) -> T,
+    ) -> Result<Page<T>, ApiError>
+    where
+        E: sea_orm::EntityTrait<Column = C>,
+        D: sea_orm::ConnectionTrait,
+    {
+        use sea_orm::{QueryFilter, QueryOrder, QuerySelect};
+        let limit = limit(asked)?;
+        let order = if self.descending {
+            sea_orm::Order::Desc
+        } else {
+            sea_orm::Order::Asc
+        };
+        let rows = query
+            .filter(after(cursor, self.time, self.id, self.descending)?)
+            .order_by(self.time, order.clone())
+            .order_by(self.id, order)
+            .limit(limit + 1)
+            .all(db)
+            .await?;
+        Ok(paginate(rows, limit, key, view))
+    }
+}

@@ -10,10 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, Order, QueryFilter, QueryOrder,
-    QuerySelect, SqlErr,
-};
+use sea_orm::{ActiveValue::Set, ColumnTrait, Condition, EntityTrait, QueryFilter, SqlErr};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -25,7 +22,7 @@ use crate::AppState;
 use crate::auth::{Perm, Principal};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Body, Id, Q};
-use crate::page::{self, Cursor, Page};
+use crate::page::{Cursor, Keyset, Page};
 
 /// seed 002 Template.
 #[derive(Debug, Serialize, ToSchema)]
@@ -134,16 +131,9 @@ pub async fn list(
     Extension(who): Extension<Principal>,
     Q(p): Q<ListTemplates>,
 ) -> ApiResult<axum::Json<Page<Template>>> {
-    let limit = page::limit(p.limit)?;
     let mut cond = Condition::all()
         .add(templates::Column::IsDeleted.eq(false))
-        .add(who.config_scope(templates::Column::ConfigId))
-        .add(page::after(
-            p.cursor.as_deref(),
-            templates::Column::CreatedAt,
-            templates::Column::Id,
-            false,
-        )?);
+        .add(who.config_scope(templates::Column::ConfigId));
     if let Some(s) = &p.status {
         // Synced rows keep Meta's upper case; quick replies are `local`.
         cond = cond.add(
@@ -155,22 +145,25 @@ pub async fn list(
     if let Some(c) = &p.category {
         cond = cond.add(templates::Column::Category.eq(c.as_str()));
     }
-    let rows = templates::Entity::find()
-        .filter(cond)
-        .order_by(templates::Column::CreatedAt, Order::Asc)
-        .order_by(templates::Column::Id, Order::Asc)
-        .limit(limit + 1)
-        .all(&state.db)
-        .await?;
-    Ok(axum::Json(page::paginate(
-        rows,
-        limit,
-        |t| Cursor {
-            at: t.created_at,
-            id: t.id,
-        },
+    let by = Keyset {
+        time: templates::Column::CreatedAt,
+        id: templates::Column::Id,
+        descending: false,
+    };
+    let q = templates::Entity::find().filter(cond);
+    let key = |t: &templates::Model| Cursor {
+        at: t.created_at,
+        id: t.id,
+    };
+    let page = by.page(
+        &state.db,
+        q,
+        p.cursor.as_deref(),
+        p.limit,
+        key,
         Template::from,
-    )))
+    );
+    Ok(axum::Json(page.await?))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -23,7 +23,7 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Body, Id, Ids, Q};
 use crate::idempotency::StoreInstead;
-use crate::page::{self, Cursor, Page};
+use crate::page::{self, Cursor, Keyset, Page};
 
 /// An outgoing webhook endpoint (its secret is shown only when created).
 #[derive(Debug, Serialize, ToSchema)]
@@ -297,35 +297,31 @@ pub async fn list(
     Q(p): Q<ListEndpoints>,
 ) -> ApiResult<axum::Json<Page<WebhookEndpoint>>> {
     admin(&who)?;
-    let limit = page::limit(p.limit)?;
     let mut cond = Condition::all()
         .add(endpoint_scope(&who))
-        .add(webhook_endpoints::Column::IsDeleted.eq(false))
-        .add(page::after(
-            p.cursor.as_deref(),
-            webhook_endpoints::Column::CreatedAt,
-            webhook_endpoints::Column::Id,
-            true,
-        )?);
+        .add(webhook_endpoints::Column::IsDeleted.eq(false));
     if let Some(c) = p.config_id {
         cond = cond.add(webhook_endpoints::Column::ConfigId.eq(c));
     }
-    let rows = webhook_endpoints::Entity::find()
-        .filter(cond)
-        .order_by(webhook_endpoints::Column::CreatedAt, Order::Desc)
-        .order_by(webhook_endpoints::Column::Id, Order::Desc)
-        .limit(limit + 1)
-        .all(&state.db)
-        .await?;
-    Ok(axum::Json(page::paginate(
-        rows,
-        limit,
-        |e| Cursor {
-            at: e.created_at,
-            id: e.id,
-        },
+    let by = Keyset {
+        time: webhook_endpoints::Column::CreatedAt,
+        id: webhook_endpoints::Column::Id,
+        descending: true,
+    };
+    let q = webhook_endpoints::Entity::find().filter(cond);
+    let key = |e: &webhook_endpoints::Model| Cursor {
+        at: e.created_at,
+        id: e.id,
+    };
+    let page = by.page(
+        &state.db,
+        q,
+        p.cursor.as_deref(),
+        p.limit,
+        key,
         WebhookEndpoint::from,
-    )))
+    );
+    Ok(axum::Json(page.await?))
 }
 
 #[utoipa::path(get, path = "/api/whatsapp/webhook-endpoints/{id}", tag = "webhook endpoints",
