@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use sea_orm::sea_query::{Expr, Func, LikeExpr, OnConflict, Query, SimpleExpr};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, EntityTrait, ExprTrait, Order, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    QueryOrder, QuerySelect,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -249,7 +249,7 @@ pub async fn create(
     }
     let config = who.pick_config(&state, new.config_id).await?;
     let now = wapipe_domain::clock::now();
-    let txn = state.db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(&state.db).await?;
     customers::Entity::insert(customers::ActiveModel {
         id: Set(Uuid::now_v7()),
         created_at: Set(now),
@@ -371,7 +371,7 @@ pub async fn update(
     }
     if up.priority.is_some() || up.customer_name.is_some() || up.customer_info.is_some() {
         let now = wapipe_domain::clock::now();
-        let txn = state.db.begin().await?;
+        let txn = wapipe_shared::db::begin_write(&state.db).await?;
         let mut q = chats::Entity::update_many()
             .col_expr(chats::Column::UpdatedAt, Expr::value(now))
             .filter(chats::Column::Id.eq(chat.id));
@@ -422,7 +422,7 @@ pub async fn update(
                     "the chat has an agent: use PUT /chats/{id}/unassign",
                 ));
             }
-            let txn = state.db.begin().await?;
+            let txn = wapipe_shared::db::begin_write(&state.db).await?;
             let reopened = chats::Entity::update_many()
                 .col_expr(chats::Column::Status, Expr::value("unassigned"))
                 .col_expr(
@@ -621,7 +621,7 @@ pub async fn mark_read(
         .order_by_desc(messages::Column::Id)
         .one(&state.db)
         .await?;
-    let txn = state.db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(&state.db).await?;
     let changed = messages::Entity::update_many()
         .col_expr(messages::Column::IsRead, Expr::value(true))
         .col_expr(

@@ -7,7 +7,7 @@
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
-    EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
+    EntityTrait, QueryFilter, QueryOrder,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -120,7 +120,7 @@ pub async fn block(
     let number = phone(phone_number)?;
     check_config(db, config_id).await?;
     let now = clock::now();
-    let txn = db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(db).await?;
     blocked_numbers::Entity::insert(blocked_numbers::ActiveModel {
         id: Set(Uuid::now_v7()),
         created_at: Set(now),
@@ -189,7 +189,7 @@ pub async fn unblock(
     let number = phone(phone_number)?;
     check_config(db, config_id).await?;
     let now = clock::now();
-    let txn = db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(db).await?;
     let changed = blocked_numbers::Entity::update_many()
         .col_expr(blocked_numbers::Column::IsActive, Expr::value(false))
         .col_expr(blocked_numbers::Column::UnblockedAt, Expr::value(now))
@@ -264,7 +264,7 @@ pub async fn deny_scenario(
         .await?
         .ok_or_else(|| BlockError::UnknownScenario(title.to_owned()))?;
     let now = clock::now();
-    let txn = db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(db).await?;
     customers::Entity::insert(customers::ActiveModel {
         id: Set(Uuid::now_v7()),
         created_at: Set(now),
@@ -376,7 +376,7 @@ pub async fn allow_scenario(
         .one(db)
         .await?
         .ok_or_else(|| BlockError::UnknownCustomer(number.clone()))?;
-    let txn = db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(db).await?;
     let deleted = customer_blocked_scenarios::Entity::delete_many()
         .filter(customer_blocked_scenarios::Column::CustomerId.eq(customer.id))
         .filter(customer_blocked_scenarios::Column::ScenarioId.eq(scenario.id))

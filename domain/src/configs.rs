@@ -287,7 +287,7 @@ impl ConfigCache {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, ConfigError> {
-        let txn = db.begin().await?;
+        let txn = wapipe_shared::db::begin_write(db).await?;
         let set = whatsapp_configs::Entity::update_many()
             .col_expr(W::FlaggedCode, Expr::value(code))
             .col_expr(W::FlaggedReason, Expr::value(reason))

@@ -563,7 +563,7 @@ pub async fn mark_overdue(
     // One transaction, so each follow-up's `followup.overdue` event exists
     // exactly when its status changed (a second pass changes and writes
     // nothing).
-    let txn = db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(db).await?;
     let set: Vec<follow_ups::Model> = follow_ups::Entity::update_many()
         .col_expr(F::Status, Expr::value(Status::Overdue.as_str()))
         .col_expr(F::UpdatedAt, Expr::value(now))
@@ -622,7 +622,7 @@ pub async fn mark_reminded_all(
         }
         case
     };
-    let txn = db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(db).await?;
     let set: Vec<follow_ups::Model> = follow_ups::Entity::update_many()
         .col_expr(F::ReminderSent, Expr::value(true))
         .col_expr(F::ReminderSentAt, column(&|r| r.at.into()).into())

@@ -11,7 +11,7 @@
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait,
-    QueryFilter, TransactionTrait,
+    QueryFilter,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -128,7 +128,7 @@ pub async fn assign(
         return Ok(seen.clone());
     }
     let now = clock::now();
-    let txn = db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(db).await?;
     let mut take = agents::Entity::update_many()
         .col_expr(
             agents::Column::CurrentChatCount,
@@ -232,7 +232,7 @@ pub async fn release(
         return Err(InboxError::NotAssigned);
     }
     let now = clock::now();
-    let txn = db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(db).await?;
     let mut q = still_assigned_as(chats::Entity::update_many(), seen)
         .col_expr(chats::Column::AssignedTo, Expr::value(Option::<Uuid>::None))
         .col_expr(chats::Column::UpdatedAt, Expr::value(now))

@@ -92,7 +92,7 @@ where
     C: ConnectionTrait + TransactionTrait,
 {
     use message_status_events::Column as E;
-    let txn = db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(db).await?;
     let pending = message_status_events::Entity::find()
         .filter(E::ConfigId.eq(config_id))
         .filter(E::ProviderMessageId.eq(provider_message_id))

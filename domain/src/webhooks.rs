@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, LockType, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    ExprTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ExprTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -263,7 +263,7 @@ pub async fn create(
         is_deleted: false,
         deleted_at: None,
     };
-    let txn = db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(db).await?;
     let high = events::high_water(&txn).await?;
     webhook_dispatch::Entity::insert(webhook_dispatch::ActiveModel {
         name: Set(CURSOR.to_owned()),
@@ -327,7 +327,7 @@ pub struct Dispatched {
 /// commit leaves both as they were. Nothing happens before the first
 /// endpoint exists (no cursor yet).
 pub async fn dispatch(db: &DatabaseConnection, limit: u64) -> Result<Dispatched, DbErr> {
-    let txn = db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(db).await?;
     let Some(cursor) = webhook_dispatch::Entity::find_by_id(CURSOR.to_owned())
         .lock(LockType::Update)
         .one(&txn)
@@ -524,7 +524,7 @@ pub async fn record_attempt(
     disable_after: chrono::Duration,
 ) -> Result<Recorded, DbErr> {
     let at = now();
-    let txn = db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(db).await?;
     let mut upd = webhook_deliveries::Entity::update_many()
         .col_expr(
             webhook_deliveries::Column::Attempts,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, Set, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, Set};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 use wapipe_shared::entities::webhook_events::{self, EventStatus};
@@ -220,7 +220,7 @@ async fn insert<'a>(
     if chunks.len() == 1 {
         return insert_chunk(db, chunks.into_iter().flatten().collect()).await;
     }
-    let txn = db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(db).await?;
     let mut ids = Vec::new();
     for chunk in chunks {
         ids.extend(insert_chunk(&txn, chunk).await?);

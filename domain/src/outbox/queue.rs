@@ -14,7 +14,7 @@ use sea_orm::ExprTrait;
 use sea_orm::sea_query::{Alias, Expr, Func, LockType, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 use uuid::Uuid;
 use wapipe_shared::broker::Broker;
@@ -243,7 +243,7 @@ async fn write(
         .into_iter()
         .collect();
 
-    let txn = db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(db).await?;
     // Uniqueness lives in the database: insert-or-nothing, then read back
     // whichever rows won (ours or a concurrent transaction's).
     let new_customers: Vec<customers::ActiveModel> = recipients

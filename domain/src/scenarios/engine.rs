@@ -35,7 +35,7 @@ use std::time::Duration;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
+    PaginatorTrait, QueryFilter, QueryOrder,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -727,7 +727,7 @@ async fn execute(
         .count();
 
     let now = clock::now();
-    let txn = db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(db).await?;
     for (run_id, st, _) in &plan.end {
         scenario_runs::Entity::update_many()
             .col_expr(scenario_runs::Column::Status, Expr::value(*st))

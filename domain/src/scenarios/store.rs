@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
+    PaginatorTrait, QueryFilter, QueryOrder,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -224,7 +224,7 @@ pub async fn import(
     }
 
     let now = clock::now();
-    let txn = db.begin().await?;
+    let txn = wapipe_shared::db::begin_write(db).await?;
 
     // Template scenarios: by (config, ref); the id follows from both.
     let mut template_ids: HashMap<&str, Uuid> = HashMap::new();

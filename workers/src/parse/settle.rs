@@ -6,9 +6,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{
-    ColumnTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, TransactionTrait,
-};
+use sea_orm::{ColumnTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter};
 use serde_json::Value;
 use uuid::Uuid;
 use wapipe_shared::db::with_values;
@@ -140,7 +138,9 @@ async fn settle_each(
     events: &[Settlement],
     now: DateTime<Utc>,
 ) -> Result<Vec<bool>, JobError> {
-    let txn = db.begin().await.map_err(JobError::from)?;
+    let txn = wapipe_shared::db::begin_write(db)
+        .await
+        .map_err(JobError::from)?;
     let mut done = Vec::with_capacity(events.len());
     for (event_id, status, data, error) in events {
         let res = webhook_events::Entity::update_many()
