@@ -352,6 +352,12 @@ pub async fn start(
                 IngestSettings {
                     receiver: ReceiverSettings {
                         max_body_bytes: settings.max_body_bytes,
+                        body_budget_bytes: settings.body_budget_bytes,
+                        max_connections: settings.max_connections,
+                        first_request_timeout: Duration::from_secs(
+                            settings.first_request_timeout_s.max(1),
+                        ),
+                        idle_timeout: Duration::from_secs(settings.idle_timeout_s.max(1)),
                         ..ReceiverSettings::default()
                     },
                     batch: BatchSettings {

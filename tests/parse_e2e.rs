@@ -88,6 +88,21 @@ async fn unicode_escaped_on_the_wire(mode: Mode) {
         chat.last_message.as_deref(),
         Some("Café 👍 你好 \"quoted\" \\ back")
     );
+
+    // An emoji cut in half by the sender: a lone surrogate escape is valid
+    // JSON syntax. Accepted (200, not a 400 Meta would retry for 7 days)
+    // and read with U+FFFD in its place.
+    let cut = body
+        .replace("wamid.unicode", "wamid.cut")
+        .replace(r"\ud83d\udc4d", r"\ud83d");
+    let (s, t) = app.post(cut.as_bytes()).await;
+    assert_eq!(s, 200, "{t}");
+    app.wait_settled(2, Duration::from_secs(20)).await;
+    let m = message(&app.db, "wamid.cut").await.expect("stored");
+    assert_eq!(
+        m.text.as_deref(),
+        Some("Café \u{FFFD} 你好 \"quoted\" \\ back")
+    );
     app.stop().await;
 }
 

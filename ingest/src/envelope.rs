@@ -96,7 +96,8 @@ pub fn inspect(body: &[u8]) -> Result<Routing, Invalid> {
     if depth_exceeds(body, MAX_DEPTH) {
         return Err(Invalid::TooDeep);
     }
-    let v: Value = serde_json::from_slice(body).map_err(|e| Invalid::NotJson(e.to_string()))?;
+    let v =
+        wapipe_shared::whatsapp::parse_body(body).map_err(|e| Invalid::NotJson(e.to_string()))?;
     if !v.is_object() {
         return Err(Invalid::NotObject);
     }

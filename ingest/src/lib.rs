@@ -15,11 +15,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -48,6 +49,17 @@ pub struct ReceiverSettings {
     pub body_read_timeout: Duration,
     /// How long shutdown waits for accepted requests to finish.
     pub shutdown_grace: Duration,
+    /// Bytes of request bodies held at once over all connections; a
+    /// request that would go over is answered 503 with `Retry-After`.
+    pub body_budget_bytes: usize,
+    /// Open connections at most; past it, accepting waits for one to close.
+    pub max_connections: usize,
+    /// A new connection must have sent a whole request within this, and
+    /// an idle kept-alive one is closed after `idle_timeout`: a client that
+    /// sends nothing (or half a request, or an HTTP/2 preface) holds no
+    /// file descriptor for longer.
+    pub first_request_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 impl Default for ReceiverSettings {
@@ -57,9 +69,20 @@ impl Default for ReceiverSettings {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(20),
             shutdown_grace: Duration::from_secs(25),
+            body_budget_bytes: 64 * 1024 * 1024,
+            max_connections: 4096,
+            first_request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
         }
     }
 }
+
+/// Over-size bodies are read and thrown away up to this many bytes before
+/// the 413, so a client that sends its whole body before reading (Python's
+/// urllib) gets the answer rather than a connection reset; a bigger one is
+/// answered at once and the connection closed.
+const DISCARD_MAX_BYTES: u64 = 16 * 1024 * 1024;
+const DISCARD_WAIT: Duration = Duration::from_secs(5);
 
 /// Where requests that are not the receiver's go when another service
 /// shares its listener (the agents' REST API under `/api/`, and its inbox
@@ -88,6 +111,8 @@ pub struct Receiver {
     pub store: GroupCommit,
     pub settings: ReceiverSettings,
     pub fallback: Option<Fallback>,
+    /// Permits are bytes of body (see `body_budget_bytes`).
+    pub body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -243,32 +268,42 @@ impl Receiver {
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max as u64) {
             count(outcome::TOO_LARGE, started);
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body larger than {max} bytes"),
-            );
+            let (_, body) = req.into_parts();
+            return too_large(max, discard(body, declared).await);
         }
+        // The body's bytes are reserved before it is read: its declared
+        // length, or the cap when it comes chunked.
+        let reserve = declared.map_or(max, |n| n as usize).clamp(1, max.max(1));
+        let Ok(_budget) = self
+            .body_budget
+            .clone()
+            .try_acquire_many_owned(u32::try_from(reserve).unwrap_or(u32::MAX))
+        else {
+            count(outcome::BUSY, started);
+            let mut r = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many bodies in flight, retry later",
+            );
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            return r;
+        };
         let signature = req
             .headers()
             .get("x-hub-signature-256")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let mut incoming = req.into_body();
         let body = match tokio::time::timeout(
             self.settings.body_read_timeout,
-            Limited::new(req.into_body(), max).collect(),
+            read_capped(&mut incoming, max, declared),
         )
         .await
         {
-            Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(e))
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
+            Ok(Ok(Some(b))) => b,
+            Ok(Ok(None)) => {
                 count(outcome::TOO_LARGE, started);
-                return text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("body larger than {max} bytes"),
-                );
+                return too_large(max, discard(incoming, None).await);
             }
             Ok(Err(_)) => return text(StatusCode::BAD_REQUEST, "could not read the body"),
             Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
@@ -363,6 +398,65 @@ impl Receiver {
     }
 }
 
+/// The whole body, or `None` once it passes `max` bytes (the rest is left
+/// unread). A declared length is allocated once, not grown by doubling.
+async fn read_capped(
+    body: &mut Incoming,
+    max: usize,
+    declared: Option<u64>,
+) -> Result<Option<Bytes>, hyper::Error> {
+    let mut buf = bytes::BytesMut::with_capacity(declared.map_or(0, |n| n as usize).min(max));
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if buf.len() + data.len() > max {
+                return Ok(None);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Some(buf.freeze()))
+}
+
+/// Reads and throws away the rest of an over-size body, up to
+/// [`DISCARD_MAX_BYTES`] (from what is declared, when it says) and
+/// [`DISCARD_WAIT`]: whether all of it was read, so the connection can stay.
+async fn discard(mut body: Incoming, declared: Option<u64>) -> bool {
+    if declared.is_some_and(|n| n > DISCARD_MAX_BYTES) {
+        return false;
+    }
+    let drain = async {
+        let mut seen = 0u64;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return false;
+            };
+            if let Some(data) = frame.data_ref() {
+                seen += data.len() as u64;
+                if seen > DISCARD_MAX_BYTES {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DISCARD_WAIT, drain)
+        .await
+        .unwrap_or(false)
+}
+
+/// The 413; with `Connection: close` when the body was not all read.
+fn too_large(max: usize, drained: bool) -> Resp {
+    let mut r = text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("body larger than {max} bytes"),
+    );
+    if !drained {
+        r.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
 /// Builds the group commit whose committed `received` events are published.
 pub fn start_store(
     db: DatabaseConnection,
@@ -421,6 +515,9 @@ pub fn start(
         broker: deps.broker,
         configs: deps.configs,
         store,
+        body_budget: Arc::new(tokio::sync::Semaphore::new(
+            settings.receiver.body_budget_bytes.max(1),
+        )),
         settings: settings.receiver,
         fallback: deps.fallback,
     });
@@ -436,6 +533,75 @@ pub fn start(
     })
 }
 
+/// When a connection last did something, for its deadlines.
+struct Activity {
+    born: Instant,
+    /// Requests being answered now.
+    busy: std::sync::atomic::AtomicUsize,
+    /// Milliseconds from `born` to the last request's start or end; 0:
+    /// no request yet.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+/// A request in progress on its connection (see [`Activity::begin`]).
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            born: Instant::now(),
+            busy: 0.into(),
+            last_ms: 0.into(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last_ms.store(ms.max(1), Ordering::Release);
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+        Busy(self.clone())
+    }
+
+    /// Resolves when the connection has had no whole request for `first`
+    /// since it opened, or has been idle (nothing in progress) for `idle`
+    /// since its last request. A request in progress (a long body read, a
+    /// WebSocket upgrade's answer) is never cut here; its own timeouts hold.
+    async fn expired(&self, first: Duration, idle: Duration) {
+        loop {
+            let last = self.last_ms.load(Ordering::Acquire);
+            let (from, limit) = if last == 0 {
+                (Duration::ZERO, first)
+            } else {
+                (Duration::from_millis(last), idle)
+            };
+            let due = from + limit;
+            let now = self.born.elapsed();
+            if now < due {
+                tokio::time::sleep(due - now).await;
+                continue;
+            }
+            if self.busy.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(limit.min(Duration::from_secs(1))).await;
+                continue;
+            }
+            if self.last_ms.load(Ordering::Acquire) == last {
+                return;
+            }
+        }
+    }
+}
+
 /// Serves until `shutdown` is cancelled, then stops accepting and lets
 /// accepted requests finish (bounded by `shutdown_grace`).
 pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, shutdown: CancellationToken) {
@@ -447,7 +613,15 @@ pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, shutdown: Can
         .keep_alive(true);
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        receiver.settings.max_connections.max(1),
+    ));
     loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s,
+            () = shutdown.cancelled() => break,
+        };
+        let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             () = shutdown.cancelled() => break,
@@ -461,17 +635,38 @@ pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, shutdown: Can
             }
         };
         let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::new());
+        let (first, idle) = (
+            receiver.settings.first_request_timeout,
+            receiver.settings.idle_timeout,
+        );
         let receiver = receiver.clone();
-        let service = hyper::service::service_fn(move |req| receiver.clone().handle(req));
+        let seen = activity.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let receiver = receiver.clone();
+            let busy = seen.begin();
+            async move {
+                let r = receiver.handle(req).await;
+                drop(busy);
+                r
+            }
+        });
         let builder = builder.clone();
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let fut = graceful.watch(conn);
+
         tokio::spawn(async move {
-            if let Err(e) = fut.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            tokio::select! {
+                r = fut => if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                },
+                () = activity.expired(first, idle) => {
+                    metrics::counter!(m::INGEST_CONNECTIONS_TIMED_OUT).increment(1);
+                }
             }
+            drop(slot);
         });
     }
     drop(listener);

@@ -170,6 +170,40 @@ pub struct Settings {
     #[arg(long, env = "WAPIPE_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024, global = true, help_heading = "Service settings")]
     pub max_body_bytes: usize,
 
+    /// Bytes of webhook bodies held at once over all connections; past it, 503 with Retry-After.
+    #[arg(long, env = "WAPIPE_BODY_BUDGET_BYTES", default_value_t = 64 * 1024 * 1024, global = true, help_heading = "Service settings")]
+    pub body_budget_bytes: usize,
+
+    /// Open connections the receiver serves at most; past it, new ones wait to be accepted.
+    #[arg(
+        long,
+        env = "WAPIPE_MAX_CONNECTIONS",
+        default_value_t = 4096,
+        global = true,
+        help_heading = "Service settings"
+    )]
+    pub max_connections: usize,
+
+    /// A new connection that has sent no whole request after this many seconds is closed.
+    #[arg(
+        long,
+        env = "WAPIPE_FIRST_REQUEST_TIMEOUT_S",
+        default_value_t = 10,
+        global = true,
+        help_heading = "Service settings"
+    )]
+    pub first_request_timeout_s: u64,
+
+    /// A kept-alive connection idle for this many seconds is closed.
+    #[arg(
+        long,
+        env = "WAPIPE_IDLE_TIMEOUT_S",
+        default_value_t = 75,
+        global = true,
+        help_heading = "Service settings"
+    )]
+    pub idle_timeout_s: u64,
+
     /// Group commit: longest wait for more requests before a batch commits, in milliseconds.
     #[arg(
         long,

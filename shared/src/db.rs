@@ -133,16 +133,70 @@ fn ensure_sqlite_dir(url: &str) {
     if path.is_empty() || path == ":memory:" {
         return;
     }
-    if let Some(parent) = std::path::Path::new(path)
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
+    let path = std::path::Path::new(path);
+    // The database holds phone numbers and message texts: its folder is
+    // created 0700 and the file 0600 (SQLite gives its -wal and -shm files
+    // the database file's mode), whatever the umask. Existing ones keep
+    // the mode their owner gave them. Errors surface when SQLite opens it.
+    #[cfg(unix)]
     {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent);
+        }
+        // An empty file is a new database to SQLite.
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+    }
+    #[cfg(not(unix))]
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(parent);
     }
 }
 
 pub fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+#[cfg(all(test, unix))]
+mod file_mode_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use sea_orm::ConnectionTrait;
+
+    /// Under umask 000 too (as the issue saw it: data/ 0777, the files
+    /// 0644), the folder is 0700 and the database and its WAL files 0600.
+    #[tokio::test]
+    async fn the_database_and_its_folder_are_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let file = data.join("wapipe.db");
+        // SAFETY of the process-wide umask: this test binary's other tests
+        // create no files.
+        let old = unsafe { libc::umask(0) };
+        let url = format!("sqlite://{}?mode=rwc", file.display());
+        let db = super::connect(&url, 2).await.expect("connect");
+        db.execute_unprepared("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+            .await
+            .expect("write");
+        unsafe { libc::umask(old) };
+        let mode = |p: &std::path::Path| {
+            std::fs::metadata(p).expect("exists").permissions().mode() & 0o777
+        };
+        assert_eq!(mode(&data), 0o700, "data/");
+        assert_eq!(mode(&file), 0o600, "the database");
+        for ext in ["db-wal", "db-shm"] {
+            let p = file.with_extension(ext);
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+        drop(db);
+    }
 }
 
 #[cfg(test)]
@@ -232,4 +286,22 @@ mod pragma_tests {
             );
         }
     }
+}
+
+/// Begins a transaction that writes. On SQLite it is `BEGIN IMMEDIATE`:
+/// the write lock is taken up front, waiting up to the busy timeout. A
+/// deferred transaction that reads first and writes later fails at once
+/// with SQLITE_BUSY (no waiting) when another connection committed in
+/// between, because its read snapshot can no longer become a write one;
+/// under load that failed CLI sends and requests. PostgreSQL ignores the
+/// mode. Inside a transaction it is a savepoint, as `begin` is.
+pub async fn begin_write<C>(db: &C) -> Result<C::Transaction, sea_orm::DbErr>
+where
+    C: sea_orm::TransactionTrait + ?Sized,
+{
+    db.begin_with_options(sea_orm::TransactionOptions {
+        sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
 }

@@ -9,6 +9,9 @@ pub const RELAY_BACKLOG: &str = "wapipe_relay_backlog_events";
 pub const RELAY_OLDEST_AGE_SECONDS: &str = "wapipe_relay_oldest_unprocessed_age_seconds";
 pub const RELAY_REPUBLISHED: &str = "wapipe_relay_republished_total";
 pub const PUBLISH_FAILURES: &str = "wapipe_ingest_publish_failures_total";
+/// Counter: receiver connections closed for sending no whole request in
+/// time, or for idling past the keep-alive time.
+pub const INGEST_CONNECTIONS_TIMED_OUT: &str = "wapipe_ingest_connections_timed_out_total";
 /// Gauge: WebSocket clients connected to an API process.
 pub const WS_CLIENTS: &str = "wapipe_ws_clients";
 /// Counter: WebSocket clients closed with 1013 for falling too far behind.
@@ -21,5 +24,7 @@ pub mod outcome {
     pub const BAD_SIGNATURE: &str = "bad_signature";
     pub const TOO_LARGE: &str = "too_large";
     pub const UNAVAILABLE: &str = "unavailable";
+    /// 503: the bodies in flight are at `WAPIPE_BODY_BUDGET_BYTES`.
+    pub const BUSY: &str = "busy";
     pub const REJECTED: &str = "rejected";
 }

@@ -82,6 +82,56 @@ pub fn field_label(field: Option<&str>) -> &'static str {
     }
 }
 
+/// A webhook body as JSON. A lone surrogate escape (`"\ud800"`: valid
+/// JSON syntax, as when a client cuts an emoji in half) is read as U+FFFD
+/// rather than refused: refused, its event would be answered 400 and Meta
+/// would retry it for 7 days without it ever being processed. The body is
+/// parsed as sent first, so only such bodies pay for the repair.
+pub fn parse_body(body: &[u8]) -> Result<Value, serde_json::Error> {
+    match serde_json::from_slice(body) {
+        Ok(v) => Ok(v),
+        Err(e) => match repair_surrogates(body) {
+            Some(fixed) => serde_json::from_slice(&fixed),
+            None => Err(e),
+        },
+    }
+}
+
+/// `body` with every unpaired `\uD800`-`\uDFFF` escape replaced by
+/// `\uFFFD` (same length); `None` when it has none.
+fn repair_surrogates(body: &[u8]) -> Option<Vec<u8>> {
+    fn unit(b: &[u8], at: usize) -> Option<u16> {
+        // `\uXXXX` at `at`.
+        let hex = b.get(at + 2..at + 6)?;
+        if b.get(at) != Some(&b'\\') || b.get(at + 1) != Some(&b'u') {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    }
+    let is_high = |u: u16| (0xD800..0xDC00).contains(&u);
+    let is_low = |u: u16| (0xDC00..0xE000).contains(&u);
+    let mut out: Option<Vec<u8>> = None;
+    let mut i = 0;
+    while i < body.len() {
+        if body[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match unit(body, i) {
+            Some(u) if is_high(u) && unit(body, i + 6).is_some_and(is_low) => i += 12,
+            Some(u) if is_high(u) || is_low(u) => {
+                let o = out.get_or_insert_with(|| body.to_vec());
+                o[i..i + 6].copy_from_slice(b"\\uFFFD");
+                i += 6;
+            }
+            // Any other escape, `\\` included, is two bytes or more that
+            // cannot start another escape.
+            _ => i += 2,
+        }
+    }
+    out
+}
+
 /// `s` without NUL characters: PostgreSQL stores none in text or jsonb, so
 /// every string read here is cleaned before anything can write it.
 pub fn without_nul(s: &str) -> String {
@@ -106,13 +156,29 @@ fn text(v: Option<&Value>) -> Option<String> {
 pub const MAX_ID_BYTES: usize = 256;
 
 /// `id` as stored: itself, or `wapipe:long:<sha256>` when longer than
-/// [`MAX_ID_BYTES`], the same on every replay.
+/// [`MAX_ID_BYTES`], or `wapipe:nul:<sha256>` when it holds NUL characters
+/// (which PostgreSQL cannot store): the same on every replay, and never
+/// another id's. Dropping the NULs would make `"336\u00001"` and `"3361"`
+/// one customer.
 pub fn bounded_id(id: String) -> String {
-    if id.len() <= MAX_ID_BYTES {
+    if id.contains('\0') {
+        format!("wapipe:nul:{}", crate::crypto::sha256_hex(id.as_bytes()))
+    } else if id.len() <= MAX_ID_BYTES {
         id
     } else {
         format!("wapipe:long:{}", crate::crypto::sha256_hex(id.as_bytes()))
     }
+}
+
+/// An id (wamid, wa_id, user_id, …) at `v`: a string or a number written
+/// as one, as stored ([`bounded_id`]). Empty counts as absent.
+pub fn id_at(v: Option<&Value>) -> Option<String> {
+    let raw = match v? {
+        Value::String(s) if !s.is_empty() => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    Some(bounded_id(raw))
 }
 
 /// A string, or a number written as a string (Meta sends ids and error codes
@@ -273,8 +339,8 @@ pub struct Contact {
 impl Contact {
     pub fn from_value(v: &Value) -> Self {
         Self {
-            wa_id: lenient_string(v.get("wa_id")).map(bounded_id),
-            user_id: lenient_string(v.get("user_id")).map(bounded_id),
+            wa_id: id_at(v.get("wa_id")),
+            user_id: id_at(v.get("user_id")),
             name: text(v.get("profile").and_then(|p| p.get("name"))),
             username: text(v.get("profile").and_then(|p| p.get("username"))).map(bounded_id),
         }
@@ -354,11 +420,11 @@ impl<'a> Status<'a> {
     pub fn from_value(v: &'a Value) -> Self {
         let obj = |k: &str| v.get(k).filter(|x| x.is_object());
         Self {
-            id: lenient_string(v.get("id")).map(bounded_id),
+            id: id_at(v.get("id")),
             status: text(v.get("status")).map(|s| bounded_id(s.to_ascii_lowercase())),
             timestamp: meta_timestamp(v.get("timestamp")),
-            recipient_id: lenient_string(v.get("recipient_id")).map(bounded_id),
-            recipient_user_id: lenient_string(v.get("recipient_user_id")).map(bounded_id),
+            recipient_id: id_at(v.get("recipient_id")),
+            recipient_user_id: id_at(v.get("recipient_user_id")),
             conversation: obj("conversation"),
             pricing: obj("pricing"),
             errors: errors_of(v.get("errors")),
@@ -370,6 +436,25 @@ impl<'a> Status<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lone_surrogates_become_replacement_characters() {
+        let cut = br#"{"text":"ok \ud83d","id":"\udc00x","pair":"\ud83d\ude00","esc":"\\ud800"}"#;
+        let v = parse_body(cut).expect("repaired");
+        assert_eq!(v["text"], "ok \u{FFFD}");
+        assert_eq!(v["id"], "\u{FFFD}x");
+        // A real pair stays the emoji; an escaped backslash is no escape.
+        assert_eq!(v["pair"], "\u{1F600}");
+        assert_eq!(v["esc"], "\\ud800");
+        // What is not JSON stays an error.
+        assert!(parse_body(br#"{"text": "\ud800"#).is_err());
+        assert!(parse_body(b"[1,").is_err());
+        // A body without the problem is parsed as is.
+        assert_eq!(
+            parse_body(br#"{"a":"\u00e9"}"#).expect("json")["a"],
+            "\u{e9}"
+        );
+    }
     use serde_json::json;
 
     #[test]

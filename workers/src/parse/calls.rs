@@ -17,9 +17,7 @@ use serde_json::Value;
 use uuid::Uuid;
 use wapipe_domain::events as ev;
 use wapipe_shared::entities::calls::{self, Column as K};
-use wapipe_shared::whatsapp::{
-    Contact, array, bounded_id, lenient_i64, lenient_string, meta_timestamp, str_at,
-};
+use wapipe_shared::whatsapp::{Contact, array, id_at, lenient_i64, meta_timestamp, str_at};
 
 use super::chats::chat_of;
 use super::customers::{Sender, customer_without_message};
@@ -85,10 +83,10 @@ fn customer_of(contacts: &[Contact], wa_id: Option<String>) -> Sender {
 }
 
 fn from_event(v: &Value, contacts: &[Contact]) -> Option<CallUpdate> {
-    let call_id = lenient_string(v.get("id")).map(bounded_id)?;
+    let call_id = id_at(v.get("id"))?;
     let dir = direction(v);
-    let from = lenient_string(v.get("from")).map(bounded_id);
-    let to = lenient_string(v.get("to")).map(bounded_id);
+    let from = id_at(v.get("from"));
+    let to = id_at(v.get("to"));
     let status = match str_at(v, "event").map(str::to_ascii_lowercase).as_deref() {
         Some("connect") => "connected".to_owned(),
         // A terminate says how it ended; without a status it just ended.
@@ -124,9 +122,9 @@ fn from_status(v: &Value, contacts: &[Contact]) -> Option<CallUpdate> {
     if !str_at(v, "type").is_some_and(|t| t.eq_ignore_ascii_case("call")) {
         return None;
     }
-    let call_id = lenient_string(v.get("id")).map(bounded_id)?;
+    let call_id = id_at(v.get("id"))?;
     let status = str_at(v, "status")?.to_ascii_lowercase();
-    let recipient = lenient_string(v.get("recipient_id")).map(bounded_id);
+    let recipient = id_at(v.get("recipient_id"));
     Some(CallUpdate {
         call_id,
         // Call statuses report the progress of calls the business placed.

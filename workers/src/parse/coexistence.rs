@@ -27,7 +27,7 @@ use uuid::Uuid;
 use wapipe_domain::events as ev;
 use wapipe_shared::entities::messages::{self, Direction, MessageStatus, Origin};
 use wapipe_shared::entities::{chats, customers, whatsapp_configs};
-use wapipe_shared::whatsapp::{array, bounded_id, lenient_string, str_at};
+use wapipe_shared::whatsapp::{array, bounded_id, id_at, lenient_string, str_at};
 
 use super::chats::chat_of;
 use super::customers::{Sender, customer_without_message};
@@ -67,8 +67,8 @@ pub(super) async fn apply<C: ConnectionTrait>(
                 .map(|raw| {
                     let m = extract_message(raw);
                     let customer = Sender {
-                        wa_id: lenient_string(raw.get("to")).map(bounded_id),
-                        user_id: lenient_string(raw.get("to_user_id")).map(bounded_id),
+                        wa_id: id_at(raw.get("to")),
+                        user_id: id_at(raw.get("to_user_id")),
                         name: None,
                         username: None,
                     };

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 use wapipe_shared::crypto::sha256_hex;
 use wapipe_shared::whatsapp::{
-    INTERACTIVE_TYPES, MESSAGE_TYPES, bounded_id, lenient_bool, lenient_string, meta_timestamp,
-    str_at, without_nul,
+    INTERACTIVE_TYPES, MESSAGE_TYPES, id_at, lenient_bool, lenient_string, meta_timestamp, str_at,
+    without_nul,
 };
 
 /// Media message types: their object becomes the `media` column.
@@ -188,8 +188,8 @@ pub fn extract_message(m: &Value) -> Inbound {
             infer_type(m).unwrap_or("unknown").to_owned()
         }
     };
-    let provider_message_id = match lenient_string(m.get("id")) {
-        Some(id) => bounded_id(id),
+    let provider_message_id = match id_at(m.get("id")) {
+        Some(id) => id,
         None => {
             unknown.push(Unknown::MissingId);
             // serde_json's maps are sorted, so the bytes (and the id) are
@@ -201,8 +201,8 @@ pub fn extract_message(m: &Value) -> Inbound {
     let context = object(m.get("context"));
     let mut out = Inbound {
         provider_message_id,
-        from: lenient_string(m.get("from")).map(bounded_id),
-        from_user_id: lenient_string(m.get("from_user_id")).map(bounded_id),
+        from: id_at(m.get("from")),
+        from_user_id: id_at(m.get("from_user_id")),
         kind,
         text: None,
         media: None,
@@ -211,9 +211,7 @@ pub fn extract_message(m: &Value) -> Inbound {
         interactive: None,
         reaction: None,
         context: context.map(clean_json),
-        reply_to: context
-            .and_then(|c| lenient_string(c.get("id")))
-            .map(|s| clean_str(&s)),
+        reply_to: context.and_then(|c| id_at(c.get("id"))),
         is_forwarded: context.is_some_and(|c| {
             lenient_bool(c.get("forwarded")) || lenient_bool(c.get("frequently_forwarded"))
         }),
@@ -259,9 +257,9 @@ fn fill_content(out: &mut Inbound, m: &Value) {
         "reaction" => {
             if let Some(b) = object(body) {
                 out.reaction = Some(pick(b, &["message_id", "emoji"]));
-                if let Some(target) = lenient_string(b.get("message_id")) {
+                if let Some(target) = id_at(b.get("message_id")) {
                     out.effect = Some(Effect::React {
-                        target: bounded_id(target),
+                        target,
                         emoji: text_at(b, "emoji").filter(|e| !e.is_empty()),
                     });
                 }
@@ -281,19 +279,17 @@ fn fill_content(out: &mut Inbound, m: &Value) {
                 });
                 out.text = inner.as_ref().and_then(|x| x.text.clone());
                 out.media = inner.as_ref().and_then(|x| x.media.clone());
-                if let Some(target) = lenient_string(b.get("original_message_id")) {
+                if let Some(target) = id_at(b.get("original_message_id")) {
                     out.effect = Some(Effect::Edit {
-                        target: bounded_id(target),
+                        target,
                         text: out.text.clone(),
                     });
                 }
             }
         }
         "revoke" => {
-            if let Some(target) = body.and_then(|b| lenient_string(b.get("original_message_id"))) {
-                out.effect = Some(Effect::Revoke {
-                    target: bounded_id(target),
-                });
+            if let Some(target) = body.and_then(|b| id_at(b.get("original_message_id"))) {
+                out.effect = Some(Effect::Revoke { target });
             }
         }
         // unsupported, unknown, request_welcome and types nobody has seen:
@@ -376,6 +372,26 @@ fn interactive(out: &mut Inbound, body: Option<&Value>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_in_an_id_never_merges_two_ids() {
+        let a = extract_message(
+            &json!({"from":"336\u{0}1","id":"wamid.a\u{0}","type":"text","text":{"body":"x"}}),
+        );
+        let b = extract_message(
+            &json!({"from":"3361","id":"wamid.a","type":"text","text":{"body":"x"}}),
+        );
+        assert_ne!(a.from, b.from);
+        assert_ne!(a.provider_message_id, b.provider_message_id);
+        let from = a.from.expect("an id");
+        assert!(from.starts_with("wapipe:nul:"), "{from}");
+        assert!(!from.contains('\0'));
+        // The same on every replay.
+        let again = extract_message(
+            &json!({"from":"336\u{0}1","id":"wamid.a\u{0}","type":"text","text":{"body":"x"}}),
+        );
+        assert_eq!(again.from.as_deref(), Some(from.as_str()));
+    }
 
     #[test]
     fn text_with_referral_and_context() {

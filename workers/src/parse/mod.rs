@@ -49,7 +49,7 @@ use std::collections::{HashMap, HashSet};
 
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, QueryFilter, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    EntityTrait, QueryFilter,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -266,7 +266,7 @@ async fn read_events(
         }
         // Ingest rejects bodies that are no JSON object before storing
         // them; one can only get here by a replay of a rejected event.
-        match serde_json::from_slice::<Value>(&ev.raw_body) {
+        match wapipe_shared::whatsapp::parse_body(&ev.raw_body) {
             Ok(root) if root.is_object() => work.push(Work { index, ev, root }),
             other => {
                 let reason = match other {
@@ -285,14 +285,7 @@ async fn read_events(
 
 /// The batch's write transaction.
 async fn begin(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
-    let txn = db
-        .begin_with_options(TransactionOptions {
-            // SQLite: take the write lock up front, so a transaction that
-            // read first never fails to upgrade (SQLITE_BUSY) under load.
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        })
-        .await?;
+    let txn = wapipe_shared::db::begin_write(db).await?;
     if txn.get_database_backend() == DbBackend::Postgres {
         // The batch's lookups take `IN (…)` lists; a cached generic plan
         // for them, made while the table was small or never analysed

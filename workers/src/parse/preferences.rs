@@ -11,7 +11,7 @@ use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, Query
 use serde_json::Value;
 use uuid::Uuid;
 use wapipe_shared::entities::customers::{self, Column as C};
-use wapipe_shared::whatsapp::{array, bounded_id, lenient_string, meta_timestamp, str_at};
+use wapipe_shared::whatsapp::{array, id_at, meta_timestamp, str_at};
 
 use super::customers::{Sender, customer_without_message};
 
@@ -37,8 +37,8 @@ pub(super) async fn apply<D: ConnectionTrait>(
             _ => continue,
         };
         let sender = Sender {
-            wa_id: lenient_string(p.get("wa_id")).map(bounded_id),
-            user_id: lenient_string(p.get("user_id")).map(bounded_id),
+            wa_id: id_at(p.get("wa_id")),
+            user_id: id_at(p.get("user_id")),
             name: None,
             username: None,
         };
