@@ -21,7 +21,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Body, Id, Q};
-use crate::page::{Cursor, Keyset, Page};
+use crate::page::{Keyset, Page};
 
 /// seed 002 `permissions`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -216,25 +216,10 @@ async fn list_where(
         }
         cond = cond.add(agents::Column::Status.eq(s.as_str()));
     }
-    let by = Keyset {
-        time: agents::Column::CreatedAt,
-        id: agents::Column::Id,
-        descending: false,
-    };
+    let by = Keyset::asc(agents::Column::CreatedAt, agents::Column::Id);
     let q = agents::Entity::find().filter(cond);
-    let key = |a: &agents::Model| Cursor {
-        at: a.created_at,
-        id: a.id,
-    };
-    by.page(
-        &state.db,
-        q,
-        p.cursor.as_deref(),
-        p.limit,
-        key,
-        Agent::from_row,
-    )
-    .await
+    by.page(&state.db, q, p.cursor.as_deref(), p.limit, Agent::from_row)
+        .await
 }
 
 #[utoipa::path(get, path = "/api/whatsapp/agents", tag = "agents", params(ListAgents),

@@ -19,7 +19,7 @@ use crate::AppState;
 use crate::auth::{Perm, Principal};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Body, Id, Q};
-use crate::page::{Cursor, Keyset, Page};
+use crate::page::{Keyset, Page};
 
 /// seed 002 BlockedNumber.
 #[derive(Debug, Serialize, ToSchema)]
@@ -103,22 +103,16 @@ pub async fn list(
     if p.all != Some(true) {
         cond = cond.add(blocked_numbers::Column::IsActive.eq(true));
     }
-    let by = Keyset {
-        time: blocked_numbers::Column::UpdatedAt,
-        id: blocked_numbers::Column::Id,
-        descending: true,
-    };
+    let by = Keyset::desc(
+        blocked_numbers::Column::UpdatedAt,
+        blocked_numbers::Column::Id,
+    );
     let q = blocked_numbers::Entity::find().filter(cond);
-    let key = |b: &blocked_numbers::Model| Cursor {
-        at: b.updated_at,
-        id: b.id,
-    };
     let page = by.page(
         &state.db,
         q,
         p.cursor.as_deref(),
         p.limit,
-        key,
         BlockedNumber::from,
     );
     Ok(axum::Json(page.await?))

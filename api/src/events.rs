@@ -16,7 +16,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Q;
-use crate::page::{self, Cursor, Keyset, Page};
+use crate::page::{self, Keyset, Page};
 
 /// seed 002 WebhookEvent.
 #[derive(Debug, Serialize, ToSchema)]
@@ -127,22 +127,13 @@ pub async fn list(
             .columns(ev::Column::iter().filter(|c| !matches!(c, ev::Column::RawBody)));
         q = q.expr_as(sea_orm::sea_query::Expr::val(Vec::<u8>::new()), "raw_body");
     }
-    let by = Keyset {
-        time: ev::Column::ReceivedAt,
-        id: ev::Column::Id,
-        descending: true,
-    };
-    let key = |e: &ev::Model| Cursor {
-        at: e.received_at,
-        id: e.id,
-    };
+    let by = Keyset::desc(ev::Column::ReceivedAt, ev::Column::Id);
     let view = |e| WebhookEvent::from_row(e, raw);
     let page = by.page(
         &state.db,
         q.filter(cond),
         p.cursor.as_deref(),
         p.limit,
-        key,
         view,
     );
     Ok(axum::Json(page.await?))

@@ -23,7 +23,7 @@ use crate::auth::{Perm, Principal};
 use crate::chats;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Body, Id, Q};
-use crate::page::{self, Cursor, Keyset, Page};
+use crate::page::{self, Keyset, Page};
 pub use wapipe_domain::views::FollowUp;
 
 fn err(e: FollowUpError) -> ApiError {
@@ -97,25 +97,10 @@ async fn list_where(
     if let Some(t) = &p.to {
         cond = cond.add(follow_ups::Column::ScheduledAt.lt(page::parse_time("to", t)?));
     }
-    let by = Keyset {
-        time: follow_ups::Column::ScheduledAt,
-        id: follow_ups::Column::Id,
-        descending: false,
-    };
+    let by = Keyset::asc(follow_ups::Column::ScheduledAt, follow_ups::Column::Id);
     let q = follow_ups::Entity::find().filter(cond);
-    let key = |f: &follow_ups::Model| Cursor {
-        at: f.scheduled_at,
-        id: f.id,
-    };
-    by.page(
-        &state.db,
-        q,
-        p.cursor.as_deref(),
-        p.limit,
-        key,
-        FollowUp::from,
-    )
-    .await
+    by.page(&state.db, q, p.cursor.as_deref(), p.limit, FollowUp::from)
+        .await
 }
 
 #[utoipa::path(get, path = "/api/whatsapp/followups", tag = "follow-ups", params(ListFollowUps),

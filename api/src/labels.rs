@@ -24,7 +24,7 @@ use crate::auth::{Perm, Principal};
 use crate::chats;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Body, Id, Ids, Q};
-use crate::page::{Cursor, Keyset, Page};
+use crate::page::{Keyset, Page};
 
 /// seed 002 Label.
 #[derive(Debug, Serialize, ToSchema)]
@@ -120,17 +120,9 @@ pub async fn list(
     if let Some(c) = p.config_id {
         cond = cond.add(labels::Column::ConfigId.eq(c));
     }
-    let by = Keyset {
-        time: labels::Column::CreatedAt,
-        id: labels::Column::Id,
-        descending: false,
-    };
+    let by = Keyset::asc(labels::Column::CreatedAt, labels::Column::Id);
     let q = labels::Entity::find().filter(cond);
-    let key = |l: &labels::Model| Cursor {
-        at: l.created_at,
-        id: l.id,
-    };
-    let page = by.page(&state.db, q, p.cursor.as_deref(), p.limit, key, Label::from);
+    let page = by.page(&state.db, q, p.cursor.as_deref(), p.limit, Label::from);
     Ok(axum::Json(page.await?))
 }
 

@@ -32,7 +32,7 @@ use crate::auth::Principal;
 use crate::chats::{queue_mark_read, visible};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Body, Id, Q};
-use crate::page::{self, Cursor, Keyset, Page};
+use crate::page::{self, Keyset, Page};
 use crate::views::{Ends, Location, Message};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -54,13 +54,6 @@ async fn ends(
     Ok((chat.phone_number.clone(), business))
 }
 
-fn key_of(m: &m::Model) -> Cursor {
-    Cursor {
-        at: m.created_at,
-        id: m.id,
-    }
-}
-
 #[utoipa::path(get, path = "/api/whatsapp/chats/{chatId}/messages", tag = "messages",
     params(("chatId" = Uuid, Path, description = "chat id"), ListMessages),
     responses((status = 200, body = Page<Message>), (status = 404, body = ErrorBody)))]
@@ -78,16 +71,12 @@ pub async fn list(
         customer: customer.as_deref(),
         business: business.as_deref(),
     };
-    let by = Keyset {
-        time: m::Column::CreatedAt,
-        id: m::Column::Id,
-        descending: true,
-    };
+    let by = Keyset::desc(m::Column::CreatedAt, m::Column::Id);
     let q = m::Entity::find()
         .filter(m::Column::ChatId.eq(chat.id))
         .filter(m::Column::IsDeleted.eq(false));
     let view = |r| Message::from_row(r, &ends);
-    let page = by.page(&state.db, q, p.cursor.as_deref(), p.limit, key_of, view);
+    let page = by.page(&state.db, q, p.cursor.as_deref(), p.limit, view);
     Ok(axum::Json(page.await?))
 }
 

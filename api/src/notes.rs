@@ -21,7 +21,7 @@ use crate::auth::Principal;
 use crate::chats;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Body, Id, Q};
-use crate::page::{Cursor, Keyset, Page};
+use crate::page::{Keyset, Page};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -97,26 +97,11 @@ pub async fn list(
     Q(p): Q<ListNotes>,
 ) -> ApiResult<axum::Json<Page<TeamNote>>> {
     let chat = chats::visible(&state, &who, chat_id).await?;
-    let by = Keyset {
-        time: team_notes::Column::CreatedAt,
-        id: team_notes::Column::Id,
-        descending: true,
-    };
+    let by = Keyset::desc(team_notes::Column::CreatedAt, team_notes::Column::Id);
     let q = team_notes::Entity::find()
         .filter(team_notes::Column::ChatId.eq(chat.id))
         .filter(team_notes::Column::IsDeleted.eq(false));
-    let key = |n: &team_notes::Model| Cursor {
-        at: n.created_at,
-        id: n.id,
-    };
-    let page = by.page(
-        &state.db,
-        q,
-        p.cursor.as_deref(),
-        p.limit,
-        key,
-        TeamNote::from,
-    );
+    let page = by.page(&state.db, q, p.cursor.as_deref(), p.limit, TeamNote::from);
     Ok(axum::Json(page.await?))
 }
 

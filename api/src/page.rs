@@ -70,15 +70,24 @@ pub fn limit(asked: Option<u64>) -> Result<u64, ApiError> {
 
 /// Cuts the `limit + 1` rows fetched into a page and its next cursor.
 pub fn paginate<R, T>(
-    mut rows: Vec<R>,
+    rows: Vec<R>,
     limit: u64,
     key: impl Fn(&R) -> Cursor,
+    view: impl FnMut(R) -> T,
+) -> Page<T> {
+    paginate_opt(rows, limit, |r| Some(key(r)), view)
+}
+
+fn paginate_opt<R, T>(
+    mut rows: Vec<R>,
+    limit: u64,
+    key: impl Fn(&R) -> Option<Cursor>,
     view: impl FnMut(R) -> T,
 ) -> Page<T> {
     let more = rows.len() as u64 > limit;
     rows.truncate(limit as usize);
     let next_cursor = if more {
-        rows.last().map(|r| key(r).encode())
+        rows.last().and_then(key).map(|c| c.encode())
     } else {
         None
     };
@@ -169,23 +178,41 @@ pub struct Keyset<C> {
 }
 
 impl<C: sea_orm::ColumnTrait> Keyset<C> {
+    /// Oldest first.
+    pub fn asc(time: C, id: C) -> Self {
+        Self {
+            time,
+            id,
+            descending: false,
+        }
+    }
+
+    /// Newest first.
+    pub fn desc(time: C, id: C) -> Self {
+        Self {
+            time,
+            id,
+            descending: true,
+        }
+    }
+
     /// One page of `query` in this order: the `limit` (checked) rows after
-    /// `cursor`, each shown through `view`, and the next cursor, which
-    /// `key` reads off the last row.
+    /// `cursor`, each shown through `view`, and the next cursor, read off
+    /// the last row's two columns.
     pub async fn page<E, T, D>(
         self,
         db: &D,
         query: sea_orm::Select<E>,
         cursor: Option<&str>,
         asked: Option<u64>,
-        key: impl Fn(&E::Model) -> Cursor,
         view: impl FnMut(E::Model) -> T,
     ) -> Result<Page<T>, ApiError>
     where
         E: sea_orm::EntityTrait<Column = C>,
         D: sea_orm::ConnectionTrait,
     {
-        use sea_orm::{QueryFilter, QueryOrder, QuerySelect};
+        use sea_orm::sea_query::ValueType;
+        use sea_orm::{ModelTrait, QueryFilter, QueryOrder, QuerySelect};
         let limit = limit(asked)?;
         let order = if self.descending {
             sea_orm::Order::Desc
@@ -199,6 +226,14 @@ impl<C: sea_orm::ColumnTrait> Keyset<C> {
             .limit(limit + 1)
             .all(db)
             .await?;
-        Ok(paginate(rows, limit, key, view))
+        // Keyset columns are a timestamp and a uuid by construction; a row
+        // whose cursor cannot be read ends the list rather than failing it.
+        let key = |m: &E::Model| {
+            Some(Cursor {
+                at: <DateTime<Utc> as ValueType>::try_from(m.get(self.time)).ok()?,
+                id: <Uuid as ValueType>::try_from(m.get(self.id)).ok()?,
+            })
+        };
+        Ok(paginate_opt(rows, limit, key, view))
     }
 }

@@ -22,7 +22,7 @@ use crate::AppState;
 use crate::auth::{Perm, Principal};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Body, Id, Q};
-use crate::page::{Cursor, Keyset, Page};
+use crate::page::{Keyset, Page};
 
 /// seed 002 Template.
 #[derive(Debug, Serialize, ToSchema)]
@@ -145,24 +145,9 @@ pub async fn list(
     if let Some(c) = &p.category {
         cond = cond.add(templates::Column::Category.eq(c.as_str()));
     }
-    let by = Keyset {
-        time: templates::Column::CreatedAt,
-        id: templates::Column::Id,
-        descending: false,
-    };
+    let by = Keyset::asc(templates::Column::CreatedAt, templates::Column::Id);
     let q = templates::Entity::find().filter(cond);
-    let key = |t: &templates::Model| Cursor {
-        at: t.created_at,
-        id: t.id,
-    };
-    let page = by.page(
-        &state.db,
-        q,
-        p.cursor.as_deref(),
-        p.limit,
-        key,
-        Template::from,
-    );
+    let page = by.page(&state.db, q, p.cursor.as_deref(), p.limit, Template::from);
     Ok(axum::Json(page.await?))
 }
 

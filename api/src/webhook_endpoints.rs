@@ -303,22 +303,16 @@ pub async fn list(
     if let Some(c) = p.config_id {
         cond = cond.add(webhook_endpoints::Column::ConfigId.eq(c));
     }
-    let by = Keyset {
-        time: webhook_endpoints::Column::CreatedAt,
-        id: webhook_endpoints::Column::Id,
-        descending: true,
-    };
+    let by = Keyset::desc(
+        webhook_endpoints::Column::CreatedAt,
+        webhook_endpoints::Column::Id,
+    );
     let q = webhook_endpoints::Entity::find().filter(cond);
-    let key = |e: &webhook_endpoints::Model| Cursor {
-        at: e.created_at,
-        id: e.id,
-    };
     let page = by.page(
         &state.db,
         q,
         p.cursor.as_deref(),
         p.limit,
-        key,
         WebhookEndpoint::from,
     );
     Ok(axum::Json(page.await?))
