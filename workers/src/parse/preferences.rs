@@ -41,6 +41,7 @@ pub(super) async fn apply<D: ConnectionTrait>(
             user_id: lenient_string(p.get("user_id")).map(bounded_id),
             name: None,
             username: None,
+            parent_user_id: lenient_string(p.get("parent_user_id")).map(bounded_id),
         };
         if sender.key().is_none() {
             continue;
