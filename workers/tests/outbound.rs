@@ -1816,7 +1816,8 @@ async fn template_refusals_for_every_sender(backend: Backend) {
     let w = worker(&env, settings(&env, &graph.base_url()));
     categorised(&env, "promo", "MARKETING").await;
     categorised(&env, "receipt", "UTILITY").await;
-    let otp = categorised(&env, "otp", "UTILITY").await;
+    categorised(&env, "otp", "AUTHENTICATION").await;
+    let login = categorised(&env, "login", "UTILITY").await;
     let new = |to: &str, content: OutboundContent, origin: Origin| NewOutbound {
         config_id: env.config_id,
         to: to.into(),
@@ -1889,13 +1890,13 @@ async fn template_refusals_for_every_sender(backend: Backend) {
     );
     // …and by the worker, for a message queued before the rule applied
     // (here: the template became AUTHENTICATION after queueing).
-    let queued = env.queue("US.5151", template("otp"), None).await;
+    let queued = env.queue("US.5151", template("login"), None).await;
     wapipe_shared::entities::templates::Entity::update_many()
         .col_expr(
             wapipe_shared::entities::templates::Column::Category,
             sea_orm::sea_query::Expr::value("AUTHENTICATION"),
         )
-        .filter(wapipe_shared::entities::templates::Column::Id.eq(otp))
+        .filter(wapipe_shared::entities::templates::Column::Id.eq(login))
         .exec(&env.db)
         .await
         .expect("category");
