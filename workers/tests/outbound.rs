@@ -1737,6 +1737,33 @@ async fn bsuid_customer(env: &Env, user_id: &str) -> Uuid {
     id
 }
 
+/// A send from `origin` to `to` on the test config.
+fn outbound_msg(env: &Env, to: &str, content: OutboundContent, origin: Origin) -> NewOutbound {
+    NewOutbound {
+        config_id: env.config_id,
+        to: to.into(),
+        content,
+        reply_to: None,
+        origin,
+        sender_type: "bot".into(),
+        sender_id: None,
+        answers: None,
+    }
+}
+
+/// The customer stops marketing messages (`user_preferences`).
+async fn opt_out(env: &Env, customer: Uuid) {
+    customers::Entity::update_many()
+        .col_expr(
+            customers::Column::MarketingOptedOut,
+            sea_orm::sea_query::Expr::value(true),
+        )
+        .filter(customers::Column::Id.eq(customer))
+        .exec(&env.db)
+        .await
+        .expect("opt out");
+}
+
 /// A template of `category` on the test config.
 async fn categorised(env: &Env, name: &str, category: &str) -> Uuid {
     use sea_orm::sea_query::Expr;
@@ -1768,16 +1795,7 @@ async fn sends_to_a_bsuid_use_recipient(backend: Backend) {
     let customer = bsuid_customer(&env, "US.4242").await;
     let q = wapipe_domain::outbox::queue_message(
         &env.db,
-        NewOutbound {
-            config_id: env.config_id,
-            to: "US.4242".into(),
-            content: text("hello"),
-            reply_to: None,
-            origin: Origin::Admin,
-            sender_type: "agent".into(),
-            sender_id: None,
-            answers: None,
-        },
+        outbound_msg(&env, "US.4242", text("hello"), Origin::Admin),
     )
     .await
     .expect("queue");
@@ -1818,27 +1836,12 @@ async fn template_refusals_for_every_sender(backend: Backend) {
     categorised(&env, "receipt", "UTILITY").await;
     categorised(&env, "otp", "AUTHENTICATION").await;
     let login = categorised(&env, "login", "UTILITY").await;
-    let new = |to: &str, content: OutboundContent, origin: Origin| NewOutbound {
-        config_id: env.config_id,
-        to: to.into(),
-        content,
-        reply_to: None,
-        origin,
-        sender_type: "bot".into(),
-        sender_id: None,
-        answers: None,
+    let new = |to: &str, content: OutboundContent, origin: Origin| {
+        outbound_msg(&env, to, content, origin)
     };
     let opted_out = "4915100000060";
     let c = env.customer(opted_out, None).await;
-    customers::Entity::update_many()
-        .col_expr(
-            customers::Column::MarketingOptedOut,
-            sea_orm::sea_query::Expr::value(true),
-        )
-        .filter(customers::Column::Id.eq(c))
-        .exec(&env.db)
-        .await
-        .expect("opt out");
+    opt_out(&env, c).await;
 
     // A bot's replies (one transaction): refused, nothing written.
     let refused = wapipe_domain::outbox::queue_messages(
@@ -1912,15 +1915,7 @@ async fn template_refusals_for_every_sender(backend: Backend) {
     let before = "4915100000061";
     let c2 = env.customer(before, None).await;
     let promo = env.queue(before, template("promo"), None).await;
-    customers::Entity::update_many()
-        .col_expr(
-            customers::Column::MarketingOptedOut,
-            sea_orm::sea_query::Expr::value(true),
-        )
-        .filter(customers::Column::Id.eq(c2))
-        .exec(&env.db)
-        .await
-        .expect("opt out");
+    opt_out(&env, c2).await;
     assert_eq!(
         w.send_message(promo).await.expect("send"),
         SendOutcome::Failed {

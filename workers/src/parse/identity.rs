@@ -113,9 +113,8 @@ pub(super) fn rekey_of(m: &Inbound) -> Option<Rekey> {
         Kind::WaId => id_at(sys, &["user_id", "new_user_id"]),
         Kind::UserId => None,
     };
-    if from.key().is_none() {
-        return None;
-    }
+    // Without an old id there is nobody to move.
+    from.key()?;
     Some(Rekey {
         kind,
         new,
