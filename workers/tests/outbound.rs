@@ -1200,6 +1200,48 @@ async fn killed_mid_send_is_not_sent_twice(backend: Backend) {
 }
 both_backends!(killed_mid_send_is_not_sent_twice);
 
+/// The same for a send to a BSUID, whose receipts name the user by
+/// `recipient_user_id` only: the receipt is still recognised as Meta's
+/// word that the send went through.
+async fn killed_mid_send_to_a_bsuid_is_recovered(backend: Backend) {
+    let env = env(backend, 80).await;
+    let server = slow_meta("wamid.KILLED-B").await;
+    let mut s = settings(&env, &server.uri());
+    s.sending_timeout = Duration::from_secs(1);
+    let w = worker(&env, s);
+    let id = kill_mid_send(&env, &server, &w, "US.9090").await;
+    let sent: Value = server.received_requests().await.expect("recorded")[0]
+        .body_json()
+        .expect("json");
+    assert_eq!(sent["recipient"], "US.9090", "{sent}");
+    let now = Utc::now();
+    message_status_events::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        config_id: Set(env.config_id),
+        provider_message_id: Set("wamid.KILLED-B".into()),
+        status: Set("sent".into()),
+        timestamp: Set(now),
+        recipient_id: Set(None),
+        recipient_user_id: Set(Some("US.9090".into())),
+        applied: Set(false),
+        ..Default::default()
+    }
+    .insert(&env.db)
+    .await
+    .expect("receipt");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        w.send_message(id).await.expect("recover"),
+        SendOutcome::Recovered {
+            wamid: "wamid.KILLED-B".into()
+        }
+    );
+    assert_eq!(server.received_requests().await.expect("recorded").len(), 1);
+}
+both_backends!(killed_mid_send_to_a_bsuid_is_recovered);
+
 /// The documented remaining window: Meta accepted a send, the worker died
 /// before storing the wamid, and no receipt of it reached us within
 /// `sending_timeout`. Nothing proves the send happened, so it is resent:
