@@ -24,8 +24,10 @@ pub struct SendArgs {
     /// The config (WhatsApp number) to send from: its id, as `config list` shows it.
     #[arg(long = "config", value_name = "ID")]
     pub config: String,
-    /// The recipient's WhatsApp number: 6 to 15 digits, optionally after a +.
-    #[arg(long, value_name = "PHONE")]
+    /// The recipient's WhatsApp number (6 to 15 digits, optionally after a
+    /// +), or the business-scoped user id of a customer without one
+    /// (`US.13491208655302741918`).
+    #[arg(long, value_name = "PHONE|BSUID")]
     pub to: String,
     /// A free-form text (only inside the customer's 24-hour window).
     #[arg(long, value_name = "T", conflicts_with = "template")]
@@ -74,7 +76,7 @@ pub async fn run(settings: &Settings, args: SendArgs) -> Result<()> {
             args.config
         )
     })?;
-    let to = outbound::normalize_wa_id(&args.to)?;
+    let to = outbound::Recipient::parse(&args.to)?.as_str().to_owned();
     let content = args.content()?;
     content.validate().map_err(OutboxError::from)?;
 

@@ -230,7 +230,7 @@ async fn send_cli_round_trip_production() {
 async fn send_cli_bad_input() {
     common::install_tls_provider();
     let (settings, _dir) = wapipe_testkit::app::settings_for(Mode::Embedded).await;
-    let (_db, config_id) = wapipe_testkit::app::prepare_db(&settings).await;
+    let (db, config_id) = wapipe_testkit::app::prepare_db(&settings).await;
     let url = settings.clone();
     let config = config_id.to_string();
     let run = |args: &[&str]| cli(&url, args);
@@ -294,6 +294,24 @@ async fn send_cli_bad_input() {
     // And the happy path prints the id last.
     let o = run(&["--config", &config, "--to", "4915112345678", "--text", "hi"]);
     sent_id(&o);
+    // A customer known by a business-scoped user id only: Meta's `recipient`.
+    let o = run(&[
+        "--config",
+        &config,
+        "--to",
+        "US.13491208655302741918",
+        "--text",
+        "hi",
+    ]);
+    let id = sent_id(&o);
+    let m = messages::Entity::find_by_id(id)
+        .one(&db)
+        .await
+        .expect("query")
+        .expect("queued");
+    let body = m.payload.expect("graph body");
+    assert_eq!(body["recipient"], "US.13491208655302741918", "{body}");
+    assert!(body.get("to").is_none(), "{body}");
 }
 
 /// Through the agents' API: a customer writes (webhook → chat), an agent

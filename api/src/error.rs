@@ -146,6 +146,7 @@ impl From<OutboxError> for ApiError {
             OutboxError::UnknownConfig(_) | OutboxError::InactiveConfig(_) => {
                 ApiError::conflict("config_inactive", e.to_string())
             }
+            OutboxError::Refused { code, message } => ApiError::unprocessable(code, message),
             other => ApiError::internal(other),
         }
     }

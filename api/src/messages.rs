@@ -19,13 +19,12 @@ use wapipe_domain::outbox::content::{
     ListRow, ListSection, MediaKind, MediaSource, ReplyButton, Template,
 };
 use wapipe_domain::outbox::{
-    self, CODE_MARKETING_OPTED_OUT, CODE_WINDOW_CLOSED, NewOutbound, OutboundContent,
-    customer_window_open,
+    self, CODE_WINDOW_CLOSED, NewOutbound, OutboundContent, customer_window_open,
 };
 use wapipe_domain::receipts::read_status_of;
 use wapipe_domain::templates::{self, TemplateCheckError};
 use wapipe_shared::entities::messages::{self as m, Direction, Origin};
-use wapipe_shared::entities::{blocked_numbers, chats, whatsapp_configs};
+use wapipe_shared::entities::{blocked_numbers, chats, customers, whatsapp_configs};
 
 use crate::AppState;
 use crate::auth::Principal;
@@ -386,6 +385,8 @@ impl SendMessage {
         (status = 409, body = ErrorBody, description = "the number is blocked"),
         (status = 422, body = ErrorBody, description = "131047: outside the 24-hour window; use a template; \
             131050: a MARKETING template to a customer who stopped marketing messages; \
+            authentication_needs_phone_number: an AUTHENTICATION template to a customer known \
+            by a business-scoped user id only; \
             template_invalid: unknown, paused, disabled or rejected template (with Meta's reason)")))]
 pub async fn send(
     State(state): State<AppState>,
@@ -404,10 +405,21 @@ pub async fn send(
     content
         .validate()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let phone = chat
-        .phone_number
-        .clone()
-        .ok_or_else(|| ApiError::conflict("no_number", "this chat has no WhatsApp number"))?;
+    // A customer without a number (a username user) is written to by
+    // their business-scoped user id.
+    let phone = match chat.phone_number.clone() {
+        Some(p) => p,
+        None => customers::Entity::find_by_id(chat.customer_id)
+            .one(&state.db)
+            .await?
+            .and_then(|c| c.wa_id.or(c.user_id))
+            .ok_or_else(|| {
+                ApiError::conflict(
+                    "no_number",
+                    "this chat has no WhatsApp number or business-scoped user id",
+                )
+            })?,
+    };
     let blocked = blocked_numbers::Entity::find()
         .filter(blocked_numbers::Column::ConfigId.eq(chat.config_id))
         .filter(blocked_numbers::Column::PhoneNumber.eq(&phone))
@@ -437,18 +449,6 @@ pub async fn send(
         ),
         None => None,
     };
-    if let Some(t) = &template
-        && templates::marketing_refused(&state.db, t, chat.customer_id).await?
-    {
-        return Err(ApiError::unprocessable(
-            CODE_MARKETING_OPTED_OUT,
-            format!(
-                "the customer stopped marketing messages: template {:?} is MARKETING; \
-                 send a utility template or wait until they resume",
-                t.name
-            ),
-        ));
-    }
     if !content.is_template()
         && !customer_window_open(&state.db, chat.config_id, chat.customer_id).await?
     {

@@ -521,6 +521,98 @@ both!(
     meta_state_refusals_and_pricing
 );
 
+/// A customer known by a business-scoped user id only (a username user)
+/// is written to by it: Meta's `recipient` instead of `to`. An
+/// AUTHENTICATION template, which Meta delivers to phone numbers only, is
+/// refused with a clear 422 and queues nothing.
+async fn sends_to_a_bsuid(api: Api) {
+    use sea_orm::sea_query::Expr;
+    use wapipe_shared::entities::{chats, customers, templates};
+    let admin = api.admin_of(&["Acme"]).await;
+    let (chat, _) = api
+        .inbound(
+            api.config_id,
+            "33600000077",
+            "Nick",
+            "hello",
+            minutes_ago(5),
+        )
+        .await;
+    let customer = chats::Entity::find_by_id(chat)
+        .one(&api.db)
+        .await
+        .expect("read")
+        .expect("chat")
+        .customer_id;
+    customers::Entity::update_many()
+        .col_expr(customers::Column::WaId, Expr::value(Option::<String>::None))
+        .col_expr(
+            customers::Column::PhoneNumber,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(customers::Column::UserId, Expr::value("US.7777"))
+        .filter(customers::Column::Id.eq(customer))
+        .exec(&api.db)
+        .await
+        .expect("bsuid only");
+    chats::Entity::update_many()
+        .col_expr(
+            chats::Column::PhoneNumber,
+            Expr::value(Option::<String>::None),
+        )
+        .filter(chats::Column::Id.eq(chat))
+        .exec(&api.db)
+        .await
+        .expect("no number");
+    let path = format!("/api/whatsapp/chats/{chat}/messages");
+
+    let r = api
+        .post(&admin, &path, json!({"type": "text", "text": "hi Nick"}))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+    let sent = messages::Entity::find_by_id(id(&r.body))
+        .one(&api.db)
+        .await
+        .expect("read")
+        .expect("message");
+    let body = sent.payload.expect("graph body");
+    assert_eq!(body["recipient"], "US.7777", "{body}");
+    assert!(body.get("to").is_none(), "{body}");
+    assert_eq!(sent.customer_id, customer);
+
+    let otp = api
+        .template(api.config_id, "otp", "en_US", "Code {{1}}", "APPROVED")
+        .await;
+    templates::Entity::update_many()
+        .col_expr(templates::Column::Category, Expr::value("AUTHENTICATION"))
+        .filter(templates::Column::Id.eq(otp))
+        .exec(&api.db)
+        .await
+        .expect("authentication");
+    let r = api
+        .post(
+            &admin,
+            &path,
+            json!({"type": "template", "template": {"name": "otp", "language": "en_US",
+                "parameters": ["123456"]}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{r:?}");
+    assert_eq!(r.body["error"]["code"], "authentication_needs_phone_number");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("phone number")),
+        "{r:?}"
+    );
+    assert_eq!(
+        outbound_rows(&api, chat).await,
+        1,
+        "the refusal queued nothing"
+    );
+}
+both!(sends_to_a_bsuid_test, sends_to_a_bsuid);
+
 async fn list_get_and_read(api: Api) {
     let admin = api.admin_of(&["Acme"]).await;
     let (chat, inbound) = api

@@ -10,7 +10,7 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter};
 use serde_json::Value;
 use uuid::Uuid;
-use wapipe_shared::entities::templates;
+use wapipe_shared::entities::{customers, templates};
 
 use crate::clock;
 
@@ -143,22 +143,89 @@ pub async fn check_send<C: ConnectionTrait>(
     Ok(t.clone())
 }
 
-/// Whether sending template `t` to the customer is refused because they
-/// stopped marketing messages (`user_preferences`): only MARKETING
-/// templates are; other categories go.
-pub async fn marketing_refused<C: ConnectionTrait>(
-    db: &C,
+/// Our code for an authentication template refused because the customer
+/// is known by a business-scoped user id only: Meta delivers those
+/// (one-time passwords) to phone numbers only.
+pub const CODE_NEEDS_PHONE_NUMBER: &str = "authentication_needs_phone_number";
+
+/// Why a template send is refused locally: Meta's code (or ours) and a
+/// sentence for the agent or the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// The one rule for every sender (API, scenarios, reminders, the outbound
+/// worker): whether template `t` may go to `customer`, sent to a BSUID
+/// (`to_user_id`) or to a phone number.
+/// - A MARKETING template to a customer who stopped marketing messages
+///   (`user_preferences`) is refused with Meta's code 131050; other
+///   categories go.
+/// - An AUTHENTICATION template needs a phone number: refused when the
+///   send would go to a BSUID.
+pub fn send_refusal(
     t: &templates::Model,
-    customer_id: Uuid,
-) -> Result<bool, sea_orm::DbErr> {
-    use wapipe_shared::entities::customers;
-    if !t.category.eq_ignore_ascii_case("marketing") {
-        return Ok(false);
+    customer: Option<&customers::Model>,
+    to_user_id: bool,
+) -> Option<Refused> {
+    if t.category.eq_ignore_ascii_case("marketing")
+        && customer.is_some_and(|c| c.marketing_opted_out)
+    {
+        return Some(Refused {
+            code: crate::outbox::CODE_MARKETING_OPTED_OUT,
+            message: format!(
+                "the customer stopped marketing messages: template {:?} is MARKETING; \
+                 send a utility template or wait until they resume",
+                t.name
+            ),
+        });
     }
-    Ok(customers::Entity::find_by_id(customer_id)
-        .one(db)
-        .await?
-        .is_some_and(|c| c.marketing_opted_out))
+    if t.category.eq_ignore_ascii_case("authentication") && to_user_id {
+        return Some(Refused {
+            code: CODE_NEEDS_PHONE_NUMBER,
+            message: format!(
+                "template {:?} is AUTHENTICATION, which Meta delivers to phone numbers only; \
+                 this customer is known by a business-scoped user id only",
+                t.name
+            ),
+        });
+    }
+    None
+}
+
+/// The config's template of that name in that language, if any.
+pub fn find_language<'a>(
+    all: &'a [templates::Model],
+    config_id: Uuid,
+    name: &str,
+    language: &str,
+) -> Option<&'a templates::Model> {
+    all.iter().find(|t| {
+        t.config_id == config_id && t.name == name && same_language(&t.language, language)
+    })
+}
+
+/// [`send_refusal`] for one stored send: the template by name and
+/// language, the customer by id (two lookups).
+pub async fn template_refusal<C: ConnectionTrait>(
+    db: &C,
+    config_id: Uuid,
+    name: &str,
+    language: &str,
+    customer_id: Uuid,
+    to_user_id: bool,
+) -> Result<Option<Refused>, sea_orm::DbErr> {
+    let all = templates::Entity::find()
+        .filter(templates::Column::ConfigId.eq(config_id))
+        .filter(templates::Column::Name.eq(name))
+        .all(db)
+        .await?;
+    let Some(t) = find_language(&all, config_id, name, language) else {
+        return Ok(None);
+    };
+    let customer = customers::Entity::find_by_id(customer_id).one(db).await?;
+    Ok(send_refusal(t, customer.as_ref(), to_user_id))
 }
 
 /// Counts a use of the template (`usageCount`, `lastUsedAt`).

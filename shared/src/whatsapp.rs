@@ -334,6 +334,8 @@ pub struct Contact {
     pub name: Option<String>,
     /// `profile.username` (`@name`) of a user who set one.
     pub username: Option<String>,
+    /// `parent_user_id`: the parent BSUID of linked business portfolios.
+    pub parent_user_id: Option<String>,
 }
 
 impl Contact {
@@ -343,6 +345,7 @@ impl Contact {
             user_id: id_at(v.get("user_id")),
             name: text(v.get("profile").and_then(|p| p.get("name"))),
             username: text(v.get("profile").and_then(|p| p.get("username"))).map(bounded_id),
+            parent_user_id: id_at(v.get("parent_user_id")),
         }
     }
 }
@@ -520,6 +523,7 @@ mod tests {
                 user_id: Some("US.1".into()),
                 name: Some("A".into()),
                 username: None,
+                parent_user_id: None,
             }]
         );
         let st = Status::from_value(&cs[0].statuses()[0]);

@@ -100,6 +100,7 @@ async fn schema_matches_entities(db: &DatabaseConnection) {
         chats,
         conversations,
         customer_blocked_scenarios,
+        customer_previous_ids,
         customers,
         dead_letters,
         events,
@@ -387,6 +388,7 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         marketing_opted_out: true,
         marketing_preference_at: Some(ts(13)),
         username: Some("@zoé".to_owned()),
+        parent_user_id: Some("US.ENT.11815799212886844830".to_owned()),
     };
     let customer =
         roundtrip::<customers::Entity, _>(db, "customers", customer.clone(), customer.id).await;
@@ -571,6 +573,7 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         status: "failed".to_owned(),
         timestamp: ts(40),
         recipient_id: Some("16505551234".to_owned()),
+        recipient_user_id: Some("US.13491208655302741918".to_owned()),
         conversation: Some(json!({"id": "CONVERSATION_ID_1", "origin": {"type": "service"}})),
         pricing: Some(json!({"billable": false, "category": "service", "pricing_model": "PMP"})),
         errors: Some(json!([{"code": 131047, "error_data": {"details": "window closed"}}])),
@@ -954,6 +957,24 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         errors: Some(json!([{"code": 12455}])),
     };
     roundtrip::<calls::Entity, _>(db, "calls", call.clone(), call.id).await;
+
+    let previous = customer_previous_ids::Model {
+        id: id(),
+        created_at: ts(97),
+        config_id: config.id,
+        customer_id: customer.id,
+        kind: customer_previous_ids::KIND_WA_ID.to_owned(),
+        value: "16505550000".to_owned(),
+        changed_at: ts(98),
+        changed_by: Some(format!("wamid.{HELLO}")),
+    };
+    roundtrip::<customer_previous_ids::Entity, _>(
+        db,
+        "customer_previous_ids",
+        previous.clone(),
+        previous.id,
+    )
+    .await;
 
     // `seq` is given by the writer (wapipe_domain::events); any number
     // round-trips, including one past 2^32.

@@ -842,9 +842,19 @@ async fn messages_inner(
         return json_response(StatusCode::OK, &json!({ "success": true }));
     }
 
-    let to = match body.get("to").and_then(Value::as_str).map(str::trim) {
-        Some(t) if !t.is_empty() => t.to_owned(),
-        _ => {
+    // A phone number in `to`, or a business-scoped user id in `recipient`
+    // (a user known by a username only).
+    let to_field = |k: &str| {
+        body.get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+    };
+    let by_user_id = to_field("to").is_none() && to_field("recipient").is_some();
+    let to = match to_field("to").or_else(|| to_field("recipient")) {
+        Some(t) => t,
+        None => {
             return meta_error(
                 StatusCode::BAD_REQUEST,
                 131008,
@@ -883,7 +893,7 @@ async fn messages_inner(
     }
 
     let wamid = payloads::unique_wamid();
-    let wa_id = digits(&to);
+    let wa_id = if by_user_id { to.clone() } else { digits(&to) };
     state.lock().sent.push(SentMessage {
         wamid: wamid.clone(),
         to: to.clone(),
@@ -893,8 +903,13 @@ async fn messages_inner(
         time_ms: now_ms(),
         body,
     });
-    schedule_statuses(state, phone_id, &wamid, &wa_id, &kind, rule);
+    schedule_statuses(state, phone_id, &wamid, &wa_id, by_user_id, &kind, rule);
 
+    let contact = if by_user_id {
+        json!({ "input": to, "user_id": wa_id })
+    } else {
+        json!({ "input": to, "wa_id": wa_id })
+    };
     let mut message = json!({ "id": wamid });
     if kind == "template" {
         message["message_status"] = "accepted".into();
@@ -903,7 +918,7 @@ async fn messages_inner(
         StatusCode::OK,
         &json!({
             "messaging_product": "whatsapp",
-            "contacts": [{ "input": to, "wa_id": wa_id }],
+            "contacts": [contact],
             "messages": [message],
         }),
     )
@@ -916,6 +931,7 @@ fn schedule_statuses(
     phone_id: &str,
     wamid: &str,
     recipient: &str,
+    by_user_id: bool,
     kind: &str,
     failure: Option<ErrorRule>,
 ) {
@@ -951,6 +967,16 @@ fn schedule_statuses(
             })
             .collect(),
     };
+    if by_user_id {
+        // Receipts of a send to a BSUID name it as `recipient_user_id`.
+        for (_, s) in &mut statuses {
+            if let Some(o) = s.as_object_mut()
+                && let Some(r) = o.remove("recipient_id")
+            {
+                o.insert("recipient_user_id".into(), r);
+            }
+        }
+    }
     statuses.retain(|_| !state.roll(state.cfg.drop_rate));
     if state.cfg.duplicate {
         statuses = statuses.into_iter().flat_map(|s| [s.clone(), s]).collect();

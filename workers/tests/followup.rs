@@ -383,6 +383,61 @@ both_backends!(
     worker_threads = 4
 );
 
+/// The reminder template is MARKETING and the agent's number stopped
+/// marketing messages: the outbox refuses it (131050), as for any sender,
+/// and the reminder falls back to the event only, saying why.
+async fn a_marketing_reminder_to_an_opted_out_number_is_event_only(backend: Backend) {
+    use sea_orm::sea_query::Expr;
+    use wapipe_shared::entities::templates;
+    let e = env(backend).await;
+    let tpl = wapipe_testkit::db::add_template(
+        &e.db,
+        e.config_id,
+        &e.settings.template,
+        &e.settings.template_language,
+        "{{1}} {{2}}",
+        "APPROVED",
+    )
+    .await;
+    templates::Entity::update_many()
+        .col_expr(templates::Column::Category, Expr::value("MARKETING"))
+        .filter(templates::Column::Id.eq(tpl))
+        .exec(&e.db)
+        .await
+        .expect("marketing");
+    let now = clock::now();
+    customers::Entity::insert(customers::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        config_id: Set(e.config_id),
+        wa_id: Set(Some(AGENT_WA_ID.into())),
+        marketing_opted_out: Set(true),
+        ..Default::default()
+    })
+    .exec_without_returning(&e.db)
+    .await
+    .expect("opted-out number");
+    let agent = e.agent(Some(AGENT_PHONE)).await;
+    let id = e.due(agent, 1).await[0];
+    assert_eq!(
+        followup::remind(&e.db, e.broker.as_ref(), &e.settings, id)
+            .await
+            .expect("remind"),
+        Outcome::Reminded {
+            channel: CHANNEL_EVENT
+        }
+    );
+    assert!(e.reminders(id).await.is_empty(), "no WhatsApp message");
+    let note = e.row(id).await.reminder_note.expect("note");
+    assert!(note.contains("stopped marketing messages"), "{note}");
+}
+both_backends!(
+    a_marketing_reminder_to_an_opted_out_number_is_event_only,
+    flavor = "multi_thread",
+    worker_threads = 4
+);
+
 /// Completed and cancelled follow-ups are never claimed, and one closed
 /// after its claim is not reminded when its job runs.
 async fn closed_follow_ups_never_remind(backend: Backend) {

@@ -1200,6 +1200,48 @@ async fn killed_mid_send_is_not_sent_twice(backend: Backend) {
 }
 both_backends!(killed_mid_send_is_not_sent_twice);
 
+/// The same for a send to a BSUID, whose receipts name the user by
+/// `recipient_user_id` only: the receipt is still recognised as Meta's
+/// word that the send went through.
+async fn killed_mid_send_to_a_bsuid_is_recovered(backend: Backend) {
+    let env = env(backend, 80).await;
+    let server = slow_meta("wamid.KILLED-B").await;
+    let mut s = settings(&env, &server.uri());
+    s.sending_timeout = Duration::from_secs(1);
+    let w = worker(&env, s);
+    let id = kill_mid_send(&env, &server, &w, "US.9090").await;
+    let sent: Value = server.received_requests().await.expect("recorded")[0]
+        .body_json()
+        .expect("json");
+    assert_eq!(sent["recipient"], "US.9090", "{sent}");
+    let now = Utc::now();
+    message_status_events::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        config_id: Set(env.config_id),
+        provider_message_id: Set("wamid.KILLED-B".into()),
+        status: Set("sent".into()),
+        timestamp: Set(now),
+        recipient_id: Set(None),
+        recipient_user_id: Set(Some("US.9090".into())),
+        applied: Set(false),
+        ..Default::default()
+    }
+    .insert(&env.db)
+    .await
+    .expect("receipt");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        w.send_message(id).await.expect("recover"),
+        SendOutcome::Recovered {
+            wamid: "wamid.KILLED-B".into()
+        }
+    );
+    assert_eq!(server.received_requests().await.expect("recorded").len(), 1);
+}
+both_backends!(killed_mid_send_to_a_bsuid_is_recovered);
+
 /// The documented remaining window: Meta accepted a send, the worker died
 /// before storing the wamid, and no receipt of it reached us within
 /// `sending_timeout`. Nothing proves the send happened, so it is resent:
@@ -1714,3 +1756,221 @@ async fn queueing_to_many_answers_each_message(backend: Backend) {
     assert_eq!(chat(b1.chat_id).await.total_messages, 1, "counted once");
 }
 both_backends!(queueing_to_many_answers_each_message);
+
+// ---------------------------------------------------------------------------
+// Business-scoped user ids, and the template rules every sender shares.
+
+/// A customer known by a BSUID only (a username user), who wrote `ago` ago.
+async fn bsuid_customer(env: &Env, user_id: &str) -> Uuid {
+    let now = Utc::now();
+    let id = Uuid::now_v7();
+    customers::ActiveModel {
+        id: Set(id),
+        created_at: Set(now),
+        updated_at: Set(now),
+        config_id: Set(env.config_id),
+        user_id: Set(Some(user_id.into())),
+        last_inbound_at: Set(Some(now - chrono::Duration::minutes(5))),
+        ..Default::default()
+    }
+    .insert(&env.db)
+    .await
+    .expect("customer");
+    id
+}
+
+/// A send from `origin` to `to` on the test config.
+fn outbound_msg(env: &Env, to: &str, content: OutboundContent, origin: Origin) -> NewOutbound {
+    NewOutbound {
+        config_id: env.config_id,
+        to: to.into(),
+        content,
+        reply_to: None,
+        origin,
+        sender_type: "bot".into(),
+        sender_id: None,
+        answers: None,
+    }
+}
+
+/// The customer stops marketing messages (`user_preferences`).
+async fn opt_out(env: &Env, customer: Uuid) {
+    customers::Entity::update_many()
+        .col_expr(
+            customers::Column::MarketingOptedOut,
+            sea_orm::sea_query::Expr::value(true),
+        )
+        .filter(customers::Column::Id.eq(customer))
+        .exec(&env.db)
+        .await
+        .expect("opt out");
+}
+
+/// A template of `category` on the test config.
+async fn categorised(env: &Env, name: &str, category: &str) -> Uuid {
+    use sea_orm::sea_query::Expr;
+    use wapipe_shared::entities::templates;
+    let id = wapipe_testkit::db::add_template(
+        &env.db,
+        env.config_id,
+        name,
+        "en_US",
+        "Hi {{1}}",
+        "APPROVED",
+    )
+    .await;
+    templates::Entity::update_many()
+        .col_expr(templates::Column::Category, Expr::value(category))
+        .filter(templates::Column::Id.eq(id))
+        .exec(&env.db)
+        .await
+        .expect("category");
+    id
+}
+
+/// A send to a customer without a number goes to Meta's `recipient` with
+/// the BSUID (no `to`), into the customer's existing chat.
+async fn sends_to_a_bsuid_use_recipient(backend: Backend) {
+    let env = env(backend, 80).await;
+    let graph = sim(vec![]).await;
+    let w = worker(&env, settings(&env, &graph.base_url()));
+    let customer = bsuid_customer(&env, "US.4242").await;
+    let q = wapipe_domain::outbox::queue_message(
+        &env.db,
+        outbound_msg(&env, "US.4242", text("hello"), Origin::Admin),
+    )
+    .await
+    .expect("queue");
+    assert_eq!(q.customer_id, customer, "the BSUID's customer");
+    assert_eq!(q.lane_key, format!("{PHONE}:US.4242"));
+    assert!(matches!(
+        drive(&w, q.message_id).await,
+        SendOutcome::Sent { .. }
+    ));
+    let sent = graph.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].body,
+        json!({"messaging_product": "whatsapp", "recipient_type": "individual",
+            "recipient": "US.4242", "type": "text",
+            "text": {"preview_url": false, "body": "hello"}})
+    );
+    let m = env.message(q.message_id).await;
+    assert_eq!(m.to.as_deref(), Some("US.4242"));
+    assert_eq!(m.status, MessageStatus::Sent);
+    assert_eq!(
+        customers::Entity::find().count(&env.db).await.expect("n"),
+        1
+    );
+}
+both_backends!(sends_to_a_bsuid_use_recipient);
+
+/// One rule for every sender, applied when a message is queued (the API,
+/// a bot's replies, reminders) and again by the outbound worker: a
+/// MARKETING template to a customer who stopped marketing messages is
+/// refused with 131050, an AUTHENTICATION template to a BSUID is refused
+/// (Meta delivers those to phone numbers only); nothing reaches Meta.
+async fn template_refusals_for_every_sender(backend: Backend) {
+    let env = env(backend, 80).await;
+    let graph = sim(vec![]).await;
+    let w = worker(&env, settings(&env, &graph.base_url()));
+    categorised(&env, "promo", "MARKETING").await;
+    categorised(&env, "receipt", "UTILITY").await;
+    categorised(&env, "otp", "AUTHENTICATION").await;
+    let login = categorised(&env, "login", "UTILITY").await;
+    let new = |to: &str, content: OutboundContent, origin: Origin| {
+        outbound_msg(&env, to, content, origin)
+    };
+    let opted_out = "4915100000060";
+    let c = env.customer(opted_out, None).await;
+    opt_out(&env, c).await;
+
+    // A bot's replies (one transaction): refused, nothing written.
+    let refused = wapipe_domain::outbox::queue_messages(
+        &env.db,
+        vec![new(opted_out, template("promo"), Origin::Bot)],
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(OutboxError::Refused { code: "131050", .. })),
+        "{refused:?}"
+    );
+    // Reminders (each on its own): the marketing one refused, the other goes.
+    let each = wapipe_domain::outbox::queue_each(
+        &env.db,
+        vec![
+            new(opted_out, template("promo"), Origin::System),
+            new(opted_out, template("receipt"), Origin::System),
+        ],
+    )
+    .await
+    .expect("queue");
+    assert!(matches!(
+        &each[0],
+        Err(OutboxError::Refused { code: "131050", .. })
+    ));
+    let receipt = each[1].as_ref().expect("utility goes").message_id;
+    assert_eq!(
+        messages::Entity::find().count(&env.db).await.expect("n"),
+        1,
+        "only the utility template was queued"
+    );
+
+    // Authentication to a BSUID: refused when queued.
+    bsuid_customer(&env, "US.5151").await;
+    let refused = wapipe_domain::outbox::queue_message(
+        &env.db,
+        new("US.5151", template("otp"), Origin::Admin),
+    )
+    .await;
+    assert!(
+        matches!(
+            &refused,
+            Err(OutboxError::Refused {
+                code: "authentication_needs_phone_number",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    // …and by the worker, for a message queued before the rule applied
+    // (here: the template became AUTHENTICATION after queueing).
+    let queued = env.queue("US.5151", template("login"), None).await;
+    wapipe_shared::entities::templates::Entity::update_many()
+        .col_expr(
+            wapipe_shared::entities::templates::Column::Category,
+            sea_orm::sea_query::Expr::value("AUTHENTICATION"),
+        )
+        .filter(wapipe_shared::entities::templates::Column::Id.eq(login))
+        .exec(&env.db)
+        .await
+        .expect("category");
+    assert_eq!(
+        w.send_message(queued).await.expect("send"),
+        SendOutcome::Failed {
+            code: "authentication_needs_phone_number".into(),
+            local: true
+        }
+    );
+    // A marketing template queued before the customer stopped: the worker
+    // refuses it too.
+    let before = "4915100000061";
+    let c2 = env.customer(before, None).await;
+    let promo = env.queue(before, template("promo"), None).await;
+    opt_out(&env, c2).await;
+    assert_eq!(
+        w.send_message(promo).await.expect("send"),
+        SendOutcome::Failed {
+            code: "131050".into(),
+            local: true
+        }
+    );
+    let m = env.message(promo).await;
+    assert_eq!(m.status, MessageStatus::Failed);
+    assert_eq!(m.error_code.as_deref(), Some("131050"));
+    assert_eq!(graph.calls(), 0, "no call to Meta for refusals");
+    // The utility template goes.
+    assert!(matches!(drive(&w, receipt).await, SendOutcome::Sent { .. }));
+    assert_eq!(graph.calls(), 1);
+}
+both_backends!(template_refusals_for_every_sender);

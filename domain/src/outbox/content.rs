@@ -10,6 +10,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::queue::Recipient;
+
 /// Why a message cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContentError {
@@ -701,17 +703,21 @@ impl OutboundContent {
         }
     }
 
-    /// Meta's request body for a send to `to` (a wa_id), replying to the
-    /// customer's message `reply_to` when given (reactions carry their own
-    /// target and take no context).
-    pub fn graph_body(&self, to: &str, reply_to: Option<&str>) -> Value {
+    /// Meta's request body for a send to `to`, replying to the customer's
+    /// message `reply_to` when given (reactions carry their own target and
+    /// take no context). A phone number goes in Meta's `to`; a
+    /// business-scoped user id (a user known by no number) in `recipient`.
+    pub fn graph_body(&self, to: &Recipient, reply_to: Option<&str>) -> Value {
         let kind = self.graph_type();
         let mut body = json!({
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
-            "to": to,
             "type": kind,
         });
+        match to {
+            Recipient::Phone(p) => body["to"] = json!(p),
+            Recipient::UserId(u) => body["recipient"] = json!(u),
+        }
         body[kind] = self.type_object();
         if let Some(id) = reply_to
             && !matches!(self, OutboundContent::Reaction { .. })
@@ -807,11 +813,18 @@ mod tests {
             preview_url: true,
         };
         assert_eq!(
-            c.graph_body("4915112345678", Some("wamid.X")),
+            c.graph_body(&Recipient::Phone("4915112345678".into()), Some("wamid.X")),
             json!({"messaging_product": "whatsapp", "recipient_type": "individual",
                 "to": "4915112345678", "type": "text",
                 "text": {"preview_url": true, "body": "hi"},
                 "context": {"message_id": "wamid.X"}})
+        );
+        // A user known by a BSUID only: Meta's `recipient`, no `to`.
+        assert_eq!(
+            c.graph_body(&Recipient::UserId("US.1349".into()), None),
+            json!({"messaging_product": "whatsapp", "recipient_type": "individual",
+                "recipient": "US.1349", "type": "text",
+                "text": {"preview_url": true, "body": "hi"}})
         );
     }
 

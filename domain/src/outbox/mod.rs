@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 pub use content::{ContentError, OutboundContent};
 pub use queue::{
-    NewOutbound, QueuedMessage, dispatched_at, enqueue, enqueue_all, normalize_wa_id, queue_each,
-    queue_message, queue_messages, send, send_all, stamp_dispatched,
+    NewOutbound, QueuedMessage, Recipient, dispatched_at, enqueue, enqueue_all, normalize_wa_id,
+    queue_each, queue_message, queue_messages, send, send_all, stamp_dispatched,
 };
 pub use window::{customer_window_open, open_windows, window_open};
 
@@ -45,8 +45,15 @@ pub struct Answer {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    #[error("{0:?} is not a WhatsApp number: expected 6 to 15 digits after an optional +")]
+    #[error(
+        "{0:?} is not a WhatsApp number: expected 6 to 15 digits after an optional +, \
+         or a business-scoped user id (two letters, a dot, then letters and digits)"
+    )]
     BadPhone(String),
+    /// Refused before Meta sees it (a marketing opt-out, an authentication
+    /// template to a BSUID): Meta's code or ours, and why.
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
     #[error("invalid message: {0}")]
     Content(#[from] ContentError),
     #[error("no WhatsApp config with id {0}")]

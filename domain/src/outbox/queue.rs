@@ -20,7 +20,7 @@ use uuid::Uuid;
 use wapipe_shared::broker::Broker;
 use wapipe_shared::db::{pad_pow2, pow2_chunks, with_values};
 use wapipe_shared::entities::messages::{self, Direction, MessageStatus, Origin};
-use wapipe_shared::entities::{chats, customers, whatsapp_configs};
+use wapipe_shared::entities::{chats, customers, templates, whatsapp_configs};
 use wapipe_shared::jobs::{Job, OutboundSend, lane_key};
 
 use super::content::OutboundContent;
@@ -52,11 +52,55 @@ pub fn normalize_wa_id(input: &str) -> Result<String, OutboxError> {
     }
 }
 
+/// Who a send goes to: a phone number (Meta's `to`), or, for a user known
+/// by no number (a username user), their business-scoped user id (Meta's
+/// `recipient`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Recipient {
+    Phone(String),
+    UserId(String),
+}
+
+impl Recipient {
+    /// A phone number (as [`normalize_wa_id`]), else a BSUID: two ASCII
+    /// letters (the country), a dot, then up to 128 letters, digits or
+    /// dots (`US.13491208655302741918`).
+    pub fn parse(input: &str) -> Result<Self, OutboxError> {
+        if let Ok(wa_id) = normalize_wa_id(input) {
+            return Ok(Recipient::Phone(wa_id));
+        }
+        let s = input.trim();
+        let bsuid = s.len() > 3
+            && s.len() <= 131
+            && s.as_bytes()[..2].iter().all(u8::is_ascii_alphabetic)
+            && s.as_bytes()[2] == b'.'
+            && s.as_bytes()[3..]
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'.');
+        if bsuid {
+            Ok(Recipient::UserId(s.to_owned()))
+        } else {
+            Err(OutboxError::BadPhone(input.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Recipient::Phone(s) | Recipient::UserId(s) => s,
+        }
+    }
+
+    pub fn is_user_id(&self) -> bool {
+        matches!(self, Recipient::UserId(_))
+    }
+}
+
 /// A send to queue.
 #[derive(Debug, Clone)]
 pub struct NewOutbound {
     pub config_id: Uuid,
-    /// The recipient: a wa_id, or a phone number in the same form.
+    /// The recipient: a wa_id (or a phone number in the same form), or the
+    /// business-scoped user id of a customer who has no number.
     pub to: String,
     pub content: OutboundContent,
     /// Reply to this message of the customer (its wamid).
@@ -161,18 +205,21 @@ pub async fn queue_each(
         .collect())
 }
 
-/// A message that passed [`check`]: its recipient as a `wa_id` and the
-/// lane its job goes to.
+/// A message that passed [`check`]: its recipient and the lane its job
+/// goes to.
 struct Checked {
     new: NewOutbound,
-    wa_id: String,
+    to: Recipient,
     lane_key: String,
     /// The config's number: the message's `from`.
     business: String,
 }
 
 /// What no retry can fix, per message: the number, the content, the
-/// origin, and the config (one look at `whatsapp_configs` for all).
+/// origin, the config (one look at `whatsapp_configs` for all), and, for
+/// templates, whether this customer may get it
+/// ([`crate::templates::send_refusal`]: two more looks, only for batches
+/// with templates).
 async fn check(
     db: &DatabaseConnection,
     news: Vec<NewOutbound>,
@@ -194,8 +241,9 @@ async fn check(
             .map(|c| (c.id, c))
             .collect()
     };
+    let known = TemplateSends::load(db, &news).await?;
     let one = |new: NewOutbound| -> Result<Checked, OutboxError> {
-        let wa_id = normalize_wa_id(&new.to)?;
+        let to = Recipient::parse(&new.to)?;
         new.content.validate()?;
         if new.origin == Origin::User {
             return Err(OutboxError::Config(
@@ -208,14 +256,89 @@ async fn check(
         if config.is_deleted || !config.is_active {
             return Err(OutboxError::InactiveConfig(config.id));
         }
+        if let Some(r) = known.refusal(&new, &to) {
+            return Err(OutboxError::Refused {
+                code: r.code,
+                message: r.message,
+            });
+        }
         Ok(Checked {
-            lane_key: lane_key(&config.phone_number_id, &wa_id),
+            lane_key: lane_key(&config.phone_number_id, to.as_str()),
             business: config.business_number().to_owned(),
-            wa_id,
+            to,
             new,
         })
     };
     Ok(news.into_iter().map(one).collect())
+}
+
+/// The templates a batch sends and the customers it sends them to, for
+/// [`crate::templates::send_refusal`].
+#[derive(Default)]
+struct TemplateSends {
+    templates: Vec<templates::Model>,
+    customers: HashMap<(Uuid, Recipient), customers::Model>,
+}
+
+impl TemplateSends {
+    async fn load(db: &DatabaseConnection, news: &[NewOutbound]) -> Result<Self, OutboxError> {
+        let sends: Vec<(&NewOutbound, &str, Recipient)> = news
+            .iter()
+            .filter_map(|n| match &n.content {
+                OutboundContent::Template(t) => {
+                    Some((n, t.name.as_str(), Recipient::parse(&n.to).ok()?))
+                }
+                _ => None,
+            })
+            .collect();
+        if sends.is_empty() {
+            return Ok(Self::default());
+        }
+        let configs: BTreeSet<Uuid> = sends.iter().map(|(n, _, _)| n.config_id).collect();
+        let names: BTreeSet<String> = sends.iter().map(|(_, t, _)| (*t).to_owned()).collect();
+        let templates = templates::Entity::find()
+            .filter(templates::Column::ConfigId.is_in(pad_pow2(configs.iter().copied().collect())))
+            .filter(templates::Column::Name.is_in(pad_pow2(names.into_iter().collect())))
+            .all(db)
+            .await?;
+        let keys: BTreeSet<String> = sends
+            .iter()
+            .map(|(_, _, to)| to.as_str().to_owned())
+            .collect();
+        let keys: Vec<String> = keys.into_iter().collect();
+        let mut customers = HashMap::new();
+        for c in customers::Entity::find()
+            .filter(customers::Column::ConfigId.is_in(pad_pow2(configs.into_iter().collect())))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(customers::Column::WaId.is_in(pad_pow2(keys.clone())))
+                    .add(customers::Column::UserId.is_in(pad_pow2(keys))),
+            )
+            .all(db)
+            .await?
+        {
+            if let Some(w) = &c.wa_id {
+                customers.insert((c.config_id, Recipient::Phone(w.clone())), c.clone());
+            }
+            if let Some(u) = &c.user_id {
+                customers.insert((c.config_id, Recipient::UserId(u.clone())), c.clone());
+            }
+        }
+        Ok(Self {
+            templates,
+            customers,
+        })
+    }
+
+    fn refusal(&self, new: &NewOutbound, to: &Recipient) -> Option<crate::templates::Refused> {
+        let OutboundContent::Template(t) = &new.content else {
+            return None;
+        };
+        let template =
+            crate::templates::find_language(&self.templates, new.config_id, &t.name, &t.language)?;
+        let customer = self.customers.get(&(new.config_id, to.clone()));
+        crate::templates::send_refusal(template, customer, to.is_user_id())
+    }
 }
 
 /// Writes checked messages in one transaction (see [`queue_each`]).
@@ -232,9 +355,9 @@ async fn write(
         return Ok(Vec::new());
     }
     let now = now();
-    let recipients: BTreeSet<(Uuid, String)> = checked
+    let recipients: BTreeSet<(Uuid, Recipient)> = checked
         .iter()
-        .map(|c| (c.new.config_id, c.wa_id.clone()))
+        .map(|c| (c.new.config_id, c.to.clone()))
         .collect();
     let configs: Vec<Uuid> = recipients
         .iter()
@@ -246,56 +369,83 @@ async fn write(
     let txn = wapipe_shared::db::begin_write(db).await?;
     // Uniqueness lives in the database: insert-or-nothing, then read back
     // whichever rows won (ours or a concurrent transaction's).
-    let new_customers: Vec<customers::ActiveModel> = recipients
-        .iter()
-        .map(|(config_id, wa_id)| customers::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            created_at: Set(now),
-            updated_at: Set(now),
-            config_id: Set(*config_id),
-            wa_id: Set(Some(wa_id.clone())),
-            phone_number: Set(Some(wa_id.clone())),
-            ..Default::default()
-        })
-        .collect();
-    for chunk in pow2_chunks(new_customers, CHUNK) {
-        customers::Entity::insert_many(chunk)
-            .on_conflict(
-                OnConflict::columns([customers::Column::ConfigId, customers::Column::WaId])
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec_without_returning(&txn)
-            .await?;
+    // Numbers and BSUIDs each insert-or-nothing on their own unique key.
+    for by_user_id in [false, true] {
+        let new_customers: Vec<customers::ActiveModel> = recipients
+            .iter()
+            .filter(|(_, to)| to.is_user_id() == by_user_id)
+            .map(|(config_id, to)| {
+                let (wa_id, user_id) = match to {
+                    Recipient::Phone(p) => (Some(p.clone()), None),
+                    Recipient::UserId(u) => (None, Some(u.clone())),
+                };
+                customers::ActiveModel {
+                    id: Set(Uuid::now_v7()),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                    config_id: Set(*config_id),
+                    phone_number: Set(wa_id.clone()),
+                    wa_id: Set(wa_id),
+                    user_id: Set(user_id),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let key = if by_user_id {
+            customers::Column::UserId
+        } else {
+            customers::Column::WaId
+        };
+        for chunk in pow2_chunks(new_customers, CHUNK) {
+            customers::Entity::insert_many(chunk)
+                .on_conflict(
+                    OnConflict::columns([customers::Column::ConfigId, key])
+                        .do_nothing()
+                        .to_owned(),
+                )
+                .exec_without_returning(&txn)
+                .await?;
+        }
     }
-    // Config ids × numbers may match a few rows beyond the batch's pairs;
+    // Config ids × keys may match a few rows beyond the batch's pairs;
     // the map keeps the pairs asked for.
-    let wa_ids: Vec<String> = recipients
+    let keys: Vec<String> = recipients
         .iter()
-        .map(|(_, w)| w.clone())
+        .map(|(_, to)| to.as_str().to_owned())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let customer_of: HashMap<(Uuid, String), customers::Model> = customers::Entity::find()
+    let mut customer_of: HashMap<(Uuid, Recipient), customers::Model> = HashMap::new();
+    for c in customers::Entity::find()
         .filter(customers::Column::ConfigId.is_in(pad_pow2(configs.clone())))
-        .filter(customers::Column::WaId.is_in(pad_pow2(wa_ids)))
+        .filter(
+            sea_orm::Condition::any()
+                .add(customers::Column::WaId.is_in(pad_pow2(keys.clone())))
+                .add(customers::Column::UserId.is_in(pad_pow2(keys))),
+        )
         .all(&txn)
         .await?
-        .into_iter()
-        .filter_map(|c| Some(((c.config_id, c.wa_id.clone()?), c)))
-        .filter(|(k, _)| recipients.contains(k))
-        .collect();
-    let customer = |config_id: Uuid, wa_id: &str| {
+    {
+        let as_phone = c.wa_id.clone().map(Recipient::Phone);
+        let as_user = c.user_id.clone().map(Recipient::UserId);
+        for to in [as_phone, as_user].into_iter().flatten() {
+            let k = (c.config_id, to);
+            if recipients.contains(&k) {
+                customer_of.insert(k, c.clone());
+            }
+        }
+    }
+    let customer = |config_id: Uuid, to: &Recipient| {
         customer_of
-            .get(&(config_id, wa_id.to_owned()))
+            .get(&(config_id, to.clone()))
             .ok_or_else(|| sea_orm::DbErr::RecordNotFound("customer after upsert".into()))
     };
 
     let mut new_chats = Vec::with_capacity(recipients.len());
     let mut new_chat_ids = HashSet::with_capacity(recipients.len());
     let mut customer_ids = Vec::with_capacity(recipients.len());
-    for (config_id, wa_id) in &recipients {
-        let c = customer(*config_id, wa_id)?;
+    for (config_id, to) in &recipients {
+        let c = customer(*config_id, to)?;
         customer_ids.push(c.id);
         let id = Uuid::now_v7();
         new_chat_ids.insert(id);
@@ -305,7 +455,7 @@ async fn write(
             updated_at: Set(now),
             config_id: Set(*config_id),
             customer_id: Set(c.id),
-            phone_number: Set(Some(wa_id.clone())),
+            phone_number: Set(c.wa_id.clone()),
             customer_name: Set(c.name.clone().or(c.whatsapp_name.clone())),
             // Named, not left to the column defaults: SQLite keeps the
             // defaults the table was created with (`open`, `normal`).
@@ -344,12 +494,12 @@ async fn write(
     let mut rows = Vec::with_capacity(checked.len());
     let mut models = Vec::with_capacity(checked.len());
     for c in &checked {
-        let customer = customer(c.new.config_id, &c.wa_id)?;
+        let customer = customer(c.new.config_id, &c.to)?;
         let chat = chat_of
             .get(&(c.new.config_id, customer.id))
             .ok_or_else(|| sea_orm::DbErr::RecordNotFound("chat after upsert".into()))?;
         let new = &c.new;
-        let body = new.content.graph_body(&c.wa_id, new.reply_to.as_deref());
+        let body = new.content.graph_body(&c.to, new.reply_to.as_deref());
         let fields = new.content.row_fields(&body);
         let message_id = Uuid::now_v7();
         models.push(messages::ActiveModel {
@@ -382,7 +532,7 @@ async fn write(
             answers_message_id: Set(new.answers.map(|a| a.message_id)),
             answer_seq: Set(new.answers.map(|a| a.seq)),
             from: Set(Some(c.business.clone())),
-            to: Set(Some(c.wa_id.clone())),
+            to: Set(Some(c.to.as_str().to_owned())),
             ..Default::default()
         });
         rows.push(QueuedMessage {
@@ -734,6 +884,21 @@ mod tests {
             "++491511234",
         ] {
             assert!(normalize_wa_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn recipients() {
+        assert_eq!(
+            Recipient::parse("+4915112345678").expect("ok"),
+            Recipient::Phone("4915112345678".into())
+        );
+        assert_eq!(
+            Recipient::parse(" US.13491208655302741918 ").expect("ok"),
+            Recipient::UserId("US.13491208655302741918".into())
+        );
+        for bad in ["US.", "U.123", "12.345", "US-123", "US.12 3", "", "hello"] {
+            assert!(Recipient::parse(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -99,6 +99,7 @@ impl EngineError {
                     | OutboxError::Content(_)
                     | OutboxError::UnknownConfig(_)
                     | OutboxError::InactiveConfig(_)
+                    | OutboxError::Refused { .. }
             ),
             EngineError::Db(_) => false,
         }
@@ -696,10 +697,12 @@ async fn execute(
     chat: &chats::Model,
     plan: Plan,
 ) -> Result<Outcome, EngineError> {
+    // A customer without a number is written to by their BSUID.
     let to = customer
         .wa_id
         .clone()
         .or_else(|| customer.phone_number.clone())
+        .or_else(|| customer.user_id.clone())
         .unwrap_or_default();
     // One transaction for all the replies, their jobs published in order.
     let news: Vec<NewOutbound> = plan

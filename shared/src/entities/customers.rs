@@ -50,6 +50,9 @@ pub struct Model {
     pub marketing_preference_at: Option<DateTimeUtc>,
     /// The user's WhatsApp `@username` (`contacts[].profile.username`).
     pub username: Option<String>,
+    /// Meta's parent BSUID (`parent_user_id`): the same user across the
+    /// business portfolios linked to ours.
+    pub parent_user_id: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

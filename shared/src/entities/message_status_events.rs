@@ -21,6 +21,8 @@ pub struct Model {
     pub status: String,
     pub timestamp: DateTimeUtc,
     pub recipient_id: Option<String>,
+    /// The BSUID the receipt names (`recipient_user_id`), if any.
+    pub recipient_user_id: Option<String>,
     pub conversation: Option<Json>,
     pub pricing: Option<Json>,
     pub errors: Option<Json>,

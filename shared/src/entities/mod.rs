@@ -11,6 +11,7 @@ pub mod chat_labels;
 pub mod chats;
 pub mod conversations;
 pub mod customer_blocked_scenarios;
+pub mod customer_previous_ids;
 pub mod customers;
 pub mod dead_letters;
 pub mod events;
@@ -47,6 +48,7 @@ pub mod prelude {
     pub use super::chats::Entity as Chats;
     pub use super::conversations::Entity as Conversations;
     pub use super::customer_blocked_scenarios::Entity as CustomerBlockedScenarios;
+    pub use super::customer_previous_ids::Entity as CustomerPreviousIds;
     pub use super::customers::Entity as Customers;
     pub use super::dead_letters::Entity as DeadLetters;
     pub use super::events::Entity as Events;

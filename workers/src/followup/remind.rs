@@ -385,6 +385,7 @@ fn is_refused_for_good(e: &OutboxError) -> bool {
             | OutboxError::Content(_)
             | OutboxError::UnknownConfig(_)
             | OutboxError::InactiveConfig(_)
+            | OutboxError::Refused { .. }
     )
 }
 

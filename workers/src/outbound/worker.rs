@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use sea_orm::ExprTrait;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    SqlErr,
+    ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, SqlErr,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -27,6 +27,7 @@ use wapipe_domain::configs::SendConfig;
 use wapipe_domain::outbox::content::mark_read_body;
 use wapipe_domain::outbox::{CODE_WINDOW_CLOSED, OutboxError, WINDOW_CLOSED_TITLE};
 use wapipe_domain::receipts::read_status_of;
+use wapipe_domain::templates;
 use wapipe_shared::jobs::{MarkRead, OutboundSend, OutboundWork};
 
 use super::graph::{ErrorClass, GraphClient, GraphOutcome, Refusal, classify};
@@ -206,8 +207,8 @@ impl OutboundWorker {
             Err(e) => return Err(Err(self.release_err(claim, job_err(e)).await)),
         };
         let body = msg.payload.clone().unwrap_or(Value::Null);
-        let recipient = match body.get("to").and_then(Value::as_str) {
-            Some(to) if body.is_object() && !to.is_empty() => to.to_owned(),
+        let recipient = match recipient_of(&body) {
+            Some(to) if body.is_object() => to.to_owned(),
             _ => {
                 return Err(self
                     .fail_local(
@@ -234,6 +235,35 @@ impl OutboundWorker {
         if let Some((code, reason)) = &config.flag {
             let title = format!("config flagged after Meta error {code}: {reason}; not sent");
             return Err(self.fail_local(msg, claim, code, &title, None).await);
+        }
+        // The rule the outbox applied when it was queued, again: the
+        // customer may have stopped marketing messages since.
+        if let Some(t) = body.get("template")
+            && let (Some(name), Some(lang)) = (
+                t.get("name").and_then(Value::as_str),
+                t.get("language")
+                    .and_then(|l| l.get("code"))
+                    .and_then(Value::as_str),
+            )
+        {
+            let refused = templates::template_refusal(
+                self.db(),
+                msg.config_id,
+                name,
+                lang,
+                msg.customer_id,
+                body.get("to").is_none(),
+            )
+            .await;
+            match refused {
+                Ok(None) => {}
+                Ok(Some(r)) => {
+                    return Err(self
+                        .fail_local(msg, claim, r.code, &r.message, Some(&r.message))
+                        .await);
+                }
+                Err(e) => return Err(Err(self.release_err(claim, job_err(e)).await)),
+            }
         }
         Ok((config, body, recipient))
     }
@@ -322,8 +352,7 @@ impl OutboundWorker {
         let recipient = msg
             .payload
             .as_ref()
-            .and_then(|b| b.get("to"))
-            .and_then(Value::as_str)
+            .and_then(recipient_of)
             .unwrap_or_default()
             .to_owned();
         let seen = Claim {
@@ -632,7 +661,11 @@ impl OutboundWorker {
             .filter(E::ConfigId.eq(config_id))
             .filter(E::Applied.eq(false))
             .filter(E::MessageId.is_null())
-            .filter(E::RecipientId.eq(recipient))
+            .filter(
+                Condition::any()
+                    .add(E::RecipientId.eq(recipient))
+                    .add(E::RecipientUserId.eq(recipient)),
+            )
             .filter(E::Timestamp.gte(since))
             .order_by_asc(E::Timestamp)
             .limit(20)
@@ -793,4 +826,13 @@ impl JobWorker for OutboundWorker {
         }
         Ok(BatchOutcome::Each(answers))
     }
+}
+
+/// Who a Graph request body goes to: Meta's `to` (a phone number), else
+/// `recipient` (a business-scoped user id).
+fn recipient_of(body: &Value) -> Option<&str> {
+    ["to", "recipient"]
+        .iter()
+        .find_map(|k| body.get(*k).and_then(Value::as_str))
+        .filter(|to| !to.is_empty())
 }

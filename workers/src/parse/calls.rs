@@ -79,6 +79,7 @@ fn customer_of(contacts: &[Contact], wa_id: Option<String>) -> Sender {
         user_id: contact.and_then(|c| c.user_id.clone()),
         name: contact.and_then(|c| c.name.clone()),
         username: contact.and_then(|c| c.username.clone()),
+        parent_user_id: contact.and_then(|c| c.parent_user_id.clone()),
     }
 }
 

@@ -4,14 +4,17 @@
 //!   phone) becomes an outbound message (`origin = admin`, `sender_type =
 //!   phone`, status `sent`) in the customer's chat, and pauses the bot for
 //!   that chat (`handoff_at`, which the scenario worker honours): a person
-//!   is answering.
+//!   is answering. An echoed edit, reaction or revoke applies to the
+//!   message it points at (an edit or revoke only to the business's own
+//!   messages of that chat), or waits for it, as the customer's do.
 //! - `history`: past messages (`history[].threads[].messages[]`, or
 //!   `messages[]`), imported in Meta-time order, either way, with the
 //!   status `history_context` gives. Nothing else happens: no scenario
 //!   runs (no `message.inbound` job), no unread count moves, no 24-hour
 //!   window opens, nothing is sent.
 //! - `smb_app_state_sync`: the app's contacts (`add`, `edit`) set the
-//!   customer's name (`name`, the business's name for them).
+//!   customer's name (`name`, the business's name for them), and the
+//!   chat list's copy of it.
 //!
 //! Messages are inserted with `ON CONFLICT DO NOTHING` on the wamid, and
 //! counters and events follow only rows inserted now, so a replay changes
@@ -31,6 +34,9 @@ use wapipe_shared::whatsapp::{array, bounded_id, id_at, lenient_string, str_at};
 
 use super::chats::chat_of;
 use super::customers::{Sender, customer_without_message};
+use super::effects::{
+    Author, EffectOutcome, EffectSource, apply_effect, apply_late_effects, wait_for_targets,
+};
 use super::extract::{Inbound, clean_str, extract_message};
 use super::messages::{new_message, wamid_stored};
 use super::route::{PendingMessage, Position};
@@ -60,17 +66,35 @@ pub(super) async fn apply<C: ConnectionTrait>(
     value: &Value,
     pos: Position<'_>,
 ) -> Result<u64, DbErr> {
+    // The business's own messages come from its number: as this change
+    // names it, or as the config knows it.
+    let ours: Vec<String> = [
+        value
+            .get("metadata")
+            .and_then(|m| str_at(m, "display_phone_number")),
+        Some(cfg.business_number()),
+    ]
+    .into_iter()
+    .flatten()
+    .map(digits)
+    .filter(|d| !d.is_empty())
+    .collect();
     match field {
         ECHOES => {
             let past: Vec<Past> = array(value, "message_echoes")
                 .iter()
                 .map(|raw| {
                     let m = extract_message(raw);
+                    // The customer is `to`; some senders swap the two, so
+                    // a `to` that is our own number means `from`.
+                    let to = id_at(raw.get("to"));
+                    let to_is_ours = to.as_deref().is_some_and(|t| ours.contains(&digits(t)));
                     let customer = Sender {
-                        wa_id: id_at(raw.get("to")),
+                        wa_id: if to_is_ours { m.from.clone() } else { to },
                         user_id: id_at(raw.get("to_user_id")),
                         name: None,
                         username: None,
+                        parent_user_id: None,
                     };
                     Past {
                         m,
@@ -83,19 +107,6 @@ pub(super) async fn apply<C: ConnectionTrait>(
             store(db, cfg, past, true, pos).await
         }
         HISTORY => {
-            // The business's own messages come from its number: as this
-            // change names it, or as the config knows it.
-            let ours: Vec<String> = [
-                value
-                    .get("metadata")
-                    .and_then(|m| str_at(m, "display_phone_number")),
-                Some(cfg.business_number()),
-            ]
-            .into_iter()
-            .flatten()
-            .map(digits)
-            .filter(|d| !d.is_empty())
-            .collect();
             let mut past = Vec::new();
             let mut add = |raw: &Value, thread: Option<&str>| {
                 let m = extract_message(raw);
@@ -110,6 +121,7 @@ pub(super) async fn apply<C: ConnectionTrait>(
                     user_id: None,
                     name: None,
                     username: None,
+                    parent_user_id: None,
                 };
                 let status = raw
                     .get("history_context")
@@ -160,6 +172,7 @@ async fn store<C: ConnectionTrait>(
     let mut created = Vec::new();
     let mut chats_touched = Vec::new();
     let mut new_chats = Vec::new();
+    let mut targets = Vec::new();
     for p in past {
         if p.customer.key().is_none() || p.m.provider_message_id.is_empty() {
             continue;
@@ -201,6 +214,27 @@ async fn store<C: ConnectionTrait>(
             continue;
         }
         created.push(id);
+        // An edit, reaction or revoke from the app applies to the message
+        // it points at, as the customer's own do (or waits for it); and
+        // those that came before this message apply to it now.
+        if let Some(effect) = &pending.m.effect {
+            let author = if p.outbound {
+                Author::Business(cfg.business_number())
+            } else {
+                Author::Customer(&customer)
+            };
+            let source = EffectSource {
+                wamid: &pending.m.provider_message_id,
+                at,
+            };
+            match apply_effect(db, cfg.id, chat.id, author, effect, source, now).await? {
+                EffectOutcome::Applied(target) => targets.push(target),
+                EffectOutcome::TargetMissing => {
+                    wait_for_targets(db, vec![(id, effect.target().to_owned())]).await?;
+                }
+            }
+        }
+        apply_late_effects(db, &[(cfg.id, pending.m.provider_message_id.as_str())], now).await?;
         if new_chat {
             new_chats.push(chat.id);
         } else if !chats_touched.contains(&chat.id) {
@@ -212,6 +246,7 @@ async fn store<C: ConnectionTrait>(
     let mut events = ev::chat_events(db, ev::CHAT_CREATED, &new_chats).await?;
     events.extend(ev::chat_events(db, ev::CHAT_UPDATED, &chats_touched).await?);
     events.extend(ev::message_events(db, ev::MESSAGE_CREATED, &created).await?);
+    events.extend(ev::message_events(db, ev::MESSAGE_UPDATED, &targets).await?);
     ev::record(db, &events).await?;
     Ok(n)
 }
@@ -280,6 +315,7 @@ async fn rename<C: ConnectionTrait>(
     now: DateTime<Utc>,
 ) -> Result<u64, DbErr> {
     let mut n = 0;
+    let mut renamed = Vec::new();
     for s in array(value, "state_sync") {
         let action = str_at(s, "action").map(str::to_ascii_lowercase);
         if !matches!(action.as_deref(), Some("add" | "edit")) {
@@ -299,18 +335,45 @@ async fn rename<C: ConnectionTrait>(
             user_id: None,
             name: None,
             username: None,
+            parent_user_id: None,
         };
         let c = customer_without_message(db, config_id, &sender, now).await?;
         let name = clean_str(name);
         if c.name.as_deref() != Some(name.as_str()) {
             customers::Entity::update_many()
-                .col_expr(customers::Column::Name, Expr::value(name))
+                .col_expr(customers::Column::Name, Expr::value(name.clone()))
                 .col_expr(customers::Column::UpdatedAt, Expr::value(now))
                 .filter(customers::Column::Id.eq(c.id))
                 .exec(db)
                 .await?;
             n += 1;
         }
+        // The chat list keeps its own copy of the name: it follows (also
+        // when only the chat's copy lags, as after an earlier version).
+        let stale: Vec<Uuid> = chats::Entity::find()
+            .filter(chats::Column::CustomerId.eq(c.id))
+            .filter(
+                Condition::any()
+                    .add(chats::Column::CustomerName.is_null())
+                    .add(chats::Column::CustomerName.ne(name.as_str())),
+            )
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|ch| ch.id)
+            .collect();
+        if !stale.is_empty() {
+            chats::Entity::update_many()
+                .col_expr(chats::Column::CustomerName, Expr::value(name))
+                .col_expr(chats::Column::UpdatedAt, Expr::value(now))
+                .filter(chats::Column::Id.is_in(stale.clone()))
+                .exec(db)
+                .await?;
+            renamed.extend(stale);
+        }
+    }
+    if !renamed.is_empty() {
+        ev::record_chats(db, ev::CHAT_UPDATED, &renamed).await?;
     }
     Ok(n)
 }

@@ -25,6 +25,8 @@ pub(super) struct Sender {
     pub name: Option<String>,
     /// The user's `@username`, when the contact shows one.
     pub username: Option<String>,
+    /// The parent BSUID (`parent_user_id`), when the contact shows one.
+    pub parent_user_id: Option<String>,
 }
 
 impl Sender {
@@ -78,6 +80,7 @@ pub(super) fn new_customer(
         name: Set(sender.name.clone()),
         whatsapp_name: Set(sender.name.clone()),
         username: Set(sender.username.clone()),
+        parent_user_id: Set(sender.parent_user_id.clone()),
         email: Set(None),
         whatsapp_profile_picture: Set(None),
         tags: Set(None),
@@ -184,6 +187,12 @@ pub(super) async fn upsert_customer<C: ConnectionTrait>(
         am.username = Set(Some(u.clone()));
         out.username = Some(u.clone());
     }
+    if let Some(p) = &sender.parent_user_id
+        && out.parent_user_id.as_ref() != Some(p)
+    {
+        am.parent_user_id = Set(Some(p.clone()));
+        out.parent_user_id = Some(p.clone());
+    }
     // The identity keys a row lacks are filled in only when no other row
     // holds them, so the unique indexes are never violated.
     if let Some(w) = &sender.wa_id
@@ -248,6 +257,10 @@ fn customer_refresh() -> OnConflict {
             Func::coalesce([new(Cu::Username), old(Cu::Username)]),
         )
         .value(
+            Cu::ParentUserId,
+            Func::coalesce([new(Cu::ParentUserId), old(Cu::ParentUserId)]),
+        )
+        .value(
             Cu::Name,
             Expr::case(
                 Condition::any()
@@ -296,6 +309,9 @@ pub(super) async fn upsert_customers<C: ConnectionTrait>(
         }
         if r.sender.username.is_some() {
             s.username = r.sender.username.clone();
+        }
+        if r.sender.parent_user_id.is_some() {
+            s.parent_user_id = r.sender.parent_user_id.clone();
         }
     }
     let mut out = HashMap::with_capacity(order.len());

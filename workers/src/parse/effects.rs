@@ -26,6 +26,15 @@ pub(super) struct EffectSource<'a> {
     pub at: DateTime<Utc>,
 }
 
+/// Who wrote a reaction, edit or revoke: the customer (an inbound
+/// message), or the business from the WhatsApp Business app (an echo,
+/// under its number).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Author<'a> {
+    Customer(&'a customers::Model),
+    Business(&'a str),
+}
+
 /// What applying an effect found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum EffectOutcome {
@@ -39,14 +48,14 @@ pub(super) enum EffectOutcome {
 /// Applies a reaction, edit or revoke to its target message, once: it runs
 /// only when the reaction/edit/revoke message row was newly inserted.
 ///
-/// Edits and revokes apply only to the sender's own inbound messages
-/// (nobody else can edit them); reactions to any message of the sender's
-/// chat, ours included.
+/// Edits and revokes apply only to the author's own messages (nobody else
+/// can edit them): the customer's inbound ones, or the business's
+/// outbound ones in that chat; reactions to any message of the chat.
 pub(super) async fn apply_effect<C: ConnectionTrait>(
     db: &C,
     config_id: Uuid,
     chat_id: Uuid,
-    customer: &customers::Model,
+    author: Author<'_>,
     effect: &Effect,
     source: EffectSource<'_>,
     now: DateTime<Utc>,
@@ -55,11 +64,14 @@ pub(super) async fn apply_effect<C: ConnectionTrait>(
     let mut q = messages::Entity::find()
         .filter(M::ConfigId.eq(config_id))
         .filter(M::ProviderMessageId.eq(effect.target()));
-    q = match effect {
-        Effect::React { .. } => q.filter(M::ChatId.eq(chat_id)),
-        Effect::Edit { .. } | Effect::Revoke { .. } => q
+    q = match (effect, author) {
+        (Effect::React { .. }, _) => q.filter(M::ChatId.eq(chat_id)),
+        (Effect::Edit { .. } | Effect::Revoke { .. }, Author::Customer(customer)) => q
             .filter(M::CustomerId.eq(customer.id))
             .filter(M::Direction.eq(Direction::Inbound)),
+        (Effect::Edit { .. } | Effect::Revoke { .. }, Author::Business(_)) => q
+            .filter(M::ChatId.eq(chat_id))
+            .filter(M::Direction.eq(Direction::Outbound)),
     };
     let Some(target) = q.one(db).await? else {
         return Ok(EffectOutcome::TargetMissing);
@@ -71,11 +83,14 @@ pub(super) async fn apply_effect<C: ConnectionTrait>(
     };
     match effect {
         Effect::React { emoji, .. } => {
-            let who = customer
-                .wa_id
-                .clone()
-                .or_else(|| customer.user_id.clone())
-                .unwrap_or_else(|| customer.id.to_string());
+            let who = match author {
+                Author::Customer(customer) => customer
+                    .wa_id
+                    .clone()
+                    .or_else(|| customer.user_id.clone())
+                    .unwrap_or_else(|| customer.id.to_string()),
+                Author::Business(number) => number.to_owned(),
+            };
             let mut map = match target.reactions {
                 Some(Value::Object(m)) => m,
                 _ => Map::new(),
@@ -215,7 +230,12 @@ pub(super) async fn apply_late_effects<C: ConnectionTrait>(
             .payload
             .as_ref()
             .and_then(|raw| extract_message(raw).effect);
-        if let (Some(effect), Some(author)) = (effect, authors.get(&p.customer_id)) {
+        // An echo's effect (outbound) is the business's.
+        let author = match p.direction {
+            Direction::Outbound => Some(Author::Business(p.from.as_deref().unwrap_or_default())),
+            Direction::Inbound => authors.get(&p.customer_id).map(Author::Customer),
+        };
+        if let (Some(effect), Some(author)) = (effect, author) {
             let outcome = apply_effect(
                 db,
                 p.config_id,

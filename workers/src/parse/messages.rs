@@ -27,7 +27,7 @@ use super::chats::{count_in_chats, upsert_chats};
 use super::conversations::attach_conversations;
 use super::customers::{upsert_customers, who};
 use super::effects::{
-    EffectOutcome, EffectSource, apply_effect, apply_late_effects, wait_for_targets,
+    Author, EffectOutcome, EffectSource, apply_effect, apply_late_effects, wait_for_targets,
 };
 use super::route::PendingMessage;
 
@@ -150,7 +150,7 @@ pub(super) async fn store_inbound<C: ConnectionTrait>(
                     db,
                     r.config_id,
                     chat_id,
-                    customer,
+                    Author::Customer(customer),
                     effect,
                     EffectSource {
                         wamid: &r.m.provider_message_id,

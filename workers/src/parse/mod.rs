@@ -34,6 +34,7 @@ mod effects;
 pub mod extract;
 mod fanout;
 mod health;
+mod identity;
 mod messages;
 mod preferences;
 mod receipts;
@@ -160,6 +161,9 @@ pub async fn process_events(
                 .map_err(JobError::from)?;
         }
     }
+    identity::resolve_previous_ids(&txn, &mut collected.messages)
+        .await
+        .map_err(JobError::from)?;
     let stored = messages::store_inbound(&txn, &collected.messages, started)
         .await
         .map_err(JobError::from)?;

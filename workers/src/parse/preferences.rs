@@ -41,6 +41,7 @@ pub(super) async fn apply<D: ConnectionTrait>(
             user_id: id_at(p.get("user_id")),
             name: None,
             username: None,
+            parent_user_id: id_at(p.get("parent_user_id")),
         };
         if sender.key().is_none() {
             continue;

@@ -60,6 +60,7 @@ pub(super) async fn store_statuses<C: ConnectionTrait>(
                     .as_deref()
                     .or(st.recipient_user_id.as_deref())
                     .map(clean_str)),
+                recipient_user_id: Set(st.recipient_user_id.as_deref().map(clean_str)),
                 conversation: Set(st.conversation.map(clean_json)),
                 pricing: Set(st.pricing.map(clean_json)),
                 errors: Set(errors),

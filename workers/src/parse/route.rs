@@ -20,7 +20,7 @@ use wapipe_shared::whatsapp::{self as wa, Change, Contact, MetaError, Status};
 use super::customers::Sender;
 use super::extract::{Inbound, clean_json, extract_message};
 use super::summary::Summary;
-use super::{calls, coexistence, health, preferences, templates};
+use super::{calls, coexistence, health, identity, preferences, templates};
 
 /// The messages and receipts of a batch, gathered change by change and
 /// then stored together ([`super::messages`], [`super::receipts`]).
@@ -195,6 +195,7 @@ fn sender_of(m: &Inbound, contacts: &[Contact]) -> Sender {
             .or_else(|| contact.and_then(|c| c.user_id.clone())),
         name: contact.and_then(|c| c.name.clone()),
         username: contact.and_then(|c| c.username.clone()),
+        parent_user_id: contact.and_then(|c| c.parent_user_id.clone()),
     }
 }
 
@@ -254,7 +255,22 @@ pub(super) async fn apply_change<'a, C: ConnectionTrait>(
             .unwrap_or_else(|| cfg.phone_number_id.clone());
         let contacts = change.contacts();
         for m in change.messages() {
+            let before = collected.messages.len();
             collect_message(cfg, &phone, &contacts, m, pos, summary, collected);
+            // A change of the user's id applies at once, in order: the
+            // batch's messages are filed by their sender's ids afterwards
+            // (`identity::resolve_previous_ids`).
+            if let Some(p) = collected.messages.get(before)
+                && let Some(r) = identity::rekey_of(&p.m)
+            {
+                match identity::apply(db, cfg.id, &r, p.at, &p.m.provider_message_id, pos.now)
+                    .await?
+                {
+                    identity::RekeyOutcome::Rekeyed => summary.identities_changed += 1,
+                    identity::RekeyOutcome::Unchanged => {}
+                    identity::RekeyOutcome::Conflict => summary.unknown("rekey_conflict"),
+                }
+            }
         }
         for s in change.statuses() {
             collect_status(cfg.id, &phone, s, pos, summary, collected);
@@ -399,6 +415,7 @@ mod tests {
             user_id: Some("US.1".into()),
             name: Some("N".into()),
             username: Some("@n".into()),
+            parent_user_id: None,
         }];
         let s = sender_of(&m, &contacts);
         assert_eq!(s.key(), Some("US.1"));

@@ -39,6 +39,7 @@ pub const UNKNOWN_KINDS: &[&str] = &[
     "status_without_id",
     "field",
     "call_without_id_or_customer",
+    "rekey_conflict",
 ];
 
 /// Per-outcome counts, for `processed_data`.
@@ -74,6 +75,8 @@ pub(super) struct Summary {
     pub(super) coexistence_applied: u64,
     /// Calls created or changed (`calls` field).
     pub(super) calls_updated: u64,
+    /// Customers moved to a new phone number or BSUID (`system` messages).
+    pub(super) identities_changed: u64,
     /// Config rows account and number health updates wrote.
     pub(super) configs_updated: u64,
     /// Degradations reported ([`super::health::HEALTH_EVENTS`]).
