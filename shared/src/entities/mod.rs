@@ -18,6 +18,7 @@ pub mod follow_ups;
 pub mod idempotency_keys;
 pub mod labels;
 pub mod leases;
+pub mod message_media;
 pub mod message_status_events;
 pub mod messages;
 pub mod scenario_items;
@@ -42,6 +43,7 @@ pub mod prelude {
     pub use super::audit_log::Entity as AuditLog;
     pub use super::blocked_numbers::Entity as BlockedNumbers;
     pub use super::calls::Entity as Calls;
+    pub use super::message_media::Entity as MessageMedia;
     pub use super::chat_assignments::Entity as ChatAssignments;
     pub use super::chat_labels::Entity as ChatLabels;
     pub use super::chats::Entity as Chats;
