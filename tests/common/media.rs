@@ -68,6 +68,7 @@ async fn deliver(
     let (code, body) = app.post(&media_webhook(wamid, kind, object)).await;
     assert_eq!(code, 200, "{body}");
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
     loop {
         let msg = messages::Entity::find()
             .filter(messages::Column::ProviderMessageId.eq(wamid))
@@ -79,15 +80,16 @@ async fn deliver(
                 .one(&app.db)
                 .await
                 .expect("query");
-            if let Some(row) = row
-                && settled.contains(&row.status.as_str())
-            {
-                return (msg, row);
+            if let Some(row) = row {
+                if settled.contains(&row.status.as_str()) {
+                    return (msg, row);
+                }
+                last = Some(row);
             }
         }
         assert!(
             Instant::now() < deadline,
-            "{wamid}: the file never reached {settled:?}"
+            "{wamid}: the file never reached {settled:?}; last seen {last:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -124,7 +126,7 @@ async fn spawn(mode: Mode, media_url: Option<String>) -> (TestApp, GraphHandle) 
 }
 
 async fn inbound_files(app: &TestApp, graph: &GraphHandle, admin: &str) -> Uuid {
-    let photo = png(640, 480);
+    let photo = png(400, 300);
     graph.add_media("9001", SimMedia::new(photo.clone(), "image/png"));
     graph.add_media("9002", SimMedia::new(photo.clone(), "image/png"));
     let (msg, row) = deliver(
@@ -183,12 +185,13 @@ async fn inbound_files(app: &TestApp, graph: &GraphHandle, admin: &str) -> Uuid 
     assert_eq!(thumb.headers()["content-type"], "image/jpeg");
     let thumb = image::load_from_memory(&thumb.bytes().await.expect("body")).expect("a JPEG");
     assert_eq!((thumb.width(), thumb.height()), (320, 240));
-    // A key that may not see the chat sees nothing.
+    // A key that may not see the chat (another company's) sees nothing.
+    wapipe_testkit::db::add_config(&app.db, "15550002222", "15550002229", "Other Co").await;
     let stranger = wapipe_domain::apikeys::create(
         &app.db,
         wapipe_domain::apikeys::NewKey::Admin {
             name: None,
-            companies: vec!["Someone Else".into()],
+            companies: vec!["Other Co".into()],
         },
     )
     .await
@@ -257,6 +260,24 @@ async fn refusals_and_renewals(app: &TestApp, graph: &GraphHandle, admin: &str) 
         row.error.as_deref().is_some_and(|e| e.contains("sha256 mismatch")),
         "{row:?}"
     );
+    // Retried (WAPIPE_RETRY_MAX_ATTEMPTS is 2 here), then given up: the
+    // dead-lettered job leaves the file `failed` with its last error.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = message_media::Entity::find_by_id(msg.id)
+            .one(&app.db)
+            .await
+            .expect("query")
+            .expect("row");
+        let error = row.error.unwrap_or_default();
+        if error.starts_with("gave up") {
+            assert!(error.contains("sha256 mismatch"), "{error}");
+            assert_eq!(row.status, status::FAILED);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never given up: {error}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let resp = get(app, admin, &format!("/api/whatsapp/media/{}", msg.id), None).await;
     assert_eq!(resp.status(), 409);
     let body: Value = resp.json().await.expect("json");
