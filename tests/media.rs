@@ -15,4 +15,3 @@ async fn media_embedded_sqlite() {
 async fn media_production_postgres_rabbitmq() {
     common::media::media_end_to_end(Mode::Production, None).await;
 }
-

@@ -18,10 +18,10 @@ use futures::StreamExt;
 use utoipa::ToSchema;
 use uuid::Uuid;
 use wapipe_domain::media::{self, Expect, MediaGraphError, PutError, Stored};
-use wapipe_domain::outbox::content::{MediaKind, MediaSource};
 use wapipe_domain::outbox::OutboundContent;
-use wapipe_shared::entities::message_media::{self, status};
+use wapipe_domain::outbox::content::{MediaKind, MediaSource};
 use wapipe_shared::entities::chats;
+use wapipe_shared::entities::message_media::{self, status};
 
 use crate::AppState;
 use crate::auth::Principal;
@@ -186,7 +186,10 @@ async fn stream_object(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("sandbox; default-src 'none'"),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=3600"),
+    );
     if !["image/", "video/", "audio/"]
         .iter()
         .any(|p| mime.starts_with(p))
@@ -366,7 +369,9 @@ pub async fn send_upload(
                             kind.as_str()
                         ),
                     ),
-                    PutError::Source(e) => ApiError::bad_request(format!("bad multipart body: {e}")),
+                    PutError::Source(e) => {
+                        ApiError::bad_request(format!("bad multipart body: {e}"))
+                    }
                     other => ApiError::internal(other),
                 })?;
             form.file = Some((stored, mime, part_name));
@@ -376,11 +381,13 @@ pub async fn send_upload(
         while let Some(chunk) = field.chunk().await.map_err(bad)? {
             text.extend_from_slice(&chunk);
             if text.len() > MAX_FIELD {
-                return Err(ApiError::field(&name, format!("longer than {MAX_FIELD} bytes")));
+                return Err(ApiError::field(
+                    &name,
+                    format!("longer than {MAX_FIELD} bytes"),
+                ));
             }
         }
-        let text = String::from_utf8(text)
-            .map_err(|_| ApiError::field(&name, "not UTF-8 text"))?;
+        let text = String::from_utf8(text).map_err(|_| ApiError::field(&name, "not UTF-8 text"))?;
         if text.contains('\0') {
             return Err(ApiError::field(&name, "may not contain NUL"));
         }
@@ -397,13 +404,14 @@ pub async fn send_upload(
         }
     }
     let (Some(kind), Some((stored, mime, part_name))) = (form.kind, form.file) else {
-        return Err(upload_invalid("a multipart send needs the fields type and file"));
+        return Err(upload_invalid(
+            "a multipart send needs the fields type and file",
+        ));
     };
-    let file_name = form
-        .file_name
-        .clone()
-        .or(part_name)
-        .unwrap_or_else(|| format!("{}.{}", kind.as_str(), stored.sha256.get(..8).unwrap_or("")));
+    let file_name =
+        form.file_name.clone().or(part_name).unwrap_or_else(|| {
+            format!("{}.{}", kind.as_str(), stored.sha256.get(..8).unwrap_or(""))
+        });
     let content = OutboundContent::Media {
         media: kind,
         // Replaced by Meta's id below; validated now, before the upload.
@@ -449,7 +457,10 @@ pub async fn send_upload(
             ),
         })?;
     let OutboundContent::Media {
-        media, caption, filename, ..
+        media,
+        caption,
+        filename,
+        ..
     } = content
     else {
         return Err(ApiError::internal("not a media send"));

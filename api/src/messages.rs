@@ -436,10 +436,9 @@ pub async fn send(
         let chat = visible(&state, &who, chat_id).await?;
         return crate::media::send_upload(state, who, chat, req).await;
     }
-    let Body(body) = <Body<SendMessage> as axum::extract::FromRequest<AppState>>::from_request(
-        req, &state,
-    )
-    .await?;
+    let Body(body) =
+        <Body<SendMessage> as axum::extract::FromRequest<AppState>>::from_request(req, &state)
+            .await?;
     let chat = visible(&state, &who, chat_id).await?;
     let reply_to = body.reply_to.clone();
     let template = body

@@ -53,11 +53,23 @@ async fn exercise(store: MediaStore) {
     let bytes = bytes.concat();
     assert_eq!(bytes.len(), 20);
     let chunk = |n: u64| ((n / 65536) % 251) as u8;
-    assert!(bytes.iter().enumerate().all(|(i, b)| *b == chunk(start + i as u64)));
+    assert!(
+        bytes
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == chunk(start + i as u64))
+    );
 
     // The same bytes again: the same one object.
     store
-        .put_stream(big_stream(), Expect { sha256: None, size: None, max: u64::MAX })
+        .put_stream(
+            big_stream(),
+            Expect {
+                sha256: None,
+                size: None,
+                max: u64::MAX,
+            },
+        )
         .await
         .expect("stored again");
     assert_eq!(store.list().await.expect("list"), vec![sha.clone()]);
@@ -65,30 +77,60 @@ async fn exercise(store: MediaStore) {
     // A wrong hash, a wrong size, an oversize stream: refused, nothing kept.
     let wrong = "cd".repeat(32);
     let err = store
-        .put_stream(big_stream(), Expect { sha256: Some(&wrong), size: None, max: u64::MAX })
+        .put_stream(
+            big_stream(),
+            Expect {
+                sha256: Some(&wrong),
+                size: None,
+                max: u64::MAX,
+            },
+        )
         .await
         .expect_err("checksum");
     assert!(matches!(err, PutError::Checksum { .. }), "{err}");
     let err = store
-        .put_stream(big_stream(), Expect { sha256: None, size: Some(5), max: u64::MAX })
+        .put_stream(
+            big_stream(),
+            Expect {
+                sha256: None,
+                size: Some(5),
+                max: u64::MAX,
+            },
+        )
         .await
         .expect_err("size");
     assert!(matches!(err, PutError::Size { .. }), "{err}");
     let err = store
-        .put_stream(big_stream(), Expect { sha256: None, size: None, max: 1_000_000 })
+        .put_stream(
+            big_stream(),
+            Expect {
+                sha256: None,
+                size: None,
+                max: 1_000_000,
+            },
+        )
         .await
         .expect_err("too large");
-    assert!(matches!(err, PutError::TooLarge { limit: 1_000_000 }), "{err}");
+    assert!(
+        matches!(err, PutError::TooLarge { limit: 1_000_000 }),
+        "{err}"
+    );
     assert_eq!(store.list().await.expect("list"), vec![sha.clone()]);
 
-    let small = store.put_bytes(Bytes::from_static(b"thumb")).await.expect("small");
+    let small = store
+        .put_bytes(Bytes::from_static(b"thumb"))
+        .await
+        .expect("small");
     assert_eq!(
         store.read_small(&small.sha256, 100).await.expect("read"),
         Some(Bytes::from_static(b"thumb"))
     );
     store.delete(&sha).await.expect("delete");
     store.delete(&sha).await.expect("deleting twice is fine");
-    assert_eq!(store.list().await.expect("list"), vec![small.sha256.clone()]);
+    assert_eq!(
+        store.list().await.expect("list"),
+        vec![small.sha256.clone()]
+    );
     assert!(store.get(&sha, None).await.expect("get").is_none());
 }
 
@@ -106,7 +148,10 @@ async fn s3_compatible() {
     s3.bucket("media-store").await;
     let store = MediaStore::s3(
         &s3.media_url("media-store", "a/b"),
-        &[("aws_access_key_id", "test"), ("aws_secret_access_key", "test")],
+        &[
+            ("aws_access_key_id", "test"),
+            ("aws_secret_access_key", "test"),
+        ],
     )
     .expect("store");
     exercise(store).await;

@@ -83,7 +83,10 @@ pub async fn moto() -> Option<S3Server> {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while request(port, "GET", "/").await.is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not come up on {port}");
+        assert!(
+            Instant::now() < deadline,
+            "moto_server did not come up on {port}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Some(server)

@@ -142,11 +142,16 @@ async fn inbound_files(app: &TestApp, graph: &GraphHandle, admin: &str) -> Uuid 
     assert!(row.thumbnail_sha256.is_some(), "an image gets a thumbnail");
 
     // The message points at the API, which streams the file.
-    let view: Value = get(app, admin, &format!("/api/whatsapp/messages/{}", msg.id), None)
-        .await
-        .json()
-        .await
-        .expect("json");
+    let view: Value = get(
+        app,
+        admin,
+        &format!("/api/whatsapp/messages/{}", msg.id),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
     let media = &view["media"];
     assert_eq!(media["url"], format!("/api/whatsapp/media/{}", msg.id));
     assert_eq!(
@@ -160,9 +165,15 @@ async fn inbound_files(app: &TestApp, graph: &GraphHandle, admin: &str) -> Uuid 
     let whole = get(app, admin, &path, None).await;
     assert_eq!(whole.status(), 200);
     assert_eq!(whole.headers()["content-type"], "image/png");
-    assert_eq!(whole.headers()["content-length"], photo.len().to_string().as_str());
+    assert_eq!(
+        whole.headers()["content-length"],
+        photo.len().to_string().as_str()
+    );
     assert_eq!(whole.headers()["accept-ranges"], "bytes");
-    assert_eq!(whole.bytes().await.expect("body"), Bytes::from(photo.clone()));
+    assert_eq!(
+        whole.bytes().await.expect("body"),
+        Bytes::from(photo.clone())
+    );
     // Ranges: a slice, a suffix, and one past the end.
     let part = get(app, admin, &path, Some("bytes=10-19")).await;
     assert_eq!(part.status(), 206);
@@ -215,7 +226,10 @@ async fn inbound_files(app: &TestApp, graph: &GraphHandle, admin: &str) -> Uuid 
     .await;
     assert_eq!(again.sha256, row.sha256);
     let after = graph.media_counts();
-    assert_eq!(after.downloads, before.downloads, "the same file downloaded again");
+    assert_eq!(
+        after.downloads, before.downloads,
+        "the same file downloaded again"
+    );
     assert_eq!(after.lookups, before.lookups + 1);
     assert_eq!(stored_files(app).await.len(), 2);
 
@@ -257,7 +271,9 @@ async fn refusals_and_renewals(app: &TestApp, graph: &GraphHandle, admin: &str) 
     )
     .await;
     assert!(
-        row.error.as_deref().is_some_and(|e| e.contains("sha256 mismatch")),
+        row.error
+            .as_deref()
+            .is_some_and(|e| e.contains("sha256 mismatch")),
         "{row:?}"
     );
     // Retried (WAPIPE_RETRY_MAX_ATTEMPTS is 2 here), then given up: the
@@ -288,7 +304,10 @@ async fn refusals_and_renewals(app: &TestApp, graph: &GraphHandle, admin: &str) 
     );
 
     // Over WAPIPE_MEDIA_MAX_BYTES: refused before any download.
-    graph.add_media("9004", SimMedia::new(vec![7u8; CAP as usize + 1], "video/mp4"));
+    graph.add_media(
+        "9004",
+        SimMedia::new(vec![7u8; CAP as usize + 1], "video/mp4"),
+    );
     let downloads = graph.media_counts().downloads;
     let (msg, row) = deliver(
         app,
@@ -301,11 +320,16 @@ async fn refusals_and_renewals(app: &TestApp, graph: &GraphHandle, admin: &str) 
     let why = row.error.clone().unwrap_or_default();
     assert!(why.contains("WAPIPE_MEDIA_MAX_BYTES"), "{why}");
     assert_eq!(graph.media_counts().downloads, downloads);
-    let view: Value = get(app, admin, &format!("/api/whatsapp/messages/{}", msg.id), None)
-        .await
-        .json()
-        .await
-        .expect("json");
+    let view: Value = get(
+        app,
+        admin,
+        &format!("/api/whatsapp/messages/{}", msg.id),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
     assert_eq!(view["media"]["status"], "refused");
     assert_eq!(view["media"]["error"], why.as_str());
     assert!(view["media"]["url"].is_null());
@@ -327,7 +351,11 @@ async fn refusals_and_renewals(app: &TestApp, graph: &GraphHandle, admin: &str) 
         &[status::REFUSED],
     )
     .await;
-    assert!(row.error.unwrap_or_default().contains("WAPIPE_MEDIA_MAX_BYTES"));
+    assert!(
+        row.error
+            .unwrap_or_default()
+            .contains("WAPIPE_MEDIA_MAX_BYTES")
+    );
 
     // The URL expired before the download: looked up again, then stored.
     let voice = b"OggS a voice note".to_vec();
@@ -365,7 +393,12 @@ fn form(kind: Option<&str>, file: Option<(Vec<u8>, &str)>) -> reqwest::multipart
     f
 }
 
-async fn upload(app: &TestApp, key: &str, chat: Uuid, form: reqwest::multipart::Form) -> (u16, Value) {
+async fn upload(
+    app: &TestApp,
+    key: &str,
+    chat: Uuid,
+    form: reqwest::multipart::Form,
+) -> (u16, Value) {
     let resp = app
         .http
         .post(app.url(&format!("/api/whatsapp/chats/{chat}/messages")))
@@ -380,7 +413,13 @@ async fn upload(app: &TestApp, key: &str, chat: Uuid, form: reqwest::multipart::
 
 async fn outbound_upload(app: &TestApp, graph: &GraphHandle, admin: &str, chat: Uuid) {
     let photo = png(300, 200);
-    let (code, view) = upload(app, admin, chat, form(Some("image"), Some((photo.clone(), "image/png")))).await;
+    let (code, view) = upload(
+        app,
+        admin,
+        chat,
+        form(Some("image"), Some((photo.clone(), "image/png"))),
+    )
+    .await;
     assert_eq!(code, 202, "{view}");
     let uploads = graph.media_counts().uploads;
     assert_eq!(uploads.len(), 1, "{uploads:?}");
@@ -398,25 +437,53 @@ async fn outbound_upload(app: &TestApp, graph: &GraphHandle, admin: &str, chat: 
     let copy = get(app, admin, &format!("/api/whatsapp/media/{id}"), None).await;
     assert_eq!(copy.bytes().await.expect("body"), Bytes::from(photo));
     // The send goes out by the id Meta gave.
-    assert!(graph.wait_for_sent(1, Duration::from_secs(20)).await, "nothing sent");
+    assert!(
+        graph.wait_for_sent(1, Duration::from_secs(20)).await,
+        "nothing sent"
+    );
     let sent = graph.sent();
     assert_eq!(sent[0].kind, "image");
     assert_eq!(sent[0].body["image"]["id"], up.id.as_str());
     assert_eq!(sent[0].body["image"]["caption"], "our offer");
 
     // Meta's limits, checked before anything goes to Meta.
-    let (code, body) = upload(app, admin, chat, form(Some("image"), Some((b"GIF89a".to_vec(), "image/gif")))).await;
+    let (code, body) = upload(
+        app,
+        admin,
+        chat,
+        form(Some("image"), Some((b"GIF89a".to_vec(), "image/gif"))),
+    )
+    .await;
     assert_eq!(code, 415, "{body}");
     assert!(body.to_string().contains("image/jpeg"), "{body}");
-    let (code, body) = upload(app, admin, chat, form(Some("sticker"), Some((vec![0u8; CAP as usize + 1], "image/webp")))).await;
+    let (code, body) = upload(
+        app,
+        admin,
+        chat,
+        form(
+            Some("sticker"),
+            Some((vec![0u8; CAP as usize + 1], "image/webp")),
+        ),
+    )
+    .await;
     assert_eq!(code, 413, "{body}");
     let (code, body) = upload(app, admin, chat, form(Some("image"), None)).await;
     assert_eq!(code, 422, "{body}");
-    let (code, body) = upload(app, admin, chat, form(Some("location"), Some((vec![1], "image/png")))).await;
+    let (code, body) = upload(
+        app,
+        admin,
+        chat,
+        form(Some("location"), Some((vec![1], "image/png"))),
+    )
+    .await;
     assert_eq!(code, 400, "{body}");
     let (code, body) = upload(app, admin, chat, form(None, Some((vec![1], "image/png")))).await;
     assert_eq!(code, 422, "{body}");
-    assert_eq!(graph.media_counts().uploads.len(), 1, "a refused upload reached Meta");
+    assert_eq!(
+        graph.media_counts().uploads.len(),
+        1,
+        "a refused upload reached Meta"
+    );
 }
 
 pub async fn media_end_to_end(mode: Mode, media_url: Option<String>) {
@@ -427,4 +494,3 @@ pub async fn media_end_to_end(mode: Mode, media_url: Option<String>) {
     outbound_upload(&app, &graph, &admin, chat).await;
     app.stop().await;
 }
-

@@ -12,12 +12,14 @@ use serde_json::json;
 use wapipe_domain::configs::{ConfigCache, DEFAULT_TTL};
 use wapipe_domain::media::MediaStore;
 use wapipe_shared::crypto::SecretKey;
-use wapipe_shared::entities::message_media::{self, status};
 use wapipe_shared::entities::events;
+use wapipe_shared::entities::message_media::{self, status};
 use wapipe_shared::jobs::{Job, MediaFetch};
 use wapipe_sim::{GraphConfig, SimMedia, spawn_graph};
 use wapipe_testkit::both_backends;
-use wapipe_testkit::workers::{Backend, CUSTOMER, Env, KEY, env, envelope, messages_value, text_msg};
+use wapipe_testkit::workers::{
+    Backend, CUSTOMER, Env, KEY, env, envelope, messages_value, text_msg,
+};
 use wapipe_workers::media::{MediaSettings, MediaWorker, prune_once};
 use wapipe_workers::runtime::JobWorker;
 
@@ -42,7 +44,9 @@ async fn fetch_replay_and_retention(backend: Backend) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let e = env(backend).await;
     let graph = spawn_graph(
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
         GraphConfig::default(),
     )
     .await
@@ -50,7 +54,10 @@ async fn fetch_replay_and_retention(backend: Backend) {
     let shared = b"\xFF\xD8 the same photo twice \xFF\xD9".to_vec();
     graph.add_media("m1", SimMedia::new(shared.clone(), "image/jpeg"));
     graph.add_media("m2", SimMedia::new(shared.clone(), "image/jpeg"));
-    graph.add_media("m3", SimMedia::new(b"\xFF\xD8 another \xFF\xD9".to_vec(), "image/jpeg"));
+    graph.add_media(
+        "m3",
+        SimMedia::new(b"\xFF\xD8 another \xFF\xD9".to_vec(), "image/jpeg"),
+    );
     let dir = tempfile::tempdir().expect("tmp");
     let store = MediaStore::local(dir.path()).expect("store");
     let key = Arc::new(SecretKey::from_base64(KEY).expect("key"));
@@ -68,26 +75,42 @@ async fn fetch_replay_and_retention(backend: Backend) {
 
     e.post(&envelope(messages_value(
         json!([{"profile": {"name": "Erika"}, "wa_id": CUSTOMER}]),
-        json!([image_msg("wamid.i1", "m1"), text_msg("wamid.t1", CUSTOMER, 1730231904, "hi"),
-               image_msg("wamid.i2", "m2"), image_msg("wamid.i3", "m3")]),
+        json!([
+            image_msg("wamid.i1", "m1"),
+            text_msg("wamid.t1", CUSTOMER, 1730231904, "hi"),
+            image_msg("wamid.i2", "m2"),
+            image_msg("wamid.i3", "m3")
+        ]),
     )))
     .await;
     let jobs = run_jobs(&e, &worker).await;
     let mut ids: Vec<&str> = jobs.iter().map(|j| j.media_id.as_str()).collect();
     ids.sort_unstable();
-    assert_eq!(ids, ["m1", "m2", "m3"], "one job per media message, none for text");
-    let rows = message_media::Entity::find().all(&e.db).await.expect("rows");
+    assert_eq!(
+        ids,
+        ["m1", "m2", "m3"],
+        "one job per media message, none for text"
+    );
+    let rows = message_media::Entity::find()
+        .all(&e.db)
+        .await
+        .expect("rows");
     assert!(rows.iter().all(|r| r.status == status::STORED), "{rows:?}");
-    assert_eq!(store.list().await.expect("list").len(), 2, "the shared file once");
+    assert_eq!(
+        store.list().await.expect("list").len(),
+        2,
+        "the shared file once"
+    );
     let counts = graph.media_counts();
     assert_eq!((counts.lookups, counts.downloads), (3, 2));
 
     // The same webhook processed again (a replay): jobs again, no Meta call.
-    let again = e.store(&envelope(messages_value(
-        json!([{"profile": {"name": "Erika"}, "wa_id": CUSTOMER}]),
-        json!([image_msg("wamid.i1", "m1")]),
-    )))
-    .await;
+    let again = e
+        .store(&envelope(messages_value(
+            json!([{"profile": {"name": "Erika"}, "wa_id": CUSTOMER}]),
+            json!([image_msg("wamid.i1", "m1")]),
+        )))
+        .await;
     e.process(again).await;
     assert_eq!(run_jobs(&e, &worker).await.len(), 1);
     assert_eq!(graph.media_counts().lookups, 3);
@@ -115,7 +138,11 @@ async fn fetch_replay_and_retention(backend: Backend) {
         .expect("query")
         .expect("row");
     assert_eq!(row.status, status::PRUNED);
-    assert!(row.error.unwrap_or_default().contains("WAPIPE_MEDIA_RETENTION_DAYS"));
+    assert!(
+        row.error
+            .unwrap_or_default()
+            .contains("WAPIPE_MEDIA_RETENTION_DAYS")
+    );
     let updated = events::Entity::find()
         .filter(events::Column::Type.eq("message.updated"))
         .count(&e.db)
@@ -131,11 +158,12 @@ async fn fetch_replay_and_retention(backend: Backend) {
             .messages,
         0
     );
-    let replay = e.store(&envelope(messages_value(
-        json!([{"profile": {"name": "Erika"}, "wa_id": CUSTOMER}]),
-        json!([image_msg("wamid.i3", "m3")]),
-    )))
-    .await;
+    let replay = e
+        .store(&envelope(messages_value(
+            json!([{"profile": {"name": "Erika"}, "wa_id": CUSTOMER}]),
+            json!([image_msg("wamid.i3", "m3")]),
+        )))
+        .await;
     e.process(replay).await;
     run_jobs(&e, &worker).await;
     assert_eq!(graph.media_counts().lookups, 3);

@@ -96,7 +96,11 @@ impl MediaGraph {
         media_id: &str,
         token: &SecretString,
     ) -> Result<MediaInfo, MediaGraphError> {
-        if media_id.is_empty() || !media_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') {
+        if media_id.is_empty()
+            || !media_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        {
             return Err(MediaGraphError::Refused {
                 http_status: 400,
                 code: "100".into(),
@@ -210,7 +214,11 @@ impl MediaGraph {
             return Err(refusal(status, &body));
         }
         body.get("id")
-            .and_then(|v| v.as_str().map(str::to_owned).or_else(|| v.as_u64().map(|n| n.to_string())))
+            .and_then(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .or_else(|| v.as_u64().map(|n| n.to_string()))
+            })
             .ok_or_else(|| MediaGraphError::Transport("the upload answer has no id".into()))
     }
 }

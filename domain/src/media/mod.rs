@@ -49,7 +49,13 @@ pub fn send_limits(kind: MediaKind) -> (u64, &'static [&'static str]) {
         MediaKind::Video => (16 * MB, &["video/mp4", "video/3gpp"]),
         MediaKind::Audio => (
             16 * MB,
-            &["audio/aac", "audio/amr", "audio/mpeg", "audio/mp4", "audio/ogg"],
+            &[
+                "audio/aac",
+                "audio/amr",
+                "audio/mpeg",
+                "audio/mp4",
+                "audio/ogg",
+            ],
         ),
         MediaKind::Document => (
             100 * MB,

@@ -32,10 +32,7 @@ pub enum StoreError {
     #[error("WAPIPE_MEDIA_URL {url:?}: {reason}")]
     Url { url: String, reason: String },
     #[error("cannot create the media directory {dir}: {source}")]
-    Dir {
-        dir: String,
-        source: std::io::Error,
-    },
+    Dir { dir: String, source: std::io::Error },
 }
 
 /// Why a file was not stored.
@@ -114,14 +111,21 @@ const URL_OPTIONS: [&str; 5] = [
 
 /// Whether `s` is a sha256 in lower-case hex (a key we may build a path of).
 pub fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl MediaStore {
     /// The store of the settings: S3 when `media_url` is set, else the
     /// local directory.
     pub fn from_settings(s: &wapipe_shared::config::Settings) -> Result<Self, StoreError> {
-        match s.media_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
+        match s
+            .media_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
             Some(url) => Self::s3(url, &[]),
             None => Self::local(&s.media_dir),
         }
@@ -352,8 +356,7 @@ impl MediaStore {
     /// The keys (sha256) of every stored object, temporaries left out.
     pub async fn list(&self) -> Result<Vec<String>, StoreError> {
         let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
-        let metas: Vec<object_store::ObjectMeta> =
-            self.inner.list(prefix).try_collect().await?;
+        let metas: Vec<object_store::ObjectMeta> = self.inner.list(prefix).try_collect().await?;
         let mut keys: Vec<String> = metas
             .into_iter()
             .filter_map(|m| m.location.filename().map(str::to_owned))

@@ -43,7 +43,6 @@ pub mod prelude {
     pub use super::audit_log::Entity as AuditLog;
     pub use super::blocked_numbers::Entity as BlockedNumbers;
     pub use super::calls::Entity as Calls;
-    pub use super::message_media::Entity as MessageMedia;
     pub use super::chat_assignments::Entity as ChatAssignments;
     pub use super::chat_labels::Entity as ChatLabels;
     pub use super::chats::Entity as Chats;
@@ -56,6 +55,7 @@ pub mod prelude {
     pub use super::idempotency_keys::Entity as IdempotencyKeys;
     pub use super::labels::Entity as Labels;
     pub use super::leases::Entity as Leases;
+    pub use super::message_media::Entity as MessageMedia;
     pub use super::message_status_events::Entity as MessageStatusEvents;
     pub use super::messages::Entity as Messages;
     pub use super::scenario_items::Entity as ScenarioItems;

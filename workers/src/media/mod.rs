@@ -96,8 +96,13 @@ fn build(deps: &Deps) -> Result<Arc<dyn Worker>, BuildError> {
     let store = MediaStore::from_settings(&deps.settings).map_err(build_error)?;
     let settings = MediaSettings::from_settings(&deps.settings);
     Ok(typed(
-        MediaWorker::new(deps.db.clone(), deps.configs.clone(), Arc::new(store), settings)
-            .map_err(build_error)?,
+        MediaWorker::new(
+            deps.db.clone(),
+            deps.configs.clone(),
+            Arc::new(store),
+            settings,
+        )
+        .map_err(build_error)?,
     ))
 }
 
@@ -194,9 +199,9 @@ enum Stop {
 impl From<MediaGraphError> for Stop {
     fn from(e: MediaGraphError) -> Self {
         match &e {
-            MediaGraphError::Refused { code, .. } if !e.is_retryable() => Stop::Refused(format!(
-                "Meta cannot give this media (code {code}): {e}"
-            )),
+            MediaGraphError::Refused { code, .. } if !e.is_retryable() => {
+                Stop::Refused(format!("Meta cannot give this media (code {code}): {e}"))
+            }
             _ => Stop::Failed(e.to_string()),
         }
     }

@@ -46,13 +46,19 @@ mod tests {
 
     #[test]
     fn a_png_becomes_a_small_jpeg_and_junk_is_refused() {
-        let img = image::RgbImage::from_fn(1000, 500, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 7]));
+        let img = image::RgbImage::from_fn(1000, 500, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 7])
+        });
         let mut png = Cursor::new(Vec::new());
-        img.write_to(&mut png, image::ImageFormat::Png).expect("png");
+        img.write_to(&mut png, image::ImageFormat::Png)
+            .expect("png");
         let jpeg = make(png.get_ref()).expect("thumbnail");
         let back = image::load_from_memory(&jpeg).expect("decodes");
         assert_eq!((back.width(), back.height()), (320, 160));
-        assert_eq!(image::guess_format(&jpeg).expect("format"), image::ImageFormat::Jpeg);
+        assert_eq!(
+            image::guess_format(&jpeg).expect("format"),
+            image::ImageFormat::Jpeg
+        );
         assert!(make(b"not an image").is_err());
     }
 }
