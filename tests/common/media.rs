@@ -103,6 +103,15 @@ async fn get(app: &TestApp, key: &str, path: &str, range: Option<&str>) -> reqwe
     req.send().await.expect("GET")
 }
 
+/// The API's view of a message.
+async fn message_view(app: &TestApp, key: &str, id: Uuid) -> Value {
+    get(app, key, &format!("/api/whatsapp/messages/{id}"), None)
+        .await
+        .json()
+        .await
+        .expect("json")
+}
+
 /// The objects of the service's media store (temporaries excluded).
 async fn stored_files(app: &TestApp) -> Vec<String> {
     wapipe_domain::media::MediaStore::from_settings(&app.settings)
@@ -142,16 +151,7 @@ async fn inbound_files(app: &TestApp, graph: &GraphHandle, admin: &str) -> Uuid 
     assert!(row.thumbnail_sha256.is_some(), "an image gets a thumbnail");
 
     // The message points at the API, which streams the file.
-    let view: Value = get(
-        app,
-        admin,
-        &format!("/api/whatsapp/messages/{}", msg.id),
-        None,
-    )
-    .await
-    .json()
-    .await
-    .expect("json");
+    let view = message_view(app, admin, msg.id).await;
     let media = &view["media"];
     assert_eq!(media["url"], format!("/api/whatsapp/media/{}", msg.id));
     assert_eq!(
@@ -320,16 +320,7 @@ async fn refusals_and_renewals(app: &TestApp, graph: &GraphHandle, admin: &str) 
     let why = row.error.clone().unwrap_or_default();
     assert!(why.contains("WAPIPE_MEDIA_MAX_BYTES"), "{why}");
     assert_eq!(graph.media_counts().downloads, downloads);
-    let view: Value = get(
-        app,
-        admin,
-        &format!("/api/whatsapp/messages/{}", msg.id),
-        None,
-    )
-    .await
-    .json()
-    .await
-    .expect("json");
+    let view = message_view(app, admin, msg.id).await;
     assert_eq!(view["media"]["status"], "refused");
     assert_eq!(view["media"]["error"], why.as_str());
     assert!(view["media"]["url"].is_null());

@@ -107,21 +107,12 @@ impl MediaGraph {
                 message: format!("{media_id:?} is not a media id"),
             });
         }
-        let resp = self
-            .http
-            .get(self.url(version, media_id))
-            .header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()))
-            .send()
-            .await
-            .map_err(|e| MediaGraphError::Transport(e.to_string()))?;
-        let status = resp.status();
-        let body: Value = resp
-            .json()
-            .await
-            .map_err(|e| MediaGraphError::Transport(format!("media lookup answer: {e}")))?;
-        if !status.is_success() {
-            return Err(refusal(status, &body));
-        }
+        let body = answer(
+            self.http.get(self.url(version, media_id)),
+            token,
+            "media lookup",
+        )
+        .await?;
         let url = body
             .get("url")
             .and_then(Value::as_str)
@@ -197,22 +188,14 @@ impl MediaGraph {
             .text("messaging_product", "whatsapp")
             .text("type", mime_type.to_owned())
             .part("file", part);
-        let resp = self
-            .http
-            .post(self.url(version, &format!("{phone_number_id}/media")))
-            .header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()))
-            .multipart(form)
-            .send()
-            .await
-            .map_err(|e| MediaGraphError::Transport(e.to_string()))?;
-        let status = resp.status();
-        let body: Value = resp
-            .json()
-            .await
-            .map_err(|e| MediaGraphError::Transport(format!("upload answer: {e}")))?;
-        if !status.is_success() {
-            return Err(refusal(status, &body));
-        }
+        let body = answer(
+            self.http
+                .post(self.url(version, &format!("{phone_number_id}/media")))
+                .multipart(form),
+            token,
+            "upload",
+        )
+        .await?;
         body.get("id")
             .and_then(|v| {
                 v.as_str()
@@ -221,6 +204,29 @@ impl MediaGraph {
             })
             .ok_or_else(|| MediaGraphError::Transport("the upload answer has no id".into()))
     }
+}
+
+/// Sends a Graph API call with the number's token; its JSON answer, or
+/// Meta's refusal.
+async fn answer(
+    req: reqwest::RequestBuilder,
+    token: &SecretString,
+    what: &str,
+) -> Result<Value, MediaGraphError> {
+    let resp = req
+        .header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()))
+        .send()
+        .await
+        .map_err(|e| MediaGraphError::Transport(e.to_string()))?;
+    let status = resp.status();
+    let body: Value = resp
+        .json()
+        .await
+        .map_err(|e| MediaGraphError::Transport(format!("{what} answer: {e}")))?;
+    if !status.is_success() {
+        return Err(refusal(status, &body));
+    }
+    Ok(body)
 }
 
 /// Meta's `{"error": {...}}` as a refusal; anything else from a 5xx is

@@ -84,24 +84,11 @@ pub async fn begin<C: ConnectionTrait>(
     config_id: Uuid,
     media_id: &str,
 ) -> Result<message_media::Model, DbErr> {
-    let at = now();
-    let row = message_media::ActiveModel {
-        message_id: Set(message_id),
-        created_at: Set(at),
-        updated_at: Set(at),
-        config_id: Set(config_id),
-        media_id: Set(Some(media_id.to_owned())),
-        status: Set(status::PENDING.to_owned()),
-        ..Default::default()
-    };
-    message_media::Entity::insert(row)
-        .on_conflict(
-            OnConflict::column(message_media::Column::MessageId)
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(db)
-        .await?;
+    insert_new(
+        db,
+        new_row(message_id, config_id, media_id, status::PENDING),
+    )
+    .await?;
     message_media::Entity::find_by_id(message_id)
         .one(db)
         .await?
@@ -193,28 +180,46 @@ pub async fn record_upload<C: ConnectionTrait>(
     stored: &Stored,
     mime_type: &str,
 ) -> Result<(), DbErr> {
+    let mut row = new_row(message_id, config_id, media_id, status::STORED);
+    row.sha256 = Set(Some(stored.sha256.clone()));
+    row.mime_type = Set(Some(mime_type.to_owned()));
+    row.file_size = Set(Some(i64::try_from(stored.size).unwrap_or(i64::MAX)));
+    row.stored_at = Set(Some(now()));
+    insert_new(db, row).await
+}
+
+/// A new file row in `status`.
+fn new_row(
+    message_id: Uuid,
+    config_id: Uuid,
+    media_id: &str,
+    state: &str,
+) -> message_media::ActiveModel {
     let at = now();
-    message_media::Entity::insert(message_media::ActiveModel {
+    message_media::ActiveModel {
         message_id: Set(message_id),
         created_at: Set(at),
         updated_at: Set(at),
         config_id: Set(config_id),
         media_id: Set(Some(media_id.to_owned())),
-        status: Set(status::STORED.to_owned()),
-        sha256: Set(Some(stored.sha256.clone())),
-        mime_type: Set(Some(mime_type.to_owned())),
-        file_size: Set(Some(i64::try_from(stored.size).unwrap_or(i64::MAX))),
-        thumbnail_sha256: Set(None),
-        error: Set(None),
-        stored_at: Set(Some(at)),
-    })
-    .on_conflict(
-        OnConflict::column(message_media::Column::MessageId)
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(db)
-    .await?;
+        status: Set(state.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// Inserts a file row unless the message has one (the first one stays).
+async fn insert_new<C: ConnectionTrait>(
+    db: &C,
+    row: message_media::ActiveModel,
+) -> Result<(), DbErr> {
+    message_media::Entity::insert(row)
+        .on_conflict(
+            OnConflict::column(message_media::Column::MessageId)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
     Ok(())
 }
 
