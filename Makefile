@@ -6,7 +6,7 @@ PG_ADMIN ?= postgres://postgres@127.0.0.1:5432/postgres
 export WAPIPE_TEST_PG ?= $(PG_ADMIN)
 export WAPIPE_TEST_AMQP ?= amqp://guest:guest@127.0.0.1:5672/%2f
 
-.PHONY: run test lint fmt migrate build bench bench-e2e bench-bot bench-reminders bench-api bench-fanout bench-burst sim clean-test-dbs api-conformance
+.PHONY: run test lint fmt migrate build bench bench-e2e bench-bot bench-reminders bench-api bench-fanout bench-burst bench-media sim clean-test-dbs api-conformance
 
 ## Embedded default: SQLite in ./data, in-process queue, every role in one process.
 run:
@@ -84,6 +84,12 @@ bench-fanout:
 # BURST_MPS (80) through RabbitMQ; the sends-per-second curve of each run.
 bench-burst:
 	scripts/bench_burst.sh
+
+# Inbound media: MEDIA_RATE (200) images/s of MEDIA_SIZE (500 KiB) for
+# MEDIA_SECS (60) from the fake Graph API; downloads/s, p50/p99 webhook ->
+# stored file, the media worker's peak RSS.
+bench-media:
+	scripts/bench_media.sh
 
 ## wapipe (embedded) wired to wapipe-sim's fake Graph API: a two-minute demo.
 sim:

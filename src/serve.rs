@@ -299,6 +299,16 @@ pub async fn start(
             },
         }),
         secret_key: configs.secret_key().cloned(),
+        // Only a process that serves the API opens the store (an ingest
+        // process has no use for it); the media worker opens its own.
+        media: if shared || api_listener.is_some() {
+            Some(Arc::new(
+                wapipe_domain::media::MediaStore::from_settings(&settings)
+                    .context("the media store (WAPIPE_MEDIA_DIR / WAPIPE_MEDIA_URL)")?,
+            ))
+        } else {
+            None
+        },
     };
     let api_settings = wapipe_api::ApiSettings {
         rate_per_s: settings.api_rate_per_s,
@@ -310,6 +320,7 @@ pub async fn start(
         ),
         ws_max_buffer: settings.ws_max_buffer as usize,
         webhooks_allow_private: settings.webhooks_allow_private,
+        media_max_bytes: settings.media_max_bytes,
         ..wapipe_api::ApiSettings::default()
     };
     let fallback: Option<wapipe_ingest::Fallback> = if shared {

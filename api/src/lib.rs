@@ -20,6 +20,7 @@ pub mod followups;
 pub mod idempotency;
 pub mod inbox_page;
 pub mod labels;
+pub mod media;
 pub mod messages;
 pub mod notes;
 pub mod openapi;
@@ -62,6 +63,9 @@ pub struct ApiDeps {
     /// Encrypts the secrets of outgoing webhook endpoints; without it
     /// creating one answers 409.
     pub secret_key: Option<Arc<wapipe_shared::crypto::SecretKey>>,
+    /// Where media files are kept; without it `GET /media/{id}` and
+    /// uploads answer 409.
+    pub media: Option<Arc<wapipe_domain::media::MediaStore>>,
 }
 
 /// What talking to Meta takes.
@@ -100,6 +104,9 @@ pub struct ApiSettings {
     /// Webhook endpoints may point at private addresses
     /// (`WAPIPE_WEBHOOKS_ALLOW_PRIVATE`).
     pub webhooks_allow_private: bool,
+    /// The largest upload (`WAPIPE_MEDIA_MAX_BYTES`); Meta's limit per
+    /// type applies below it.
+    pub media_max_bytes: u64,
 }
 
 impl Default for ApiSettings {
@@ -117,6 +124,7 @@ impl Default for ApiSettings {
             ws_ping_every: Duration::from_secs(20),
             ws_idle_timeout: Duration::from_secs(60),
             webhooks_allow_private: false,
+            media_max_bytes: 100 * 1024 * 1024,
         }
     }
 }
@@ -134,11 +142,25 @@ pub struct AppState {
     pub instance: Arc<str>,
     /// The live events of this process, for the WebSocket clients.
     pub hub: Arc<ws::Hub>,
+    pub media: Option<Arc<wapipe_domain::media::MediaStore>>,
+    /// Meta's media upload, when the API may talk to Meta.
+    pub upload_graph: Option<wapipe_domain::media::MediaGraph>,
 }
 
 impl AppState {
     pub fn new(deps: ApiDeps, settings: ApiSettings) -> Self {
+        let upload_graph = deps.meta.as_ref().and_then(|m| {
+            wapipe_domain::media::MediaGraph::new(
+                &m.graph.base,
+                &m.graph.version,
+                Duration::from_secs(30),
+            )
+            .map_err(|e| tracing::warn!(error = %e, "no media uploads: cannot build the client"))
+            .ok()
+        });
         Self {
+            media: deps.media,
+            upload_graph,
             db: deps.db,
             broker: deps.broker,
             meta: deps.meta,

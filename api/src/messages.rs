@@ -75,12 +75,29 @@ pub async fn list(
         .filter(m::Column::ChatId.eq(chat.id))
         .filter(m::Column::IsDeleted.eq(false));
     let view = |r| Message::from_row(r, &ends);
-    let page = by.page(&state.db, q, p.cursor.as_deref(), p.limit, view);
-    Ok(axum::Json(page.await?))
+    let mut page = by
+        .page(&state.db, q, p.cursor.as_deref(), p.limit, view)
+        .await?;
+    let with_media: Vec<Uuid> = page
+        .data
+        .iter()
+        .filter(|m| m.media.is_some())
+        .map(|m| m.id)
+        .collect();
+    let files = wapipe_domain::media::files_of(&state.db, &with_media).await?;
+    page.data = page
+        .data
+        .into_iter()
+        .map(|m| {
+            let file = files.get(&m.id);
+            m.with_file(file)
+        })
+        .collect();
+    Ok(axum::Json(page))
 }
 
 /// A message visible to the caller: its chat must be.
-async fn visible_message(
+pub(crate) async fn visible_message(
     state: &AppState,
     who: &Principal,
     id: Uuid,
@@ -106,13 +123,17 @@ pub async fn get(
 ) -> ApiResult<axum::Json<Message>> {
     let (msg, chat) = visible_message(&state, &who, id).await?;
     let (customer, business) = ends(&state, &chat).await?;
-    Ok(axum::Json(Message::from_row(
-        msg,
-        &Ends {
-            customer: customer.as_deref(),
-            business: business.as_deref(),
-        },
-    )))
+    let files = wapipe_domain::media::files_of(&state.db, &[msg.id]).await?;
+    Ok(axum::Json(
+        Message::from_row(
+            msg,
+            &Ends {
+                customer: customer.as_deref(),
+                business: business.as_deref(),
+            },
+        )
+        .with_file(files.values().next()),
+    ))
 }
 
 #[utoipa::path(put, path = "/api/whatsapp/messages/{id}/read", tag = "messages",
@@ -377,23 +398,37 @@ impl SendMessage {
 }
 
 #[utoipa::path(post, path = "/api/whatsapp/chats/{chatId}/messages", tag = "messages",
-    request_body = SendMessage,
+    request_body(content(
+        (SendMessage = "application/json"),
+        (crate::media::SendUpload = "multipart/form-data")),
+        description = "a message as JSON, or a media file to upload to Meta and send (multipart)"),
     params(("chatId" = Uuid, Path, description = "chat id"),
         ("Idempotency-Key" = Option<String>, Header, description = "the same key and body within 24 h sends once")),
     responses((status = 202, body = Message, description = "queued"),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "the number is blocked"),
+        (status = 413, body = ErrorBody, description = "an upload over Meta's size limit for its type"),
+        (status = 415, body = ErrorBody, description = "an upload of a type Meta does not accept for its message type"),
         (status = 422, body = ErrorBody, description = "131047: outside the 24-hour window; use a template; \
             131050: a MARKETING template to a customer who stopped marketing messages; \
             authentication_needs_phone_number: an AUTHENTICATION template to a customer known \
             by a business-scoped user id only; \
-            template_invalid: unknown, paused, disabled or rejected template (with Meta's reason)")))]
+            template_invalid: unknown, paused, disabled or rejected template (with Meta's reason); \
+            upload_invalid: a multipart send without its file or type"),
+        (status = 502, body = ErrorBody, description = "Meta refused or did not answer the upload")))]
 pub async fn send(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Id(chat_id): Id,
-    Body(body): Body<SendMessage>,
-) -> ApiResult<impl IntoResponse> {
+    req: axum::extract::Request,
+) -> ApiResult<axum::response::Response> {
+    if crate::media::is_multipart(req.headers()) {
+        let chat = visible(&state, &who, chat_id).await?;
+        return crate::media::send_upload(state, who, chat, req).await;
+    }
+    let Body(body) =
+        <Body<SendMessage> as axum::extract::FromRequest<AppState>>::from_request(req, &state)
+            .await?;
     let chat = visible(&state, &who, chat_id).await?;
     let reply_to = body.reply_to.clone();
     let template = body
@@ -405,6 +440,27 @@ pub async fn send(
     content
         .validate()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let gate = gate(&state, &chat, content.is_template(), template).await?;
+    let view = queue(&state, &who, &chat, gate, content, reply_to, None).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(view)).into_response())
+}
+
+/// A send that passed the checks: the customer's number, and the template
+/// it uses, if any.
+pub(crate) struct Gate {
+    phone: String,
+    template: Option<wapipe_shared::entities::templates::Model>,
+}
+
+/// The checks before anything is queued (or uploaded): the chat has a
+/// number that is not blocked, a template is usable and allowed for this
+/// customer, a free-form message has the 24-hour window open.
+pub(crate) async fn gate(
+    state: &AppState,
+    chat: &chats::Model,
+    is_template: bool,
+    template: Option<(String, String, usize)>,
+) -> ApiResult<Gate> {
     // A customer without a number (a username user) is written to by
     // their business-scoped user id.
     let phone = match chat.phone_number.clone() {
@@ -449,21 +505,33 @@ pub async fn send(
         ),
         None => None,
     };
-    if !content.is_template()
-        && !customer_window_open(&state.db, chat.config_id, chat.customer_id).await?
-    {
+    if !is_template && !customer_window_open(&state.db, chat.config_id, chat.customer_id).await? {
         return Err(ApiError::unprocessable(
             CODE_WINDOW_CLOSED,
             "the customer's 24-hour window is closed: only a template message can be sent \
              (type: template)",
         ));
     }
+    Ok(Gate { phone, template })
+}
+
+/// Queues a checked send (a `queued` row and its `outbound.send` job) and
+/// answers its view; `file` is wapipe's copy of an uploaded file.
+pub(crate) async fn queue(
+    state: &AppState,
+    who: &Principal,
+    chat: &chats::Model,
+    gate: Gate,
+    content: OutboundContent,
+    reply_to: Option<String>,
+    file: Option<crate::media::UploadedFile>,
+) -> ApiResult<Message> {
     let queued = outbox::send(
         &state.db,
         state.broker.as_ref(),
         NewOutbound {
             config_id: chat.config_id,
-            to: phone,
+            to: gate.phone,
             content,
             reply_to,
             origin: Origin::Admin,
@@ -473,7 +541,7 @@ pub async fn send(
         },
     )
     .await?;
-    if let Some(t) = &template {
+    if let Some(t) = &gate.template {
         templates::record_use(&state.db, t.id).await?;
     }
     if let Some(agent) = &who.agent {
@@ -483,17 +551,29 @@ pub async fn send(
             .exec(&state.db)
             .await?;
     }
+    if let Some(f) = &file {
+        wapipe_domain::media::record_upload(
+            &state.db,
+            queued.message_id,
+            chat.config_id,
+            &f.media_id,
+            &f.stored,
+            &f.mime_type,
+        )
+        .await?;
+    }
     let msg = m::Entity::find_by_id(queued.message_id)
         .one(&state.db)
         .await?
         .ok_or_else(|| ApiError::internal("queued message vanished"))?;
-    let (customer, business) = ends(&state, &chat).await?;
-    let view = Message::from_row(
+    let files = wapipe_domain::media::files_of(&state.db, &[msg.id]).await?;
+    let (customer, business) = ends(state, chat).await?;
+    Ok(Message::from_row(
         msg,
         &Ends {
             customer: customer.as_deref(),
             business: business.as_deref(),
         },
-    );
-    Ok((StatusCode::ACCEPTED, axum::Json(view)))
+    )
+    .with_file(files.values().next()))
 }

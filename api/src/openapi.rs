@@ -14,8 +14,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::{
-    AppState, agents, blocked, chats, directory, eventlog, events, followups, labels, messages,
-    notes, scenarios, stats, templates, webhook_endpoints, ws,
+    AppState, agents, blocked, chats, directory, eventlog, events, followups, labels, media,
+    messages, notes, scenarios, stats, templates, webhook_endpoints, ws,
 };
 
 struct BearerKey;
@@ -76,6 +76,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(messages::list, messages::send))
         .routes(routes!(messages::get))
         .routes(routes!(messages::mark_read))
+        .routes(routes!(media::file))
+        .routes(routes!(media::thumbnail))
         .routes(routes!(agents::list, agents::create))
         .routes(routes!(agents::online))
         .routes(routes!(agents::get, agents::update))

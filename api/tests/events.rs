@@ -480,6 +480,7 @@ async fn two_api_processes_on_rabbitmq_both_deliver() {
                 broker: b.clone(),
                 meta: None,
                 secret_key: None,
+                media: None,
             },
             settings.clone(),
             listener,

@@ -28,6 +28,8 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/api/whatsapp/chats/{chatId}/messages"),
     ("get", "/api/whatsapp/messages/{id}"),
     ("put", "/api/whatsapp/messages/{id}/read"),
+    ("get", "/api/whatsapp/media/{messageId}"),
+    ("get", "/api/whatsapp/media/{messageId}/thumbnail"),
     ("get", "/api/whatsapp/agents"),
     ("get", "/api/whatsapp/agents/{id}"),
     ("post", "/api/whatsapp/agents"),

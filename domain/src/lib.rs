@@ -16,6 +16,7 @@ pub mod events;
 pub mod followups;
 pub mod inbox;
 pub mod leases;
+pub mod media;
 pub mod outbox;
 pub mod receipts;
 pub mod scenarios;

@@ -14,7 +14,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 use wapipe_shared::db::pad_pow2;
 use wapipe_shared::entities::{
-    chat_assignments, chat_labels, chats, follow_ups, labels, messages, whatsapp_configs,
+    chat_assignments, chat_labels, chats, follow_ups, labels, message_media, messages,
+    whatsapp_configs,
 };
 
 /// seed 002 Chat.
@@ -218,6 +219,12 @@ pub struct Media {
     pub file_size: Option<i64>,
     pub caption: Option<String>,
     pub thumbnail_url: Option<String>,
+    /// Where wapipe's copy of the file stands: `pending`, `stored`,
+    /// `failed`, `refused` or `pruned`; null when wapipe keeps no copy
+    /// (a link sent as is).
+    pub status: Option<String>,
+    /// Why the file is not stored (`failed`, `refused`, `pruned`).
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
@@ -275,6 +282,47 @@ pub struct Ends<'a> {
 }
 
 impl Message {
+    /// The message with wapipe's copy of its file: `media.url` (and
+    /// `thumbnailUrl`) point at the API once it is stored; `status` and
+    /// `error` say where it stands otherwise.
+    pub fn with_file(mut self, file: Option<&message_media::Model>) -> Self {
+        let Some(f) = file else {
+            return self;
+        };
+        let media = self.media.get_or_insert_with(|| Media {
+            url: None,
+            media_id: f.media_id.clone(),
+            mime_type: None,
+            file_name: None,
+            file_size: None,
+            caption: None,
+            thumbnail_url: None,
+            status: None,
+            error: None,
+        });
+        media.status = Some(f.status.clone());
+        media.error = f.error.clone();
+        if f.status == message_media::status::STORED {
+            media.url = Some(crate::media::file_url(self.id));
+            media.thumbnail_url = f
+                .thumbnail_sha256
+                .as_ref()
+                .map(|_| crate::media::thumbnail_url(self.id));
+            if f.mime_type.is_some() {
+                media.mime_type = f.mime_type.clone();
+            }
+            if f.file_size.is_some() {
+                media.file_size = f.file_size;
+            }
+        } else if self.direction == "inbound" {
+            // Meta's own URL needs the number's token and expires in
+            // minutes: of no use to a client.
+            media.url = None;
+            media.thumbnail_url = None;
+        }
+        self
+    }
+
     pub fn from_row(m: messages::Model, ends: &Ends<'_>) -> Self {
         let inbound = m.direction == messages::Direction::Inbound;
         let (from, to) = if inbound {
@@ -293,6 +341,8 @@ impl Message {
                 .and_then(|x| x.as_i64()),
             caption: s(v, &["caption"]),
             thumbnail_url: s(v, &["thumbnail_url"]),
+            status: None,
+            error: None,
         });
         let location = m.location.as_ref().and_then(|v| {
             Some(Location {
@@ -483,6 +533,13 @@ pub async fn load_messages<C: ConnectionTrait>(
         .into_iter()
         .map(|c| (c.id, c.business_number().to_owned()))
         .collect();
+    // Only media messages have a file row: most batches skip the query.
+    let with_media: Vec<Uuid> = rows
+        .values()
+        .filter(|m| m.media.is_some())
+        .map(|m| m.id)
+        .collect();
+    let files = crate::media::files_of(db, &with_media).await?;
     Ok(ids
         .iter()
         .filter_map(|id| rows.remove(id))
@@ -491,7 +548,8 @@ pub async fn load_messages<C: ConnectionTrait>(
                 customer: phones.get(&m.chat_id).and_then(|p| p.as_deref()),
                 business: business.get(&m.config_id).map(String::as_str),
             };
-            (m.config_id, Message::from_row(m, &ends))
+            let file = files.get(&m.id);
+            (m.config_id, Message::from_row(m, &ends).with_file(file))
         })
         .collect())
 }

@@ -18,6 +18,7 @@ mod m20261206_000010_events;
 mod m20261207_000011_chats_sort_index;
 mod m20261208_000012_webhook_endpoints;
 mod m20261209_000014_meta_webhooks;
+mod m20261210_000015_media;
 mod m20261210_000016_identities;
 
 /// A hash of these migrations' sources as compiled (see build.rs): what
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000011_chats_sort_index::Migration),
             Box::new(m20261208_000012_webhook_endpoints::Migration),
             Box::new(m20261209_000014_meta_webhooks::Migration),
+            Box::new(m20261210_000015_media::Migration),
             Box::new(m20261210_000016_identities::Migration),
         ]
     }

@@ -393,6 +393,54 @@ pub struct Settings {
         help_heading = "Service settings"
     )]
     pub webhook_timeout_ms: u64,
+
+    /// Where media files are kept when WAPIPE_MEDIA_URL is unset (a local
+    /// directory; files are named by their sha256).
+    #[arg(
+        long,
+        env = "WAPIPE_MEDIA_DIR",
+        default_value = "./data/media",
+        global = true,
+        help_heading = "Media"
+    )]
+    pub media_dir: PathBuf,
+
+    /// An S3-compatible object store for media instead of the directory:
+    /// `s3://bucket/prefix`. Endpoint, region and credentials come from the
+    /// usual AWS_* variables (AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP).
+    #[arg(
+        long,
+        env = "WAPIPE_MEDIA_URL",
+        global = true,
+        hide_env_values = true,
+        help_heading = "Media"
+    )]
+    pub media_url: Option<String>,
+
+    /// The largest media file fetched from Meta or uploaded (bytes);
+    /// bigger ones are refused and the message says why. 100 MiB is
+    /// Meta's limit for documents.
+    #[arg(
+        long,
+        env = "WAPIPE_MEDIA_MAX_BYTES",
+        default_value_t = 100 * 1024 * 1024,
+        value_parser = clap::value_parser!(u64).range(1..),
+        global = true,
+        help_heading = "Media"
+    )]
+    pub media_max_bytes: u64,
+
+    /// Days a media file is kept after it was stored; older ones are
+    /// removed and their messages marked `pruned`. Unset: kept forever.
+    #[arg(
+        long,
+        env = "WAPIPE_MEDIA_RETENTION_DAYS",
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true,
+        help_heading = "Media"
+    )]
+    pub media_retention_days: Option<u32>,
 }
 
 /// The URL with its password masked (`scheme://user:***@host/…`), and any

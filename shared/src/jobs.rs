@@ -14,6 +14,7 @@ pub const MESSAGE_INBOUND: &str = "message.inbound";
 pub const FOLLOWUP_DUE: &str = "followup.due";
 pub const OUTBOUND_SEND: &str = "outbound.send";
 pub const WEBHOOK_DELIVER: &str = "webhook.deliver";
+pub const MEDIA_FETCH: &str = "media.fetch";
 
 /// The work queues: each is consumed by one worker and carries one event.
 /// A new worker adds its variant here and its job body below (the contract
@@ -27,17 +28,19 @@ pub enum Queue {
     Followup,
     Outbound,
     Webhook,
+    Media,
 }
 
 impl Queue {
     /// Every queue, in pipeline order.
-    pub const ALL: [Queue; 6] = [
+    pub const ALL: [Queue; 7] = [
         Queue::Parse,
         Queue::Status,
         Queue::Scenario,
         Queue::Followup,
         Queue::Outbound,
         Queue::Webhook,
+        Queue::Media,
     ];
 
     /// The queue's name: its worker's name, and the `W` of `P.W.N`.
@@ -49,6 +52,7 @@ impl Queue {
             Queue::Followup => "followup",
             Queue::Outbound => "outbound",
             Queue::Webhook => "webhook",
+            Queue::Media => "media",
         }
     }
 
@@ -61,6 +65,7 @@ impl Queue {
             Queue::Followup => FOLLOWUP_DUE,
             Queue::Outbound => OUTBOUND_SEND,
             Queue::Webhook => WEBHOOK_DELIVER,
+            Queue::Media => MEDIA_FETCH,
         }
     }
 
@@ -420,6 +425,32 @@ impl Job for WebhookDeliver {
 
     fn message_id(&self) -> String {
         format!("webhook:{}", self.delivery_id)
+    }
+}
+
+/// Body of `media.fetch`: fetch the media of one inbound message from
+/// Meta into the media store. The parse worker publishes one for every
+/// media message of an event each time it processes it (new or not): the
+/// media worker does nothing for a message whose file is already settled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaFetch {
+    pub message_id: Uuid,
+    pub config_id: Uuid,
+    /// Meta's media id (`image.id`, `document.id`, ...).
+    pub media_id: String,
+}
+
+impl Job for MediaFetch {
+    const QUEUE: Queue = Queue::Media;
+
+    /// Downloads have no order to keep: the message id spreads them over
+    /// the lanes, so one big file holds up one lane, not a customer's chat.
+    fn lane_key(&self) -> String {
+        format!("media:{}", self.message_id)
+    }
+
+    fn message_id(&self) -> String {
+        format!("media:{}", self.message_id)
     }
 }
 

@@ -108,6 +108,7 @@ async fn schema_matches_entities(db: &DatabaseConnection) {
         idempotency_keys,
         labels,
         leases,
+        message_media,
         message_status_events,
         messages,
         scenario_items,

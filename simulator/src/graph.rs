@@ -5,7 +5,8 @@
 //! - `POST /{version}/{phone_number_id}/media`: an upload, answers an id;
 //! - `GET /{version}/{media_id}`: the media URL object; `GET /media/{id}`: bytes;
 //! - `/_sim/errors` (GET, POST replaces), `/_sim/sent`, `/_sim/reads`,
-//!   `/_sim/calls`, `/_sim/callbacks` (GET) and `/_sim/reset` (POST).
+//!   `/_sim/calls`, `/_sim/callbacks`, `/_sim/media` (lookups, downloads,
+//!   uploads) (GET) and `/_sim/reset` (POST).
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -13,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures::StreamExt as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
@@ -72,6 +74,12 @@ pub struct GraphConfig {
     pub errors: Vec<ErrorRule>,
     /// Further attempts for a status webhook answered non-2xx.
     pub callback_retries: u32,
+    /// Size of the generated file of a media id nobody registered
+    /// (`add_media`): distinct bytes per id, JPEG-framed.
+    pub media_size: usize,
+    /// Expiring-URL mode: a media URL works this long after its lookup,
+    /// then its download answers 404, as Meta's do after minutes.
+    pub media_url_ttl: Option<Duration>,
 }
 
 impl Default for GraphConfig {
@@ -88,6 +96,8 @@ impl Default for GraphConfig {
             drop_rate: 0.0,
             errors: Vec::new(),
             callback_retries: 3,
+            media_size: 512,
+            media_url_ttl: None,
         }
     }
 }
@@ -207,6 +217,59 @@ pub struct CallbackRecord {
     pub delivered: bool,
 }
 
+/// A media file the fake Graph serves for an id, with what its lookup
+/// claims (wrong claims on purpose make the checks fail).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimMedia {
+    pub bytes: Bytes,
+    pub mime_type: String,
+    /// The lookup's `sha256`; `None`: the real one.
+    pub claimed_sha256: Option<String>,
+    /// The lookup's `file_size`; `None`: the real one.
+    pub claimed_size: Option<u64>,
+}
+
+impl SimMedia {
+    pub fn new(bytes: impl Into<Bytes>, mime_type: &str) -> Self {
+        Self {
+            bytes: bytes.into(),
+            mime_type: mime_type.to_owned(),
+            claimed_sha256: None,
+            claimed_size: None,
+        }
+    }
+}
+
+/// One upload (`POST /{phone_number_id}/media`), as `/_sim/media` lists it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UploadRecord {
+    /// The media id answered.
+    pub id: String,
+    pub phone_number_id: String,
+    /// The form's `type` field.
+    pub mime_type: String,
+    /// The file part's own type and name.
+    pub part_type: Option<String>,
+    pub file_name: Option<String>,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// What the media routes did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct MediaCounts {
+    pub lookups: u64,
+    pub downloads: u64,
+    /// Downloads refused because their URL had expired.
+    pub expired: u64,
+    pub uploads: Vec<UploadRecord>,
+}
+
+/// Files larger than this are not kept for later lookups after an upload.
+const KEEP_UPLOADED: usize = 16 * 1024 * 1024;
+/// Largest upload read (Meta's document limit, and some).
+const MAX_UPLOAD: usize = 110 * 1024 * 1024;
+
 struct ActiveRule {
     rule: ErrorRule,
     fired: u32,
@@ -232,6 +295,14 @@ struct Inner {
     templates: Vec<Value>,
     /// Pages of that list served.
     template_pages: u64,
+    /// Files registered by id (and uploads kept).
+    media: std::collections::HashMap<String, SimMedia>,
+    media_counts: MediaCounts,
+    /// Issued media URLs of the expiring mode: number -> (id, issued at).
+    issued: std::collections::HashMap<u64, Instant>,
+    next_url: u64,
+    /// The next this many media URLs are dead on arrival.
+    dead_urls: u32,
 }
 
 struct State {
@@ -323,6 +394,22 @@ impl GraphHandle {
     /// Replaces the error rules (their `times` counts start afresh).
     pub fn set_rules(&self, rules: Vec<ErrorRule>) {
         self.state.lock().rules = rules.into_iter().map(ActiveRule::new).collect();
+    }
+
+    /// Serves `media` for the media id `id` (lookups and downloads).
+    pub fn add_media(&self, id: &str, media: SimMedia) {
+        self.state.lock().media.insert(id.to_owned(), media);
+    }
+
+    /// The next `n` media URLs handed out are expired before they are
+    /// used: their download answers 404, as an expired Meta URL does.
+    pub fn expire_next_urls(&self, n: u32) {
+        self.state.lock().dead_urls = n;
+    }
+
+    /// Lookups, downloads and uploads so far.
+    pub fn media_counts(&self) -> MediaCounts {
+        self.state.lock().media_counts.clone()
     }
 
     /// Forgets sends, reads, calls and callbacks, and restores the start rules.
@@ -436,10 +523,7 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         }
         (&Method::GET, ["media", media_id]) => {
             let media_id = (*media_id).to_owned();
-            match bearer(&state, &req) {
-                Ok(_) => bytes_response(StatusCode::OK, "image/jpeg", media_bytes(&media_id)),
-                Err(resp) => resp,
-            }
+            download(&state, &media_id, &req)
         }
         _ => meta_error(
             StatusCode::BAD_REQUEST,
@@ -1053,51 +1137,174 @@ async fn upload(state: &State, phone_id: &str, req: Request<Incoming>) -> Respon
     {
         return invalid_param(&format!("Unknown phone number id {phone_id}"));
     }
-    // The upload's content does not matter; only that it was read.
-    if Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .is_err()
-    {
-        return invalid_param("upload too large");
+    let boundary = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| multer::parse_boundary(ct).ok());
+    let Some(boundary) = boundary else {
+        return invalid_param("an upload is multipart/form-data");
+    };
+    let body = http_body_util::BodyStream::new(Limited::new(req.into_body(), MAX_UPLOAD))
+        .filter_map(|f| async move {
+            match f {
+                Ok(frame) => frame.into_data().ok().map(Ok),
+                Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
+            }
+        });
+    let mut form = multer::Multipart::new(body, boundary);
+    let (mut product, mut kind, mut file) = (None, None, None);
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return invalid_param(&format!("bad multipart body: {e}")),
+        };
+        let name = field.name().unwrap_or("").to_owned();
+        let part_type = field.content_type().map(|m| m.to_string());
+        let file_name = field.file_name().map(str::to_owned);
+        let bytes = match field.bytes().await {
+            Ok(b) => b,
+            Err(e) => return invalid_param(&format!("bad multipart body: {e}")),
+        };
+        match name.as_str() {
+            "messaging_product" => product = Some(String::from_utf8_lossy(&bytes).into_owned()),
+            "type" => kind = Some(String::from_utf8_lossy(&bytes).into_owned()),
+            "file" => file = Some((bytes, part_type, file_name)),
+            _ => {}
+        }
     }
-    json_response(
-        StatusCode::OK,
-        &json!({ "id": payloads::unique_media_id() }),
-    )
+    if product.as_deref() != Some("whatsapp") {
+        return invalid_param("The parameter messaging_product is required.");
+    }
+    let (Some(kind), Some((bytes, part_type, file_name))) = (kind, file) else {
+        return invalid_param("An upload needs the parameters type and file.");
+    };
+    let id = payloads::unique_media_id();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    let record = UploadRecord {
+        id: id.clone(),
+        phone_number_id: phone_id.to_owned(),
+        mime_type: kind.clone(),
+        part_type,
+        file_name,
+        size: bytes.len() as u64,
+        sha256: sha,
+    };
+    {
+        let mut inner = state.lock();
+        inner.media_counts.uploads.push(record);
+        if bytes.len() <= KEEP_UPLOADED {
+            inner.media.insert(id.clone(), SimMedia::new(bytes, &kind));
+        }
+    }
+    json_response(StatusCode::OK, &json!({ "id": id }))
+}
+
+/// The registered file of an id, or the generated one.
+fn media_of(state: &State, media_id: &str) -> SimMedia {
+    state
+        .lock()
+        .media
+        .get(media_id)
+        .cloned()
+        .unwrap_or_else(|| SimMedia::new(media_bytes(media_id, state.cfg.media_size), "image/jpeg"))
 }
 
 fn media_object<B>(state: &State, media_id: &str, req: Request<B>) -> Response<Body> {
     if let Err(resp) = bearer(state, &req) {
         return resp;
     }
-    let bytes = media_bytes(media_id);
-    let sha = {
+    let media = media_of(state, media_id);
+    let sha = media.claimed_sha256.clone().unwrap_or_else(|| {
         use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(&bytes))
+        hex::encode(sha2::Sha256::digest(&media.bytes))
+    });
+    let url = {
+        let mut inner = state.lock();
+        inner.media_counts.lookups += 1;
+        if state.cfg.media_url_ttl.is_some() || inner.dead_urls > 0 {
+            let n = inner.next_url;
+            inner.next_url += 1;
+            if inner.dead_urls > 0 {
+                inner.dead_urls -= 1;
+            } else {
+                inner.issued.insert(n, Instant::now());
+            }
+            format!("{}/media/{}?u={n}", state.base_url, media_id)
+        } else {
+            format!("{}/media/{}", state.base_url, media_id)
+        }
     };
     json_response(
         StatusCode::OK,
         &json!({
             "messaging_product": "whatsapp",
-            "url": format!("{}/media/{}", state.base_url, media_id),
-            "mime_type": "image/jpeg",
+            "url": url,
+            "mime_type": media.mime_type,
             "sha256": sha,
-            "file_size": bytes.len(),
+            "file_size": media.claimed_size.unwrap_or(media.bytes.len() as u64),
             "id": media_id,
         }),
     )
 }
 
-/// A tiny JPEG-framed blob, distinct per id, so downloads can be checked
-/// against the `sha256` of the media object.
-fn media_bytes(media_id: &str) -> Bytes {
+/// `GET /media/{id}[?u=N]`: the bytes, unless the URL expired.
+fn download<B>(state: &State, media_id: &str, req: &Request<B>) -> Response<Body> {
+    if let Err(resp) = bearer(state, req) {
+        return resp;
+    }
+    let issued = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("u="))
+            .and_then(|n| n.parse::<u64>().ok())
+    });
+    let expired = {
+        let mut inner = state.lock();
+        inner.media_counts.downloads += 1;
+        let expired = match issued {
+            None => false,
+            Some(n) => match (inner.issued.get(&n), state.cfg.media_url_ttl) {
+                (None, _) => true,
+                (Some(at), Some(ttl)) => at.elapsed() > ttl,
+                (Some(_), None) => false,
+            },
+        };
+        if expired {
+            inner.media_counts.expired += 1;
+        }
+        expired
+    };
+    if expired {
+        return meta_error(
+            StatusCode::NOT_FOUND,
+            100,
+            "This media URL has expired; look the media up again.",
+            None,
+            None,
+        );
+    }
+    let media = media_of(state, media_id);
+    let mut resp = Response::new(http_body_util::Full::new(media.bytes));
+    if let Ok(v) = header::HeaderValue::from_str(&media.mime_type) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+/// A JPEG-framed blob of `size` bytes (at least the frame), distinct per
+/// id, so downloads can be checked against the `sha256` of the lookup.
+fn media_bytes(media_id: &str, size: usize) -> Bytes {
     let mut b = vec![
         0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0x00,
     ];
     b.extend_from_slice(b"wapipe-sim media ");
     b.extend_from_slice(media_id.as_bytes());
-    b.extend(std::iter::repeat_n(0x5Au8, 512));
+    let fill = size.saturating_sub(b.len() + 2);
+    b.extend(std::iter::repeat_n(0x5Au8, fill));
     b.extend_from_slice(&[0xFF, 0xD9]);
     Bytes::from(b)
 }
@@ -1112,6 +1319,7 @@ async fn control(
     match (method, what) {
         (&Method::GET, "sent") => inner_json(json!(state.lock().sent)),
         (&Method::GET, "reads") => inner_json(json!(state.lock().reads)),
+        (&Method::GET, "media") => inner_json(json!(state.lock().media_counts)),
         (&Method::GET, "callbacks") => inner_json(json!(state.lock().callbacks)),
         (&Method::GET, "calls") => {
             let inner = state.lock();

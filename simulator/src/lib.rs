@@ -20,7 +20,9 @@ pub mod stats;
 
 mod http;
 
-pub use graph::{ErrorRule, GraphConfig, GraphHandle, spawn_graph};
+pub use graph::{
+    ErrorRule, GraphConfig, GraphHandle, MediaCounts, SimMedia, UploadRecord, spawn_graph,
+};
 pub use load::{LoadConfig, LoadReport, run_load, spawn_nowork};
 pub use replay::{ReplayConfig, ReplayReport, replay_paths};
 

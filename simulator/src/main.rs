@@ -227,6 +227,13 @@ struct GraphArgs {
     /// Error rule CODE[:share=F][:to=PATTERN][:times=N][:http=STATUS][:webhook]; repeatable.
     #[arg(long = "error", value_name = "RULE")]
     errors: Vec<ErrorRule>,
+    /// Size in bytes of the file served for any media id (`GET /media/{id}`).
+    #[arg(long, default_value_t = 512)]
+    media_size: usize,
+    /// Expiring-URL mode: media URLs stop working this long after their
+    /// lookup (404), as Meta's do (e.g. 5m).
+    #[arg(long, value_parser = wapipe_sim::parse_duration)]
+    media_url_ttl: Option<Duration>,
 }
 
 fn parse_share(s: &str) -> Result<f64, String> {
@@ -408,6 +415,8 @@ async fn run_graph(a: GraphArgs) -> anyhow::Result<ExitCode> {
         duplicate: a.duplicate,
         drop_rate: a.drop_rate,
         errors: a.errors,
+        media_size: a.media_size,
+        media_url_ttl: a.media_url_ttl,
         ..GraphConfig::default()
     };
     if cfg.webhook.is_some() && cfg.app_secret.is_empty() {

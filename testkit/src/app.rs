@@ -107,6 +107,7 @@ pub async fn settings_for(mode: Mode) -> (Settings, TempDir) {
     }
     s.secret_key = Some(KEY.into());
     s.secret_key_file = dir.path().join("secret.key");
+    s.media_dir = dir.path().join("media");
     s.queue_prefix = format!("t{}", Uuid::now_v7().simple());
     s.lanes = 4;
     s.relay_grace_secs = 1;

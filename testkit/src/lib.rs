@@ -7,7 +7,8 @@
 //! - [`workers`] (feature `workers`): the worker-level `Env`;
 //! - [`build`]: webhook and message builders, JSON fixtures;
 //! - [`corpus`]: Meta's public payloads beside the repository, when present;
-//! - [`receiver`]: a webhook receiver that checks signatures on its own.
+//! - [`receiver`]: a webhook receiver that checks signatures on its own;
+//! - [`s3`]: a local S3-compatible server (moto) for the media store.
 //!
 //! A crate's unit tests see a second copy of that crate through this kit,
 //! so only plain values (URLs, paths, connections) cross from here into
@@ -19,6 +20,7 @@ pub mod build;
 pub mod corpus;
 pub mod db;
 pub mod receiver;
+pub mod s3;
 #[cfg(feature = "workers")]
 pub mod workers;
 

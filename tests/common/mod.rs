@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+pub mod media;
+
 use tokio::net::TcpListener;
 use wapipe_sim::payloads::Business;
 use wapipe_sim::{GraphConfig, GraphHandle, spawn_graph};

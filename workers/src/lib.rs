@@ -6,6 +6,7 @@
 //! `wapipe-domain` crate.
 
 pub mod followup;
+pub mod media;
 pub mod outbound;
 pub mod parse;
 pub mod registry;

@@ -89,6 +89,7 @@ pub const REGISTRY: &[Registration] = &[
     crate::outbound::REGISTRATION,
     crate::followup::REGISTRATION,
     crate::webhook::REGISTRATION,
+    crate::media::REGISTRATION,
 ];
 
 /// The registration of the role `name`.

@@ -147,6 +147,7 @@ impl Api {
                 secret_key: Some(std::sync::Arc::new(
                     SecretKey::from_base64(KEY).expect("key"),
                 )),
+                media: None,
             },
             settings,
             listener,

@@ -19,6 +19,7 @@ pub mod follow_ups;
 pub mod idempotency_keys;
 pub mod labels;
 pub mod leases;
+pub mod message_media;
 pub mod message_status_events;
 pub mod messages;
 pub mod scenario_items;
@@ -56,6 +57,7 @@ pub mod prelude {
     pub use super::idempotency_keys::Entity as IdempotencyKeys;
     pub use super::labels::Entity as Labels;
     pub use super::leases::Entity as Leases;
+    pub use super::message_media::Entity as MessageMedia;
     pub use super::message_status_events::Entity as MessageStatusEvents;
     pub use super::messages::Entity as Messages;
     pub use super::scenario_items::Entity as ScenarioItems;

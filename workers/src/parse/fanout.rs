@@ -13,8 +13,8 @@ use wapipe_shared::broker::{Broker, OutboundJob};
 use wapipe_shared::db::pad_pow2;
 use wapipe_shared::entities::chats;
 use wapipe_shared::jobs::{
-    InboundMessages, Job, MessageInbound, REALTIME_CHAT_UPDATED, REALTIME_MESSAGE_CREATED,
-    RealtimeEvent, StatusReceipt, lane_key,
+    InboundMessages, Job, MediaFetch, MessageInbound, REALTIME_CHAT_UPDATED,
+    REALTIME_MESSAGE_CREATED, RealtimeEvent, StatusReceipt, lane_key,
 };
 
 use super::messages::InboundStored;
@@ -79,6 +79,26 @@ impl FanOut {
             webhook_event_id: Some(p.event_id),
         };
         self.inbound.push((p.lane_key.clone(), job));
+        // Its file, fetched by the media worker (which does nothing for a
+        // file already settled, so replays cost a lookup, not a download).
+        if wapipe_domain::media::INBOUND_TYPES.contains(&m.kind.as_str())
+            && crate::registry::consumes(MediaFetch::QUEUE)
+            && let Some(media_id) = m
+                .media
+                .as_ref()
+                .and_then(|v| v.get("id"))
+                .and_then(|v| v.as_str())
+                .filter(|id| !id.is_empty())
+        {
+            self.jobs.push(
+                MediaFetch {
+                    message_id: s.message_id,
+                    config_id: p.config_id,
+                    media_id: media_id.to_owned(),
+                }
+                .to_outbound(),
+            );
+        }
     }
 
     /// Queues one `status.receipt` job per (config, wamid) of the batch's

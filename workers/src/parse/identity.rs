@@ -24,7 +24,7 @@ use uuid::Uuid;
 use wapipe_shared::entities::customer_previous_ids::{self as previous, KIND_USER_ID, KIND_WA_ID};
 use wapipe_shared::entities::{chats, customers};
 use wapipe_shared::jobs::{lane_key, split_lane_key};
-use wapipe_shared::whatsapp::{bounded_id, lenient_string, str_at};
+use wapipe_shared::whatsapp::{id_at, str_at};
 
 use super::batch::any_of;
 use super::customers::{Sender, customer_without_message};
@@ -72,8 +72,7 @@ pub(super) enum RekeyOutcome {
 }
 
 fn first_id(v: &serde_json::Value, keys: &[&str]) -> Option<String> {
-    keys.iter()
-        .find_map(|k| wapipe_shared::whatsapp::id_at(v.get(*k)))
+    keys.iter().find_map(|k| id_at(v.get(*k)))
 }
 
 /// The change a message announces, if it is a re-keying `system` message.
