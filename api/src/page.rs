@@ -147,29 +147,6 @@ pub fn after_expr(
     Ok(Condition::all().add(if descending { key.lt(at) } else { key.gt(at) }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_to_the_nanosecond() {
-        let c = Cursor {
-            at: DateTime::from_timestamp(1_790_000_000, 123_456_789).expect("time"),
-            id: Uuid::now_v7(),
-        };
-        assert_eq!(Cursor::decode(&c.encode()).expect("decode"), c);
-        assert!(Cursor::decode("not a cursor").is_err());
-        assert!(Cursor::decode(&URL_SAFE_NO_PAD.encode("2026|x")).is_err());
-    }
-
-    #[test]
-    fn limits() {
-        assert_eq!(limit(None).expect("default"), 50);
-        assert_eq!(limit(Some(200)).expect("max"), 200);
-        assert!(limit(Some(0)).is_err() && limit(Some(201)).is_err());
-    }
-}
-
 /// A keyset list's order: a time column, then the id column.
 pub struct Keyset<C> {
     pub time: C,
@@ -235,5 +212,28 @@ impl<C: sea_orm::ColumnTrait> Keyset<C> {
             })
         };
         Ok(paginate_opt(rows, limit, key, view))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_to_the_nanosecond() {
+        let c = Cursor {
+            at: DateTime::from_timestamp(1_790_000_000, 123_456_789).expect("time"),
+            id: Uuid::now_v7(),
+        };
+        assert_eq!(Cursor::decode(&c.encode()).expect("decode"), c);
+        assert!(Cursor::decode("not a cursor").is_err());
+        assert!(Cursor::decode(&URL_SAFE_NO_PAD.encode("2026|x")).is_err());
+    }
+
+    #[test]
+    fn limits() {
+        assert_eq!(limit(None).expect("default"), 50);
+        assert_eq!(limit(Some(200)).expect("max"), 200);
+        assert!(limit(Some(0)).is_err() && limit(Some(201)).is_err());
     }
 }

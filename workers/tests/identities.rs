@@ -293,13 +293,9 @@ async fn corpus_identities(b: Backend) {
     assert_eq!(chats[0].phone_number.as_deref(), Some("12195555358"));
 
     // The older shape (`new_wa_id`) of another source.
-    add_config(
-        &env.db,
-        "1093849293",
-        "WHATSAPP_BUSINESS_ACCOUNT_ID",
-        "Test Co",
-    )
-    .await;
+    // The sample's entry id is a placeholder, not a Meta id (which
+    // `config add` refuses); the number routes it.
+    add_config(&env.db, "1093849293", "2", "Test Co").await;
     let sample =
         corpus_sample("messages", "piusalfred-system-user-changed-number.json").expect("sample");
     post_and_replay(&env, &sample).await;

@@ -694,7 +694,7 @@ async fn expired_token_flags_the_config(backend: Backend) {
     // PostgreSQL an event shows once no older transaction of the cluster
     // still runs: other tests' may, briefly.)
     let mut flagged = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..300 {
         flagged = wapipe_domain::events::read_after(
             &env.db,
             0,
