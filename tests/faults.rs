@@ -27,6 +27,19 @@ fn wapipe(settings: &wapipe_shared::config::Settings) -> Command {
     cmd
 }
 
+/// Runs `wapipe ARGS` to the end without blocking the runtime. The app
+/// under test runs on this test's only thread; a blocking wait would freeze
+/// it, and a task of it frozen inside a write transaction would hold
+/// SQLite's lock until the CLI gave up ("database is locked").
+async fn cli(settings: &wapipe_shared::config::Settings, args: &[&str]) -> std::process::Output {
+    let mut cmd = wapipe(settings);
+    cmd.args(args);
+    tokio::process::Command::from(cmd)
+        .output()
+        .await
+        .expect("run wapipe")
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -143,8 +156,8 @@ async fn poison_job_through_the_cli(mode: Mode) {
             .filter(|l| l.contains("poison-1"))
             .count()
     };
-    let run = |args: &[&str]| {
-        let out = wapipe(&app.settings).args(args).output().unwrap();
+    let run = async |args: &[&str]| {
+        let out = cli(&app.settings, args).await;
         assert!(
             out.status.success(),
             "{args:?}: {}",
@@ -154,26 +167,26 @@ async fn poison_job_through_the_cli(mode: Mode) {
     };
     let mut listed = 0;
     for _ in 0..100 {
-        listed = dlq_count(&run(&["dlq", "list", "--queue", "parse"]));
+        listed = dlq_count(&run(&["dlq", "list", "--queue", "parse"]).await);
         if listed == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(listed, 1, "the poison job is in the dead-letter queue");
-    let out = run(&["dlq", "list", "--queue", "parse"]);
+    let out = run(&["dlq", "list", "--queue", "parse"]).await;
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("not a webhook.received job"),
         "last error shown"
     );
 
-    let out = run(&["dlq", "redrive", "--queue", "parse"]);
+    let out = run(&["dlq", "redrive", "--queue", "parse"]).await;
     assert!(String::from_utf8_lossy(&out.stdout).contains("redrove 1"));
     // It goes back to the work queue, fails again, and returns to the DLQ.
     let mut back = 0;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        back = dlq_count(&run(&["dlq", "list", "--queue", "parse"]));
+        back = dlq_count(&run(&["dlq", "list", "--queue", "parse"]).await);
         if back == 1 {
             break;
         }
@@ -181,14 +194,14 @@ async fn poison_job_through_the_cli(mode: Mode) {
     assert_eq!(back, 1);
     let m = app.metrics().await;
     assert!(m.contains("outcome=\"dead\""), "dead jobs are counted");
-    let out = run(&["dlq", "purge", "--queue", "parse"]);
+    let out = run(&["dlq", "purge", "--queue", "parse"]).await;
     assert!(String::from_utf8_lossy(&out.stdout).contains("purged 1"));
-    assert_eq!(dlq_count(&run(&["dlq", "list", "--queue", "parse"])), 0);
+    assert_eq!(
+        dlq_count(&run(&["dlq", "list", "--queue", "parse"]).await),
+        0
+    );
 
-    let bad = wapipe(&app.settings)
-        .args(["dlq", "list", "--queue", "nope"])
-        .output()
-        .unwrap();
+    let bad = cli(&app.settings, &["dlq", "list", "--queue", "nope"]).await;
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown queue"));
     app.stop().await;
@@ -216,8 +229,8 @@ async fn replay_cli() {
         .await
         .unwrap()
         .unwrap();
-    let run = |args: &[&str]| wapipe(&app.settings).args(args).output().unwrap();
-    let out = run(&["replay", "--event", &ev.id.to_string()]);
+    let run = async |args: &[&str]| cli(&app.settings, args).await;
+    let out = run(&["replay", "--event", &ev.id.to_string()]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -230,7 +243,8 @@ async fn replay_cli() {
         "rejected",
         "--since",
         "2020-01-01T00:00:00Z",
-    ]);
+    ])
+    .await;
     assert!(
         out.status.success(),
         "{}",
@@ -253,7 +267,7 @@ async fn replay_cli() {
             "RFC 3339",
         ),
     ] {
-        let out = run(&args);
+        let out = run(&args).await;
         assert!(!out.status.success(), "{args:?}");
         assert!(
             String::from_utf8_lossy(&out.stderr).contains(needle),
@@ -269,7 +283,7 @@ async fn replay_cli() {
 #[tokio::test]
 async fn status_cli() {
     let app = TestApp::spawn(Mode::Embedded).await;
-    let run = |args: &[&str]| wapipe(&app.settings).args(args).output().unwrap();
+    let run = async |args: &[&str]| cli(&app.settings, args).await;
     let out = run(&[
         "send",
         "--config",
@@ -280,7 +294,8 @@ async fn status_cli() {
         "hello",
         "--lang",
         "en_US",
-    ]);
+    ])
+    .await;
     assert!(
         out.status.success(),
         "{}",
@@ -292,7 +307,7 @@ async fn status_cli() {
         .unwrap()
         .trim()
         .to_owned();
-    let out = run(&["status", &id]);
+    let out = run(&["status", &id]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -306,7 +321,7 @@ async fn status_cli() {
         "a status line: {line}"
     );
     // No reachable Meta here: it cannot become `read`.
-    let out = run(&["status", &id, "--wait", "read", "--timeout-secs", "1"]);
+    let out = run(&["status", &id, "--wait", "read", "--timeout-secs", "1"]).await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -321,7 +336,7 @@ async fn status_cli() {
         ),
         (vec!["status", &id, "--wait", "bogus"], "unknown status"),
     ] {
-        let out = run(&args);
+        let out = run(&args).await;
         assert!(!out.status.success());
         assert!(
             String::from_utf8_lossy(&out.stderr).contains(needle),

@@ -25,8 +25,10 @@ use wapipe_workers::runtime;
 
 mod common;
 
-/// `wapipe send …` against the service's database and broker.
-fn cli(settings: &Settings, args: &[&str]) -> Output {
+/// `wapipe send …` against the service's database and broker. Awaited, not
+/// blocked on: the app under test shares this test's thread, and a task of
+/// it frozen inside a SQLite write would hold the lock the CLI needs.
+async fn cli(settings: &Settings, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wapipe"));
     cmd.arg("send")
         .args(args)
@@ -40,7 +42,10 @@ fn cli(settings: &Settings, args: &[&str]) -> Output {
     if let Some(amqp) = &settings.amqp_url {
         cmd.env("AMQP_URL", amqp);
     }
-    cmd.output().expect("run wapipe")
+    tokio::process::Command::from(cmd)
+        .output()
+        .await
+        .expect("run wapipe")
 }
 
 fn stdout(o: &Output) -> String {
@@ -173,7 +178,8 @@ async fn send_round_trip(mode: Mode, grace: Duration) {
             "--param",
             "42",
         ],
-    );
+    )
+    .await;
     let id = sent_id(&o);
     let m = wait_for_status(&app, id, MessageStatus::Read).await;
     let sent = out.graph.sent();
@@ -202,7 +208,8 @@ async fn send_round_trip(mode: Mode, grace: Duration) {
             "--text",
             "hi there",
         ],
-    );
+    )
+    .await;
     let id = sent_id(&o);
     let m = wait_for_status(&app, id, MessageStatus::Failed).await;
     assert_eq!(m.error_code.as_deref(), Some("131047"));
@@ -233,16 +240,16 @@ async fn send_cli_bad_input() {
     let (db, config_id) = wapipe_testkit::app::prepare_db(&settings).await;
     let url = settings.clone();
     let config = config_id.to_string();
-    let run = |args: &[&str]| cli(&url, args);
+    let run = async |args: &[&str]| cli(&url, args).await;
 
     for bad in ["12ab", "+123", "1234567890123456", "+49 151 1234"] {
         fails_with(
-            run(&["--config", &config, "--to", bad, "--text", "hi"]),
+            run(&["--config", &config, "--to", bad, "--text", "hi"]).await,
             "is not a WhatsApp number",
         );
     }
     fails_with(
-        run(&["--config", &config, "--to", "4915112345678"]),
+        run(&["--config", &config, "--to", "4915112345678"]).await,
         "--text",
     );
     fails_with(
@@ -257,7 +264,8 @@ async fn send_cli_bad_input() {
             "t",
             "--lang",
             "en",
-        ]),
+        ])
+        .await,
         "cannot be used with",
     );
     fails_with(
@@ -268,15 +276,16 @@ async fn send_cli_bad_input() {
             "4915112345678",
             "--template",
             "t",
-        ]),
+        ])
+        .await,
         "--lang",
     );
     fails_with(
-        run(&["--config", &config, "--to", "4915112345678", "--text", ""]),
+        run(&["--config", &config, "--to", "4915112345678", "--text", ""]).await,
         "must not be empty",
     );
     fails_with(
-        run(&["--config", "nope", "--to", "4915112345678", "--text", "hi"]),
+        run(&["--config", "nope", "--to", "4915112345678", "--text", "hi"]).await,
         "is not a config id",
     );
     let unknown = Uuid::now_v7().to_string();
@@ -288,11 +297,12 @@ async fn send_cli_bad_input() {
             "4915112345678",
             "--text",
             "hi",
-        ]),
+        ])
+        .await,
         "no WhatsApp config with id",
     );
     // And the happy path prints the id last.
-    let o = run(&["--config", &config, "--to", "4915112345678", "--text", "hi"]);
+    let o = run(&["--config", &config, "--to", "4915112345678", "--text", "hi"]).await;
     sent_id(&o);
     // A customer known by a business-scoped user id only: Meta's `recipient`.
     let o = run(&[
@@ -302,7 +312,8 @@ async fn send_cli_bad_input() {
         "US.13491208655302741918",
         "--text",
         "hi",
-    ]);
+    ])
+    .await;
     let id = sent_id(&o);
     let m = messages::Entity::find_by_id(id)
         .one(&db)
