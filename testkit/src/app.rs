@@ -108,6 +108,10 @@ pub async fn settings_for(mode: Mode) -> (Settings, TempDir) {
     s.secret_key = Some(KEY.into());
     s.secret_key_file = dir.path().join("secret.key");
     s.media_dir = dir.path().join("media");
+    // Nothing listens on the discard port: a test that does not start the
+    // fake Graph (and still posts an image, so the media worker looks it
+    // up) fails fast here instead of calling graph.facebook.com.
+    s.graph_api_base = "http://127.0.0.1:9".into();
     s.queue_prefix = format!("t{}", Uuid::now_v7().simple());
     s.lanes = 4;
     s.relay_grace_secs = 1;
