@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use wapipe_shared::broker::{Broker, BrokerError, Delivery, LaneConsumer};
 use wapipe_shared::jobs::{Job, Queue};
 use wapipe_shared::retry::RetryPolicy;
@@ -305,6 +306,8 @@ pub async fn run(
                 source,
             })?;
     tracing::info!(worker = name, lanes = consumers.len(), "worker started");
+    // From zero, so a rate over them reads 0 rather than nothing.
+    metrics::counter!(METRIC_SETTLE_FAILURES_TOTAL, "worker" => name).increment(0);
     let mut lanes = JoinSet::new();
     for consumer in consumers {
         lanes.spawn(run_lane(consumer, worker.clone(), policy, shutdown.clone()));
@@ -391,16 +394,23 @@ pub async fn run_batch(
     policy: &RetryPolicy,
     mut batch: Vec<Delivery>,
 ) -> Result<(), BrokerError> {
+    let name = worker.name();
+    // Lone jobs count too: a mean batch size near 1 under load says the
+    // worker is not batching.
+    if !batch.is_empty() {
+        metrics::histogram!(METRIC_BATCH_SIZE, "worker" => name).record(batch.len() as f64);
+    }
     if batch.len() <= 1 {
         return match batch.pop() {
             Some(d) => run_one(worker, policy, d).await.map(|_| ()),
             None => Ok(()),
         };
     }
-    let name = worker.name();
     let started = Instant::now();
-    metrics::histogram!(METRIC_BATCH_SIZE, "worker" => name).record(batch.len() as f64);
-    let result = caught(worker.handle_batch(&batch)).await;
+    // Every line the worker logs for this batch names the jobs in it, so a
+    // message can be followed through a batched stage too.
+    let span = tracing::info_span!("batch", worker = name, jobs = %JobIds(&batch));
+    let result = caught(worker.handle_batch(&batch)).instrument(span).await;
     let elapsed = started.elapsed().as_secs_f64();
     let mut first_err = None;
     match result {
@@ -419,7 +429,8 @@ pub async fn run_batch(
         Ok(BatchOutcome::Each(results)) if results.len() == batch.len() => {
             for (d, result) in batch.into_iter().zip(results) {
                 record_job(name, elapsed, d.attempt);
-                if let Err(e) = settle(worker, policy, d, result).await {
+                let span = job_span(name, &d);
+                if let Err(e) = settle(worker, policy, d, result).instrument(span).await {
                     first_err.get_or_insert(e);
                 }
             }
@@ -454,13 +465,42 @@ pub async fn run_one(
     delivery: Delivery,
 ) -> Result<Outcome, BrokerError> {
     let started = Instant::now();
-    let result = caught(worker.handle(&delivery)).await;
+    let span = job_span(worker.name(), &delivery);
+    let result = caught(worker.handle(&delivery))
+        .instrument(span.clone())
+        .await;
     record_job(
         worker.name(),
         started.elapsed().as_secs_f64(),
         delivery.attempt,
     );
-    settle(worker, policy, delivery, result).await
+    settle(worker, policy, delivery, result)
+        .instrument(span)
+        .await
+}
+
+/// The span of one job: every log line written while it runs or settles
+/// carries its id (the webhook event id for `webhook.received`, the
+/// message id inside `outbound:…`, and so on), so one customer's message
+/// can be followed from webhook to send with a grep.
+fn job_span(worker: &'static str, d: &Delivery) -> tracing::Span {
+    tracing::info_span!("job", worker, job = %d.message_id, attempt = d.attempt)
+}
+
+/// The ids of a batch's jobs, comma-separated; formatted only when a log
+/// line inside the batch is written.
+struct JobIds<'a>(&'a [Delivery]);
+
+impl std::fmt::Display for JobIds<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (n, d) in self.0.iter().enumerate() {
+            if n > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(&d.message_id)?;
+        }
+        Ok(())
+    }
 }
 
 fn record_job(name: &'static str, secs: f64, attempt: u32) {
@@ -482,20 +522,17 @@ async fn settle(
         Ok(()) => (Outcome::Ok, delivery.ack().await),
         Err(JobError::Retryable(error)) if attempt < policy.max_attempts => {
             let delay = policy.delay_for(attempt);
-            tracing::debug!(worker = name, message_id = %delivery.message_id, attempt, ?delay,
-                error = %error, "job failed; retrying");
+            tracing::debug!(?delay, error = %error, "job failed; retrying");
             (Outcome::Retry, delivery.retry(delay, &error).await)
         }
         Err(JobError::Deferred { after, reason }) => {
-            tracing::debug!(worker = name, message_id = %delivery.message_id, attempt, ?after,
-                reason = %reason, "job deferred");
+            tracing::debug!(?after, reason = %reason, "job deferred");
             (Outcome::Deferred, delivery.defer(after, &reason).await)
         }
         Err(e) => {
-            tracing::warn!(worker = name, message_id = %delivery.message_id, attempt,
-                error = %e, "job dead-lettered");
+            tracing::warn!(error = %e, "job dead-lettered");
             if let Err(hook) = worker.on_dead_letter(&delivery, e.message()).await {
-                tracing::warn!(worker = name, error = %hook, "dead-letter hook failed");
+                tracing::warn!(error = %hook, "dead-letter hook failed");
             }
             (Outcome::Dead, delivery.dead_letter(e.message()).await)
         }

@@ -19,7 +19,7 @@ use wapipe_shared::broker::{
 use wapipe_shared::retry::RetryPolicy;
 use wapipe_testkit::amqp_url;
 use wapipe_testkit::db::{Backend, migrated};
-use wapipe_workers::runtime::{BatchOutcome, JobError, Outcome, Worker, run, run_one};
+use wapipe_workers::runtime::{BatchOutcome, JobError, Outcome, Worker, run, run_batch, run_one};
 
 const LANES: u16 = 2;
 
@@ -140,7 +140,14 @@ impl Worker for TestWorker {
                 "fail at attempt {}",
                 job.attempt
             ))),
-            "perm" => Err(JobError::permanent("bad payload")),
+            "perm" => {
+                tracing::warn!("the worker refuses this job");
+                Err(JobError::permanent("bad payload"))
+            }
+            "log" => {
+                tracing::warn!("the worker handles this job");
+                Ok(())
+            }
             "slow" => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 Ok(())
@@ -716,3 +723,92 @@ on_both!(
     batches_form_and_a_bad_job_fails_alone,
     a_batch_answered_job_by_job_settles_each,
 );
+
+/// A log buffer for one test's scoped subscriber.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
+    type Writer = LogBuf;
+    fn make_writer(&'a self) -> LogBuf {
+        self.clone()
+    }
+}
+
+impl LogBuf {
+    /// The first line containing `needle`.
+    fn line(&self, needle: &str) -> String {
+        let bytes = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no log line with {needle:?}"))
+            .to_owned()
+    }
+}
+
+/// Every line logged while a job runs or settles names the job, the
+/// worker's own lines as well as the runtime's; a batch's lines name every
+/// job in it. That is how one message is followed from webhook to send.
+#[tokio::test]
+async fn log_lines_name_their_jobs() {
+    let t = embedded().await;
+    let b = t.broker.clone();
+    let logs = LogBuf::default();
+    // Scoped to this thread, which runs the whole (current-thread) test.
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish(),
+    );
+    let (w, _rx) = worker();
+    let policy = RetryPolicy {
+        max_attempts: 1,
+        ..policy()
+    };
+    for id in ["perm-7", "log-1", "log-2"] {
+        b.publish(job("cfg:gil", id)).await.expect("publish");
+    }
+    let lane = lane_for("cfg:gil", LANES);
+    let mut consumer = b
+        .consume(Queue::Parse)
+        .await
+        .expect("consume")
+        .into_iter()
+        .find(|c| c.lane() == lane)
+        .expect("lane");
+    let d = next_delivery(&mut consumer).await;
+    assert_eq!(
+        run_one(w.as_ref(), &policy, d).await.expect("settle"),
+        Outcome::Dead
+    );
+    for needle in ["the worker refuses this job", "job dead-lettered"] {
+        let line = logs.line(needle);
+        assert!(
+            line.contains("job=perm-7") && line.contains("worker=\"parse\""),
+            "{line}"
+        );
+    }
+    let batch = vec![
+        next_delivery(&mut consumer).await,
+        next_delivery(&mut consumer).await,
+    ];
+    run_batch(w.as_ref(), &policy, batch).await.expect("settle");
+    let line = logs.line("the worker handles this job");
+    assert!(line.contains("jobs=log-1,log-2"), "{line}");
+}
