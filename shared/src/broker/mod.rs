@@ -508,13 +508,30 @@ pub async fn report_depths(broker: Arc<dyn Broker>, interval: Duration) {
                     } else {
                         METRIC_QUEUE_DEPTH
                     };
+                    let (worker, kind) = queue_labels(&queue);
                     // Depths stay far below 2^53, where f64 is exact.
-                    metrics::gauge!(name, "queue" => queue).set(ready as f64);
+                    metrics::gauge!(name, "queue" => queue, "worker" => worker, "kind" => kind)
+                        .set(ready as f64);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot read queue depths"),
         }
     }
+}
+
+/// The worker and the kind (`work`, `delay`, `dlq`) of a queue named
+/// `P.W.N`, `P.W.delay[.MS]` or `P.W.dlq`, read from the right so that a
+/// prefix with dots in it does not matter. Dashboards group by them.
+pub fn queue_labels(queue: &str) -> (String, &'static str) {
+    let parts: Vec<&str> = queue.rsplit('.').collect();
+    let (worker, kind) = match parts.as_slice() {
+        ["dlq", w, ..] => (*w, "dlq"),
+        ["delay", w, ..] => (*w, "delay"),
+        [ms, "delay", w, ..] if ms.bytes().all(|b| b.is_ascii_digit()) => (*w, "delay"),
+        [_, w, ..] => (*w, "work"),
+        _ => ("", "work"),
+    };
+    (worker.to_owned(), kind)
 }
 
 /// Backoff before re-subscribing a lane consumer after `failures`
@@ -528,6 +545,17 @@ pub(crate) fn resubscribe_delay(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_labels_read_worker_and_kind() {
+        let l = queue_labels;
+        assert_eq!(l("wapipe.parse.3"), ("parse".into(), "work"));
+        assert_eq!(l("my.app.outbound.0"), ("outbound".into(), "work"));
+        assert_eq!(l("wapipe.status.delay.5000"), ("status".into(), "delay"));
+        assert_eq!(l("wapipe.media.delay"), ("media".into(), "delay"));
+        assert_eq!(l("wapipe.webhook.dlq"), ("webhook".into(), "dlq"));
+        assert_eq!(l("odd"), (String::new(), "work"));
+    }
 
     #[test]
     fn lanes_are_stable_and_spread() {

@@ -90,12 +90,15 @@ pub enum ErrorClass {
     Permanent,
 }
 
+/// Meta's codes that flag the config ([`ErrorClass::FlagConfig`]).
+pub const FLAG_CODES: &[&str] = &["190", "368", "131031"];
+
 pub fn classify(code: &str) -> ErrorClass {
     match code.trim() {
         "130429" | "80007" | "4" => ErrorClass::NumberLimit,
         "131056" => ErrorClass::PairLimit,
         "131000" | "131016" | "2" | "131057" => ErrorClass::Transient,
-        "190" | "368" | "131031" => ErrorClass::FlagConfig,
+        c if FLAG_CODES.contains(&c) => ErrorClass::FlagConfig,
         _ => ErrorClass::Permanent,
     }
 }

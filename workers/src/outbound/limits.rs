@@ -45,8 +45,17 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use uuid::Uuid;
 
 /// Sends held back by a limit (a short wait or a deferral), by `limit`:
-/// `number`, `pair`, `number_cooldown`, `pair_cooldown`.
+/// `number`, `pair`, `number_cooldown`, `pair_cooldown`, `order` (behind an
+/// earlier job of the same recipient).
 pub const METRIC_RATE_LIMITED_TOTAL: &str = "wapipe_outbound_rate_limited_total";
+
+/// Sends each number's limiter let through, by `phone_number_id`. Over
+/// [`METRIC_NUMBER_LIMIT`] it is the number's saturation: near 1, sends
+/// queue behind Meta's throughput and a campaign's reach is set by it.
+pub const METRIC_NUMBER_SENDS_TOTAL: &str = "wapipe_outbound_number_sends_total";
+/// The sends per second a number's limiter allows (its `max_mps` less the
+/// headroom), by `phone_number_id`.
+pub const METRIC_NUMBER_LIMIT: &str = "wapipe_outbound_number_limit_per_second";
 
 /// How often stale limiter state is dropped (`retain_recent`).
 const GC_EVERY: Duration = Duration::from_secs(60);
@@ -399,6 +408,8 @@ impl Limits {
         };
         let pair = pair_key(phone_number_id, recipient);
         let mut waited = Duration::ZERO;
+        metrics::gauge!(METRIC_NUMBER_LIMIT, "phone_number_id" => phone_number_id.to_owned())
+            .set(1.0 / interval.as_secs_f64());
         let number = self.number_limiter(max_mps);
         let number_key = phone_number_id.to_owned();
         let taken = self
@@ -432,6 +443,8 @@ impl Limits {
             return Err(e);
         }
         self.went(&pair, job);
+        metrics::counter!(METRIC_NUMBER_SENDS_TOTAL, "phone_number_id" => phone_number_id.to_owned())
+            .increment(1);
         Ok(())
     }
 

@@ -111,6 +111,7 @@ pub const REGISTRATION: Registration = Registration {
 };
 
 fn build(deps: &Deps) -> Result<Arc<dyn Worker>, BuildError> {
+    describe_metrics();
     let settings = OutboundSettings::from_settings(&deps.settings);
     OutboundWorker::new(deps.clone(), settings)
         .map(typed)
@@ -126,6 +127,23 @@ fn background(deps: &Deps, shutdown: CancellationToken) -> Background {
         &OutboundSettings::from_settings(&deps.settings),
         shutdown,
     )
+}
+
+/// The role's event counters from zero, so alerts on their increase work
+/// from the first event rather than the second.
+pub fn describe_metrics() {
+    for code in graph::FLAG_CODES {
+        metrics::counter!(METRIC_CONFIG_FLAGGED_TOTAL, "code" => *code).increment(0);
+    }
+    for limit in [
+        "number",
+        "pair",
+        "number_cooldown",
+        "pair_cooldown",
+        "order",
+    ] {
+        metrics::counter!(METRIC_RATE_LIMITED_TOTAL, "limit" => limit).increment(0);
+    }
 }
 
 /// The outbound sweep (DESIGN §3) with these settings, as the role runs it.
@@ -150,7 +168,7 @@ pub const METRIC_SENDS_TOTAL: &str = "wapipe_outbound_sends_total";
 /// Configs flagged after Meta's 190, 368 or 131031, by `code`.
 pub const METRIC_CONFIG_FLAGGED_TOTAL: &str = "wapipe_outbound_config_flagged_total";
 pub use graph::METRIC_GRAPH_SECONDS;
-pub use limits::METRIC_RATE_LIMITED_TOTAL;
+pub use limits::{METRIC_NUMBER_LIMIT, METRIC_NUMBER_SENDS_TOTAL, METRIC_RATE_LIMITED_TOTAL};
 
 /// Jobs of one lane sent together at most: enough to amortise the claim
 /// and the wamid store (a lane's prefetch is 32 by default), small enough
