@@ -31,7 +31,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@if command -v promtool >/dev/null 2>&1; then \
-	  promtool check rules monitoring/alerts.yml && promtool check config monitoring/prometheus.yml; \
+	  promtool check rules monitoring/alerts.yml && promtool test rules monitoring/alerts_test.yml && promtool check config monitoring/prometheus.yml; \
 	else echo "promtool not installed (apt-get install prometheus): alert rules not checked"; fi
 
 fmt:

@@ -26,7 +26,7 @@ const CUSTOMER: &str = "15557770042";
 /// The test service's WAPIPE_MEDIA_MAX_BYTES.
 const CAP: u64 = 200_000;
 
-fn png(w: u32, h: u32) -> Vec<u8> {
+pub fn png(w: u32, h: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(w, h, |x, y| {
         image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8])
     });
@@ -36,7 +36,7 @@ fn png(w: u32, h: u32) -> Vec<u8> {
     out.into_inner()
 }
 
-fn sha_hex(b: &[u8]) -> String {
+pub fn sha_hex(b: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(b))
 }
 
@@ -58,7 +58,7 @@ fn media_webhook(wamid: &str, kind: &str, object: Value) -> Vec<u8> {
 /// Posts the webhook and waits until the message's file is no longer
 /// `pending` (or `failed`, unless `failed_ok`); answers the message and
 /// its file row.
-async fn deliver(
+pub async fn deliver(
     app: &TestApp,
     wamid: &str,
     kind: &str,
