@@ -470,17 +470,7 @@ async fn inbox_in_a_browser() {
         "return document.getElementById('chat-meta').textContent.includes('assigned to Alex Agent')",
     )
     .await;
-    let chats: Value = s
-        .app
-        .http
-        .get(s.app.url("/api/whatsapp/chats"))
-        .bearer_auth(&s.key)
-        .send()
-        .await
-        .expect("chats")
-        .json()
-        .await
-        .expect("json");
+    let chats = s.app.get_json("/api/whatsapp/chats", &s.key).await;
     assert_eq!(chats["data"][0]["assignedTo"], json!(agent_id));
     assert_eq!(chats["data"][0]["status"], "assigned");
 

@@ -98,16 +98,7 @@ async fn dashboards_and_rules_name_only_exported_metrics() {
 
     // An agent answers inside the customer's window.
     let key = app.admin_key().await;
-    let chats: Value = app
-        .http
-        .get(app.url("/api/whatsapp/chats"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .expect("chats")
-        .json()
-        .await
-        .expect("json");
+    let chats = app.get_json("/api/whatsapp/chats", &key).await;
     let chat = chats["data"][0]["id"].as_str().expect("a chat").to_owned();
     let r = app
         .http

@@ -275,6 +275,19 @@ impl TestApp {
         }
     }
 
+    /// `GET path` on the API with `key`, as JSON.
+    pub async fn get_json(&self, path: &str, key: &str) -> serde_json::Value {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
+    }
+
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("http://{}/metrics", self.metrics_addr))
             .await

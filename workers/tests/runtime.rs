@@ -469,20 +469,24 @@ async fn next_delivery(c: &mut LaneConsumer) -> Delivery {
     }
 }
 
+/// The parse queue's consumer of the lane of `lane_key`.
+async fn lane_consumer(b: &dyn Broker, lane_key: &str) -> LaneConsumer {
+    let lane = lane_for(lane_key, LANES);
+    b.consume(Queue::Parse)
+        .await
+        .expect("consume")
+        .into_iter()
+        .find(|c| c.lane() == lane)
+        .expect("lane")
+}
+
 async fn run_one_settles_a_single_job(t: TestBroker) {
     let b = t.broker.clone();
     let (w, _rx) = worker();
     b.publish(job("cfg:fay", "poison-1"))
         .await
         .expect("publish");
-    let lane = lane_for("cfg:fay", LANES);
-    let mut consumer = b
-        .consume(Queue::Parse)
-        .await
-        .expect("consume")
-        .into_iter()
-        .find(|c| c.lane() == lane)
-        .expect("lane");
+    let mut consumer = lane_consumer(b.as_ref(), "cfg:fay").await;
     let policy = RetryPolicy {
         max_attempts: 2,
         ..policy()
@@ -784,14 +788,7 @@ async fn log_lines_name_their_jobs() {
     for id in ["perm-7", "log-1", "log-2"] {
         b.publish(job("cfg:gil", id)).await.expect("publish");
     }
-    let lane = lane_for("cfg:gil", LANES);
-    let mut consumer = b
-        .consume(Queue::Parse)
-        .await
-        .expect("consume")
-        .into_iter()
-        .find(|c| c.lane() == lane)
-        .expect("lane");
+    let mut consumer = lane_consumer(b.as_ref(), "cfg:gil").await;
     let d = next_delivery(&mut consumer).await;
     assert_eq!(
         run_one(w.as_ref(), &policy, d).await.expect("settle"),
