@@ -6,7 +6,7 @@ PG_ADMIN ?= postgres://postgres@127.0.0.1:5432/postgres
 export WAPIPE_TEST_PG ?= $(PG_ADMIN)
 export WAPIPE_TEST_AMQP ?= amqp://guest:guest@127.0.0.1:5672/%2f
 
-.PHONY: run test lint fmt migrate build bench bench-e2e bench-bot bench-reminders bench-api bench-fanout bench-burst bench-media sim clean-test-dbs api-conformance
+.PHONY: run test lint fmt migrate build bench bench-e2e bench-bot bench-reminders bench-api bench-fanout bench-burst bench-media bench-memory sim clean-test-dbs api-conformance
 
 ## Embedded default: SQLite in ./data, in-process queue, every role in one process.
 run:
@@ -90,6 +90,12 @@ bench-burst:
 # stored file, the media worker's peak RSS.
 bench-media:
 	scripts/bench_media.sh
+
+# Memory after bursts (embedded serve): MEM_CONNS (100) x 4 MB bad-signature
+# bodies, then MEM_WEBHOOKS (20,000) webhooks; RSS back within 20% of idle
+# within MEM_SETTLE (60) s, jemalloc (default) against glibc.
+bench-memory:
+	scripts/bench_memory.sh
 
 ## wapipe (embedded) wired to wapipe-sim's fake Graph API: a two-minute demo.
 sim:

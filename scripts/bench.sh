@@ -11,7 +11,9 @@
 #   7. follow-up reminders (scripts/bench_reminders.sh),
 #   8. the REST API (scripts/bench_api.sh),
 #   9. the events WebSocket's fan-out (scripts/bench_fanout.sh),
-#  10. a paced burst of 10,000 sends at max_mps 80 (scripts/bench_burst.sh).
+#  10. a paced burst of 10,000 sends at max_mps 80 (scripts/bench_burst.sh),
+#  11. inbound media (scripts/bench_media.sh),
+#  12. memory returned after bursts, jemalloc against glibc (scripts/bench_memory.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -165,3 +167,9 @@ scripts/bench_fanout.sh
 
 # 10. a paced burst: 10,000 template sends queued at once at max_mps 80.
 scripts/bench_burst.sh
+
+# 11. inbound media: images fetched from the fake Graph and stored.
+scripts/bench_media.sh
+
+# 12. memory after bursts: large refused bodies, then 20,000 webhooks.
+scripts/bench_memory.sh

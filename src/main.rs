@@ -9,6 +9,11 @@ use wapipe::{
 
 use std::process::ExitCode;
 
+// See the `jemalloc` feature in Cargo.toml: freed memory returns to the OS.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use clap::{Parser, Subcommand};
 use wapipe_shared::config::Settings;
 
