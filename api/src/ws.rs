@@ -634,11 +634,32 @@ impl Client {
                 code,
                 reason: Utf8Bytes::from(reason),
             };
-            let _ = tokio::time::timeout(
-                Duration::from_secs(5),
-                socket.send(Message::Close(Some(frame))),
-            )
-            .await;
+            // RFC 6455's closing handshake: send the Close, then read until
+            // the client's own Close (or the end) before the TCP close.
+            // Closing at once, the client's next bytes (a pong, its Close)
+            // meet a closed socket, the kernel answers with a reset, and a
+            // reset discards what the client had not read yet, our Close
+            // frame and its code included. A slow client may need a while
+            // to read up to the Close: it has the idle time to answer.
+            // A server shutting down waits no more than a moment.
+            let handshake = tokio::time::timeout(self.idle, async {
+                if socket.send(Message::Close(Some(frame))).await.is_err() {
+                    return;
+                }
+                while let Some(Ok(msg)) = socket.recv().await {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
+                    }
+                }
+            });
+            let stopping = async {
+                self.hub.stop.cancelled().await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            };
+            tokio::select! {
+                _ = handshake => {}
+                () = stopping => {}
+            }
         }
     }
 

@@ -584,3 +584,67 @@ async fn heartbeats_close_a_silent_client() {
         }
     }
 }
+
+/// A client closed for falling behind gets its 1013 even when it wakes up
+/// late and writes before it reads (a ping, as tungstenite's queued pongs
+/// do). Its socket buffers are full, so the server's Close waits behind
+/// megabytes of events; the server must keep the connection until the
+/// client has read up to the Close and answered it. Closing the socket
+/// earlier, the client's bytes meet a closed socket, the kernel resets the
+/// connection, and the events and Close not yet delivered are thrown away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_client_that_writes_first_still_reads_its_1013() {
+    let api = Api::start_with(
+        Backend::Sqlite,
+        ApiSettings {
+            ws_max_buffer: 4,
+            ..quick()
+        },
+    )
+    .await;
+    let admin = api.admin().await;
+    let (chat, _) = api
+        .inbound(
+            api.config_id,
+            "33600000008",
+            "Y",
+            "hi",
+            common::minutes_ago(5),
+        )
+        .await;
+    let mut slow = connect(&api.base, &admin, "").await;
+    let mut fast = connect(&api.base, &admin, "").await;
+    // 200 events of 64 KiB: more than both sockets' buffers hold.
+    let pad = "x".repeat(64 * 1024);
+    for i in 0..200u64 {
+        let txn = api.db.begin().await.expect("begin");
+        events::record(
+            &txn,
+            &[Event::new(
+                events::NOTE_CREATED,
+                api.config_id,
+                Some(chat),
+                json!({"n": i, "pad": pad}),
+            )],
+        )
+        .await
+        .expect("record");
+        txn.commit().await.expect("commit");
+        assert_eq!(ns(&take(&mut fast, 1).await), vec![i]);
+    }
+    // Longer than the server once waited to hand its Close to the socket.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    futures::SinkExt::send(&mut slow, Message::Ping(vec![7].into()))
+        .await
+        .expect("ping");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), slow.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => {
+                assert_eq!(f.code, CloseCode::Again);
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected the 1013 close, got {other:?}"),
+        }
+    }
+}
