@@ -142,13 +142,6 @@ pub(super) async fn publish(
     if crate::registry::consumes(InboundMessages::QUEUE) {
         jobs.extend(InboundMessages::jobs(fan.inbound, broker.lanes()));
     }
-    stream::iter(jobs)
-        .map(|job| broker.publish(job))
-        .buffer_unordered(PUBLISH_CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await
-        .map_err(publish_err)?;
-
     let mut realtime = fan.realtime;
     if !fan.chats.is_empty() {
         let rows = chats::Entity::find()
@@ -171,11 +164,17 @@ pub(super) async fn publish(
             }),
         }));
     }
-    stream::iter(RealtimeEvent::encode_batches(&realtime))
+    // The real-time messages wake the API's events pollers: they go out
+    // beside the jobs, not after every job's confirm, so an agent's screen
+    // does not wait for the broker's round trips of work it does not see.
+    let jobs = stream::iter(jobs)
+        .map(|job| broker.publish(job))
+        .buffer_unordered(PUBLISH_CONCURRENCY)
+        .try_collect::<Vec<()>>();
+    let realtime = stream::iter(RealtimeEvent::encode_batches(&realtime))
         .map(|body| broker.publish_realtime(body))
         .buffer_unordered(PUBLISH_CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await
-        .map_err(publish_err)?;
+        .try_collect::<Vec<()>>();
+    futures::try_join!(jobs, realtime).map_err(publish_err)?;
     Ok(())
 }
