@@ -146,6 +146,18 @@ for run in $(seq 1 "$RUNS"); do
   wait "$FAN" || fan_ok=$?
   wait "$SAMPLER" 2>/dev/null || true
   written=$(( $(psql "$PG_URL" -Atc "select count(*) from events") - events_before ))
+  # Where the time goes, when PostgreSQL keeps commit times
+  # (track_commit_timestamp = on): the writing transaction, from its start
+  # (occurredAt) to its commit. The rest of the latency is commit -> client.
+  if [ "$(psql "$PG_URL" -Atc "show track_commit_timestamp")" = on ]; then
+    psql "$PG_URL" -AtF ' ' -c "
+      with t as (select extract(epoch from pg_xact_commit_timestamp(xmin) - occurred_at) * 1000 as ms
+                 from events where seq > $after)
+      select percentile_cont(0.5) within group (order by ms), percentile_cont(0.99) within group (order by ms)
+      from t" | while read -r p50 p99; do
+        printf 'run %s: occurredAt -> commit (the writing transaction) p50 %.1f ms, p99 %.1f ms\n' "$run" "$p50" "$p99" >&2
+      done
+  fi
   python3 - "$WORK" "$run" "$idle" "$connected" "$(cat "$WORK/peak")" "$written" <<'PY' >>"$WORK/runs.jsonl"
 import json, sys
 work, run, idle, connected, peak, written = sys.argv[1:7]

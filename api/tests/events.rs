@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::ws::{connect, next, ns, quick, take, write, ws_url};
+use common::ws::{connect, next, ns, quick, take, write, write_one, ws_url};
 use common::{Api, Backend, perms};
 use futures::StreamExt;
 use sea_orm::TransactionTrait;
@@ -617,19 +617,7 @@ async fn a_lagging_client_that_writes_first_still_reads_its_1013() {
     // 200 events of 64 KiB: more than both sockets' buffers hold.
     let pad = "x".repeat(64 * 1024);
     for i in 0..200u64 {
-        let txn = api.db.begin().await.expect("begin");
-        events::record(
-            &txn,
-            &[Event::new(
-                events::NOTE_CREATED,
-                api.config_id,
-                Some(chat),
-                json!({"n": i, "pad": pad}),
-            )],
-        )
-        .await
-        .expect("record");
-        txn.commit().await.expect("commit");
+        write_one(&api.db, api.config_id, chat, json!({"n": i, "pad": pad})).await;
         assert_eq!(ns(&take(&mut fast, 1).await), vec![i]);
     }
     // Longer than the server once waited to hand its Close to the socket.

@@ -7,15 +7,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::ws::{connect, ns, quick, take};
+use common::ws::{connect, ns, quick, take, write_one};
 use common::{Api, Backend};
 use futures::StreamExt;
-use sea_orm::TransactionTrait;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use wapipe_api::ApiSettings;
-use wapipe_domain::events::{self, Event};
 
 /// The process's resident memory, in MiB (Linux).
 fn rss_mib() -> f64 {
@@ -65,19 +63,7 @@ async fn a_slow_client_is_closed_with_1013_and_memory_stays_bounded() {
     // Big events fill the socket buffers quickly.
     let pad = "x".repeat(64 * 1024);
     for i in 0..EVENTS {
-        let txn = api.db.begin().await.expect("begin");
-        events::record(
-            &txn,
-            &[Event::new(
-                events::NOTE_CREATED,
-                api.config_id,
-                Some(chat),
-                json!({"n": i, "pad": pad}),
-            )],
-        )
-        .await
-        .expect("record");
-        txn.commit().await.expect("commit");
+        write_one(&api.db, api.config_id, chat, json!({"n": i, "pad": pad})).await;
         // The fast client reads each one.
         assert_eq!(ns(&take(&mut fast, 1).await), vec![i]);
         peak = peak.max(rss_mib());

@@ -28,20 +28,21 @@ pub fn quick() -> ApiSettings {
 /// (`data.n` = `first`, `first + 1`, …).
 pub async fn write(db: &DatabaseConnection, config: Uuid, chat: Uuid, first: u64, n: u64) {
     for i in first..first + n {
-        let txn = db.begin().await.expect("begin");
-        events::record(
-            &txn,
-            &[Event::new(
-                events::NOTE_CREATED,
-                config,
-                Some(chat),
-                json!({ "n": i }),
-            )],
-        )
-        .await
-        .expect("record");
-        txn.commit().await.expect("commit");
+        write_one(db, config, chat, json!({ "n": i })).await;
     }
+}
+
+/// Writes one `note.created` event with `data` on `chat`, in its own
+/// transaction.
+pub async fn write_one(db: &DatabaseConnection, config: Uuid, chat: Uuid, data: Value) {
+    let txn = db.begin().await.expect("begin");
+    events::record(
+        &txn,
+        &[Event::new(events::NOTE_CREATED, config, Some(chat), data)],
+    )
+    .await
+    .expect("record");
+    txn.commit().await.expect("commit");
 }
 
 pub fn ws_url(base: &str, query: &str) -> String {
