@@ -12,7 +12,8 @@
 # After each of 2 and 3 it samples RSS every second for MEM_SETTLE (60) s.
 # Reported: idle, peak, RSS at the end of each settle, and the seconds until
 # RSS was back within 20% of idle (the target: within 60 s). Medians of
-# the runs, and each build's ratio to the system allocator's.
+# the runs, and each build's ratio to the system allocator's. MEM_PREBUILT=DIR
+# uses release binaries built beforehand (see below) instead of building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,12 +28,20 @@ BIN=${CARGO_TARGET_DIR:-target}/release
 WORK=$(mktemp -d)
 trap 'pkill -P $$ 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
-cargo build --release -q -p wapipe-sim --bin wapipe-sim
-cp "$BIN/wapipe-sim" "$WORK/wapipe-sim"
-cargo build --release -q -p wapipe --bin wapipe --no-default-features
-cp "$BIN/wapipe" "$WORK/wapipe-system"
-cargo build --release -q -p wapipe --bin wapipe
-cp "$BIN/wapipe" "$WORK/wapipe-jemalloc"
+if [ -n "${MEM_PREBUILT:-}" ]; then
+  # Release binaries built beforehand: wapipe (default features),
+  # wapipe-system (--no-default-features) and wapipe-sim.
+  cp "$MEM_PREBUILT/wapipe-sim" "$WORK/wapipe-sim"
+  cp "$MEM_PREBUILT/wapipe-system" "$WORK/wapipe-system"
+  cp "$MEM_PREBUILT/wapipe" "$WORK/wapipe-jemalloc"
+else
+  cargo build --release -q -p wapipe-sim --bin wapipe-sim
+  cp "$BIN/wapipe-sim" "$WORK/wapipe-sim"
+  cargo build --release -q -p wapipe --bin wapipe --no-default-features
+  cp "$BIN/wapipe" "$WORK/wapipe-system"
+  cargo build --release -q -p wapipe --bin wapipe
+  cp "$BIN/wapipe" "$WORK/wapipe-jemalloc"
+fi
 
 python3 - "$WORK" "$RUNS" "$CONNS" "$WEBHOOKS" "$SETTLE" "$SECRET" "$PHONE" "$WABA" <<'PY'
 import http.client, json, os, sqlite3, statistics, subprocess, sys, threading, time

@@ -115,7 +115,7 @@ async fn open_connections_are_capped_and_a_slot_frees_when_one_closes() {
 #[tokio::test]
 async fn bodies_in_flight_have_a_byte_budget() {
     let app = app_with(|s| {
-        s.max_body_bytes = 1024 * 1024;
+        s.max_body_bytes = 16 * 1024 * 1024;
         s.body_budget_bytes = 1024 * 1024;
     })
     .await;
@@ -149,6 +149,22 @@ async fn bodies_in_flight_have_a_byte_budget() {
         r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
         Some("1")
     );
+    // ...also to a client that writes its whole body before reading (as
+    // Python's urllib does), which would otherwise meet a closed socket:
+    // 8 MiB, more than the sockets' and hyper's buffers hold unread.
+    let mut sock = TcpStream::connect(app.addr).await.unwrap();
+    let whole = vec![b' '; 8 * 1024 * 1024];
+    let head = format!(
+        "POST {HOOK} HTTP/1.1\r\nhost: x\r\nx-hub-signature-256: sha256={}\r\ncontent-length: {}\r\n\r\n",
+        "0".repeat(64),
+        whole.len()
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(&whole)
+        .await
+        .expect("the server reads the body rather than closing on it");
+    let (answer, _) = read_until_closed(&mut sock, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
     // ...while a small one still fits.
     let (s, t) = app
         .post(&text_webhook("small", "4917000000001", "hi"))

@@ -280,13 +280,18 @@ impl Receiver {
             .try_acquire_many_owned(u32::try_from(reserve).unwrap_or(u32::MAX))
         else {
             count(outcome::BUSY, started);
+            // As for the 413: the body is read and dropped (nothing of it
+            // is kept), so a client that sends it all before reading still
+            // gets the 503 rather than a broken pipe.
+            let (_, body) = req.into_parts();
+            let drained = discard(body, declared).await;
             let mut r = text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many bodies in flight, retry later",
             );
             r.headers_mut()
                 .insert("retry-after", HeaderValue::from_static("1"));
-            return r;
+            return closing_unless(r, drained);
         };
         let signature = req
             .headers()
@@ -446,10 +451,18 @@ async fn discard(mut body: Incoming, declared: Option<u64>) -> bool {
 
 /// The 413; with `Connection: close` when the body was not all read.
 fn too_large(max: usize, drained: bool) -> Resp {
-    let mut r = text(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("body larger than {max} bytes"),
-    );
+    closing_unless(
+        text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {max} bytes"),
+        ),
+        drained,
+    )
+}
+
+/// `Connection: close` on an answer given before its body was all read:
+/// the connection cannot carry another request.
+fn closing_unless(mut r: Resp, drained: bool) -> Resp {
     if !drained {
         r.headers_mut()
             .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
