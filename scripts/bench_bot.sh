@@ -22,30 +22,12 @@ cd "$(dirname "$0")/.."
 CUSTOMERS=${BOT_CUSTOMERS:-500}
 RATE=${BOT_RATE:-300}
 PAUSE=${BOT_PAUSE_S:-12}
-PG_ADMIN=${WAPIPE_TEST_PG:-postgres://postgres@127.0.0.1:5432/postgres}
-AMQP=${WAPIPE_TEST_AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}
 SECRET=bench-app-secret
-KEY=$(head -c 32 /dev/urandom | base64)
 PHONE=106540352242922
 WABA=102290129340398
-PREFIX="benchbot$$"
 
-cargo build --release -q -p wapipe --bin wapipe
-cargo build --release -q -p wapipe-sim --bin wapipe-sim
-BIN=${CARGO_TARGET_DIR:-target}/release
-WORK=$(mktemp -d)
-DB="wapipe_bench_bot_$$"
-PG_URL="${PG_ADMIN%/*}/$DB"
-WAPIPE_PG_URL=$PG_URL
-[ -S /var/run/postgresql/.s.PGSQL.5432 ] && WAPIPE_PG_URL="postgres://postgres@localhost/$DB?host=/var/run/postgresql"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  AMQP_URL="$AMQP" WAPIPE_QUEUE_PREFIX="$PREFIX" "$BIN/wapipe" topology delete >/dev/null 2>&1 || true
-  psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. scripts/lib.sh
+bench_production bot
 
 HOOK=http://127.0.0.1:18082/api/whatsapp/webhooks
 export DATABASE_URL="$WAPIPE_PG_URL" AMQP_URL="$AMQP" WAPIPE_QUEUE_PREFIX="$PREFIX" \

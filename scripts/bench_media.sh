@@ -21,31 +21,13 @@ RATE=${MEDIA_RATE:-200}
 SECS=${MEDIA_SECS:-60}
 SIZE=${MEDIA_SIZE:-512000}
 DRAIN=${MEDIA_DRAIN_SECS:-300}
-PG_ADMIN=${WAPIPE_TEST_PG:-postgres://postgres@127.0.0.1:5432/postgres}
-AMQP=${WAPIPE_TEST_AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}
 SECRET=bench-app-secret
 TOKEN=bench-token
-KEY=$(head -c 32 /dev/urandom | base64)
 PHONE=106540352242922
 WABA=102290129340398
-PREFIX="benchmedia$$"
 
-cargo build --release -q -p wapipe --bin wapipe
-cargo build --release -q -p wapipe-sim --bin wapipe-sim
-BIN=${CARGO_TARGET_DIR:-target}/release
-WORK=$(mktemp -d)
-DB="wapipe_bench_media_$$"
-PG_URL="${PG_ADMIN%/*}/$DB"
-WAPIPE_PG_URL=$PG_URL
-[ -S /var/run/postgresql/.s.PGSQL.5432 ] && WAPIPE_PG_URL="postgres://postgres@localhost/$DB?host=/var/run/postgresql"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  AMQP_URL="$AMQP" WAPIPE_QUEUE_PREFIX="$PREFIX" "$BIN/wapipe" topology delete >/dev/null 2>&1 || true
-  psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. scripts/lib.sh
+bench_production media
 
 export DATABASE_URL="$WAPIPE_PG_URL" AMQP_URL="$AMQP" WAPIPE_QUEUE_PREFIX="$PREFIX" \
   WAPIPE_SECRET_KEY="$KEY" WAPIPE_LISTEN=127.0.0.1:18083 RUST_LOG=warn \
