@@ -178,6 +178,20 @@ impl Env {
     }
 
     /// The reminders queued in `messages` for follow-up `id`.
+    /// Reminds `id` and expects the reminder to go out as an event only,
+    /// with no WhatsApp message queued.
+    async fn reminded_by_event_only(&self, id: Uuid) {
+        assert_eq!(
+            followup::remind(&self.db, self.broker.as_ref(), &self.settings, id)
+                .await
+                .expect("remind"),
+            Outcome::Reminded {
+                channel: CHANNEL_EVENT
+            }
+        );
+        assert!(self.reminders(id).await.is_empty(), "no WhatsApp message");
+    }
+
     async fn reminders(&self, id: Uuid) -> Vec<messages::Model> {
         messages::Entity::find()
             .filter(messages::Column::AnswersMessageId.eq(id))
@@ -348,15 +362,7 @@ async fn agent_without_phone_gets_the_event_only(backend: Backend) {
     let agent = e.agent(None).await;
     let id = e.due(agent, 1).await[0];
     let mut realtime = e.broker.subscribe_realtime().await.expect("subscribe");
-    assert_eq!(
-        followup::remind(&e.db, e.broker.as_ref(), &e.settings, id)
-            .await
-            .expect("remind"),
-        Outcome::Reminded {
-            channel: CHANNEL_EVENT
-        }
-    );
-    assert!(e.reminders(id).await.is_empty(), "no WhatsApp message");
+    e.reminded_by_event_only(id).await;
     assert_eq!(
         messages::Entity::find().count(&e.db).await.expect("count"),
         0
@@ -420,15 +426,7 @@ async fn a_marketing_reminder_to_an_opted_out_number_is_event_only(backend: Back
     .expect("opted-out number");
     let agent = e.agent(Some(AGENT_PHONE)).await;
     let id = e.due(agent, 1).await[0];
-    assert_eq!(
-        followup::remind(&e.db, e.broker.as_ref(), &e.settings, id)
-            .await
-            .expect("remind"),
-        Outcome::Reminded {
-            channel: CHANNEL_EVENT
-        }
-    );
-    assert!(e.reminders(id).await.is_empty(), "no WhatsApp message");
+    e.reminded_by_event_only(id).await;
     let note = e.row(id).await.reminder_note.expect("note");
     assert!(note.contains("stopped marketing messages"), "{note}");
 }

@@ -214,6 +214,21 @@ impl Env {
         q.message_id
     }
 
+    /// Sends `id` through `w` and expects wapipe itself to refuse it with
+    /// `code`, before any call to Meta: the row ends failed.
+    async fn refused_locally(&self, w: &OutboundWorker, id: Uuid, code: &str) -> messages::Model {
+        assert_eq!(
+            w.send_message(id).await.expect("send"),
+            SendOutcome::Failed {
+                code: code.into(),
+                local: true
+            }
+        );
+        let m = self.message(id).await;
+        assert_eq!(m.status, MessageStatus::Failed);
+        m
+    }
+
     async fn message(&self, id: Uuid) -> messages::Model {
         messages::Entity::find_by_id(id)
             .one(&self.db)
@@ -781,15 +796,7 @@ async fn window_rules(backend: Backend) {
     let old = "4915100000010";
     env.customer(old, Some(chrono::Duration::hours(25))).await;
     let id = env.queue(old, text("are you there?"), None).await;
-    assert_eq!(
-        w.send_message(id).await.expect("send"),
-        SendOutcome::Failed {
-            code: "131047".into(),
-            local: true
-        }
-    );
-    let m = env.message(id).await;
-    assert_eq!(m.status, MessageStatus::Failed);
+    let m = env.refused_locally(&w, id, "131047").await;
     assert_eq!(
         m.error_title.as_deref(),
         Some("outside the 24-hour window; use a template")
@@ -1945,28 +1952,15 @@ async fn template_refusals_for_every_sender(backend: Backend) {
         .exec(&env.db)
         .await
         .expect("category");
-    assert_eq!(
-        w.send_message(queued).await.expect("send"),
-        SendOutcome::Failed {
-            code: "authentication_needs_phone_number".into(),
-            local: true
-        }
-    );
+    env.refused_locally(&w, queued, "authentication_needs_phone_number")
+        .await;
     // A marketing template queued before the customer stopped: the worker
     // refuses it too.
     let before = "4915100000061";
     let c2 = env.customer(before, None).await;
     let promo = env.queue(before, template("promo"), None).await;
     opt_out(&env, c2).await;
-    assert_eq!(
-        w.send_message(promo).await.expect("send"),
-        SendOutcome::Failed {
-            code: "131050".into(),
-            local: true
-        }
-    );
-    let m = env.message(promo).await;
-    assert_eq!(m.status, MessageStatus::Failed);
+    let m = env.refused_locally(&w, promo, "131050").await;
     assert_eq!(m.error_code.as_deref(), Some("131050"));
     assert_eq!(graph.calls(), 0, "no call to Meta for refusals");
     // The utility template goes.
