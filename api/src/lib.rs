@@ -43,7 +43,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -240,11 +240,15 @@ pub fn start(
 }
 
 /// A response future of [`hyper_handler`].
-pub type HandlerFuture = Pin<Box<dyn Future<Output = hyper::Response<Full<Bytes>>> + Send>>;
+pub type HandlerFuture = Pin<Box<dyn Future<Output = hyper::Response<StreamBody>> + Send>>;
+
+/// A streamed response body (see [`hyper_handler`]).
+pub type StreamBody =
+    http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// The API as a plain hyper handler, for a server that routes some paths
-/// to it (the webhook receiver, when both share a listener). Answers are
-/// buffered: they are small JSON documents.
+/// to it (the webhook receiver, when both share a listener). Answers
+/// stream as the router produces them: a media file is never held whole.
 pub fn hyper_handler(
     deps: ApiDeps,
     settings: ApiSettings,
@@ -260,17 +264,7 @@ pub fn hyper_handler(
                 Ok(r) => r,
                 Err(never) => match never {},
             };
-            let (parts, body) = resp.into_parts();
-            let bytes = match body.collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    let err = ApiError::internal(e).into_response();
-                    let (p, b) = err.into_parts();
-                    let bytes = b.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-                    return hyper::Response::from_parts(p, Full::new(bytes));
-                }
-            };
-            hyper::Response::from_parts(parts, Full::new(bytes))
+            resp.map(|body| body.map_err(Into::into).boxed_unsync())
         })
     })
 }

@@ -92,10 +92,61 @@ const DISCARD_WAIT: Duration = Duration::from_secs(5);
 /// 101 (the API's WebSocket) takes the connection over through the
 /// request's `OnUpgrade`.
 pub type Fallback = Arc<
-    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<StreamBody>> + Send>>
         + Send
         + Sync,
 >;
+
+/// An error of a streamed body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body sent as it is produced: a [`Fallback`]'s answers (the API's
+/// media files are streamed, never held whole in memory).
+pub type StreamBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// What the listener answers with: the receiver's own short answers
+/// whole, a fallback's streamed.
+pub enum ResponseBody {
+    Whole(Full<Bytes>),
+    Streamed(StreamBody),
+}
+
+/// A response on its way out: its body, and its connection counted busy
+/// until the body has been sent or dropped, so the idle timeout never cuts
+/// a long download (a media file to a slow client).
+pub struct Outgoing {
+    body: ResponseBody,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for Outgoing {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().body {
+            ResponseBody::Whole(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+            ResponseBody::Streamed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.body {
+            ResponseBody::Whole(b) => b.is_end_stream(),
+            ResponseBody::Streamed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match &self.body {
+            ResponseBody::Whole(b) => b.size_hint(),
+            ResponseBody::Streamed(b) => b.size_hint(),
+        }
+    }
+}
 
 /// The paths the receiver answers itself, even with a [`Fallback`]: a
 /// well-formed webhook path (`/api/whatsapp/webhooks/events` is the API's,
@@ -187,16 +238,23 @@ fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 impl Receiver {
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, Infallible> {
         // Checked only when a service shares the listener, so the webhook
         // path costs nothing more otherwise.
         if let Some(fallback) = &self.fallback
             && !is_receivers(req.uri().path())
         {
-            return Ok(fallback(req).await);
+            return Ok(fallback(req).await.map(ResponseBody::Streamed));
         }
+        Ok(self.answer(req).await.map(ResponseBody::Whole))
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Resp {
         let path = req.uri().path().to_owned();
-        let resp = match (req.method(), path.as_str()) {
+        match (req.method(), path.as_str()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
             (&Method::GET, "/readyz") => self.readyz().await,
             (method, p) => match webhook_route(p) {
@@ -222,8 +280,7 @@ impl Receiver {
                     }
                 },
             },
-        };
-        Ok(resp)
+        }
     }
 
     async fn readyz(&self) -> Resp {
@@ -659,9 +716,9 @@ pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, shutdown: Can
             let receiver = receiver.clone();
             let busy = seen.begin();
             async move {
+                // Busy until the body has been sent, not just produced.
                 let r = receiver.handle(req).await;
-                drop(busy);
-                r
+                r.map(|resp| resp.map(|body| Outgoing { body, _busy: busy }))
             }
         });
         let builder = builder.clone();

@@ -485,3 +485,74 @@ pub async fn media_end_to_end(mode: Mode, media_url: Option<String>) {
     outbound_upload(&app, &graph, &admin, chat).await;
     app.stop().await;
 }
+
+/// A big file on the receiver's shared listener, to a client that reads
+/// nothing for longer than the idle timeout after the headers: the answer
+/// streams (the API's body is not collected first), and the connection
+/// counts as busy until the last byte is sent, so the idle timeout never
+/// cuts it. Before both, the whole file sat in memory and the connection
+/// was closed mid-body once the idle time passed.
+pub async fn slow_reader_gets_the_whole_file(mode: Mode) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: usize = 24 * 1024 * 1024;
+    super::install_tls_provider();
+    let (listener, base) = super::graph_listener().await;
+    let (mut settings, dir) = settings_for(mode).await;
+    settings.graph_api_base = base;
+    settings.media_max_bytes = 2 * SIZE as u64;
+    // The idle check first wakes at the first-request timeout: both short.
+    settings.idle_timeout_s = 1;
+    settings.first_request_timeout_s = 1;
+    assert!(settings.api_listen.is_none(), "the API shares the listener");
+    let app = TestApp::spawn_with(mode, settings, dir, Roles::all()).await;
+    let graph = super::fake_graph(listener, &app).await;
+    let admin = app.admin_key().await;
+    let video: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    graph.add_media("9900", SimMedia::new(video.clone(), "video/mp4"));
+    let (msg, _) = deliver(
+        &app,
+        "wamid.media-big",
+        "video",
+        json!({"id": "9900", "mime_type": "video/mp4", "sha256": sha_hex(&video)}),
+        &[status::STORED],
+    )
+    .await;
+
+    // A small receive buffer (which also stops the kernel growing it), so
+    // the socket buffers cannot swallow the file while we do not read.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(64 * 1024).expect("rcvbuf");
+    let mut conn = socket.connect(app.addr).await.expect("connect");
+    let request = format!(
+        "GET /api/whatsapp/media/{} HTTP/1.1\r\nHost: wapipe\r\nAuthorization: Bearer {admin}\r\n\r\n",
+        msg.id
+    );
+    conn.write_all(request.as_bytes()).await.expect("request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).await.expect("headers");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains(&format!("content-length: {SIZE}")), "{head}");
+    // Read nothing for 2.5 idle timeouts: the socket buffers fill and the
+    // server must wait for us.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut body = Vec::with_capacity(SIZE);
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut chunk = vec![0u8; 1 << 16];
+        while body.len() < SIZE {
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the body stalled");
+    assert_eq!(body.len(), SIZE, "the connection was cut mid-body");
+    assert!(body == video, "the bytes are the file's");
+    app.stop().await;
+}
