@@ -283,15 +283,37 @@ impl Env {
         out
     }
 
-    /// What the workers get: this env's database and broker, a config
-    /// cache with a throwaway key, default settings.
+    /// What the workers get: this env's database and broker, the test
+    /// key (the one the test config's secrets are sealed with, so the
+    /// outbound worker can read the token), default settings.
     pub fn deps(&self) -> wapipe_workers::Deps {
         wapipe_workers::Deps::new(
             self.db.clone(),
             self.broker.clone(),
             wapipe_shared::config::Settings::from_defaults().expect("settings"),
-            Arc::new(SecretKey::generate()),
+            Arc::new(SecretKey::from_base64(KEY).expect("the test key")),
         )
+    }
+
+    /// Runs every waiting job of `queue` once through `worker` (with
+    /// [`quick_retry`]), asserting each settles `Ok`; returns how many.
+    pub async fn run_jobs(
+        &self,
+        queue: &str,
+        worker: &dyn wapipe_workers::runtime::Worker,
+    ) -> usize {
+        let jobs = self.deliveries(queue).await;
+        let n = jobs.len();
+        for d in jobs {
+            assert_eq!(
+                wapipe_workers::runtime::run_one(worker, &quick_retry(), d)
+                    .await
+                    .expect("settle"),
+                wapipe_workers::runtime::Outcome::Ok,
+                "a {queue} job"
+            );
+        }
+        n
     }
 
     /// The real-time events published on `rx`, decoded (each publish is an
@@ -314,4 +336,23 @@ impl Env {
     pub async fn exec(&self, sql: &str) {
         self.db.execute_unprepared(sql).await.expect("sql");
     }
+}
+
+/// Retries in tens of milliseconds, three attempts: for tests.
+pub fn quick_retry() -> wapipe_shared::retry::RetryPolicy {
+    wapipe_shared::retry::RetryPolicy {
+        min_delay: std::time::Duration::from_millis(10),
+        max_delay: std::time::Duration::from_millis(50),
+        max_attempts: 3,
+    }
+}
+
+/// A row as JSON without `updated_at`, which a replay may touch: what a
+/// replay must leave the same.
+pub fn without_updated_at<T: serde::Serialize>(row: &T) -> Value {
+    let mut v = serde_json::to_value(row).expect("json");
+    if let Some(o) = v.as_object_mut() {
+        o.remove("updated_at");
+    }
+    v
 }

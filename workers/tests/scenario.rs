@@ -4,29 +4,15 @@
 //! outbound worker to the fake Graph API (`wapipe-sim`). The same job
 //! delivered twice, and the webhook replayed, still make one reply.
 
-use std::sync::Arc;
-
 use chrono::Utc;
 use serde_json::{Value, json};
 use wapipe_domain::scenarios::{self, FlowFile};
-use wapipe_shared::crypto::SecretKey;
 use wapipe_shared::jobs::MESSAGE_INBOUND;
-use wapipe_shared::retry::RetryPolicy;
 use wapipe_sim::{GraphConfig, GraphHandle, spawn_graph};
 use wapipe_testkit::both_backends;
 use wapipe_testkit::workers::*;
-use wapipe_workers::Deps;
 use wapipe_workers::outbound::{OutboundSettings, OutboundWorker};
-use wapipe_workers::runtime::{self, Outcome, Worker};
-
-fn deps(env: &Env) -> Deps {
-    Deps::new(
-        env.db.clone(),
-        env.broker.clone(),
-        wapipe_shared::config::Settings::from_defaults().expect("settings"),
-        Arc::new(SecretKey::from_base64(KEY).expect("key")),
-    )
-}
+use wapipe_workers::runtime;
 
 async fn sim() -> GraphHandle {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -43,29 +29,6 @@ async fn sim() -> GraphHandle {
     )
     .await
     .expect("sim")
-}
-
-fn policy() -> RetryPolicy {
-    RetryPolicy {
-        min_delay: std::time::Duration::from_millis(10),
-        max_delay: std::time::Duration::from_millis(50),
-        max_attempts: 3,
-    }
-}
-
-/// Runs every waiting job of `queue` once through `worker`.
-async fn drain(env: &Env, queue: &str, worker: &dyn Worker) -> usize {
-    let jobs = env.deliveries(queue).await;
-    let n = jobs.len();
-    for d in jobs {
-        assert_eq!(
-            runtime::run_one(worker, &policy(), d)
-                .await
-                .expect("settle"),
-            Outcome::Ok
-        );
-    }
-    n
 }
 
 fn flow() -> Value {
@@ -85,7 +48,7 @@ async fn a_keyword_then_a_button_reach_the_graph_once(backend: Backend) {
     scenarios::import(&env.db, env.config_id, &flow)
         .await
         .expect("import");
-    let deps = deps(&env);
+    let deps = env.deps();
     let scenario = (wapipe_workers::scenario::REGISTRATION.build)(&deps).expect("scenario role");
     let outbound = runtime::typed(
         OutboundWorker::new(
@@ -108,7 +71,7 @@ async fn a_keyword_then_a_button_reach_the_graph_once(backend: Backend) {
     for d in jobs {
         d.ack().await.expect("ack");
     }
-    assert_eq!(drain(&env, "outbound", outbound.as_ref()).await, 1);
+    assert_eq!(env.run_jobs("outbound", outbound.as_ref()).await, 1);
     let sent = graph.sent();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].to, CUSTOMER);
@@ -123,8 +86,8 @@ async fn a_keyword_then_a_button_reach_the_graph_once(backend: Backend) {
     // again, the worker finds it consumed.
     env.reset(event).await;
     env.process(event).await;
-    assert_eq!(drain(&env, "scenario", scenario.as_ref()).await, 1);
-    assert_eq!(drain(&env, "outbound", outbound.as_ref()).await, 0);
+    assert_eq!(env.run_jobs("scenario", scenario.as_ref()).await, 1);
+    assert_eq!(env.run_jobs("outbound", outbound.as_ref()).await, 0);
     assert_eq!(graph.sent().len(), 1);
 
     // The customer taps "Horaires": the next reply.
@@ -135,8 +98,8 @@ async fn a_keyword_then_a_button_reach_the_graph_once(backend: Backend) {
                 "button_reply": {"id": buttons[1]["reply"]["id"], "title": "Horaires"}}}]),
     ));
     env.post(&tap).await;
-    assert_eq!(drain(&env, "scenario", scenario.as_ref()).await, 1);
-    assert_eq!(drain(&env, "outbound", outbound.as_ref()).await, 1);
+    assert_eq!(env.run_jobs("scenario", scenario.as_ref()).await, 1);
+    assert_eq!(env.run_jobs("outbound", outbound.as_ref()).await, 1);
     let sent = graph.sent();
     assert_eq!(sent.len(), 2);
     assert_eq!(sent[1].body["text"]["body"], "9h-19h.");
@@ -145,8 +108,8 @@ async fn a_keyword_then_a_button_reach_the_graph_once(backend: Backend) {
     let old = Utc::now().timestamp() - 86_400;
     env.post(&text_event("wamid.IN3", CUSTOMER, old, "bonjour"))
         .await;
-    assert_eq!(drain(&env, "scenario", scenario.as_ref()).await, 1);
-    assert_eq!(drain(&env, "outbound", outbound.as_ref()).await, 0);
+    assert_eq!(env.run_jobs("scenario", scenario.as_ref()).await, 1);
+    assert_eq!(env.run_jobs("outbound", outbound.as_ref()).await, 0);
     assert_eq!(graph.sent().len(), 2);
 }
 both_backends!(a_keyword_then_a_button_reach_the_graph_once);

@@ -3,18 +3,15 @@
 //! receipts that arrive before their message wait and apply later, and a
 //! duplicate job or receipt changes nothing.
 
-use std::time::Duration;
-
 use chrono::{TimeZone, Utc};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use serde_json::json;
 use uuid::Uuid;
 use wapipe_domain::receipts::{apply_pending_receipts, read_status_of};
 use wapipe_shared::entities::messages::{self, Direction, MessageStatus, Origin};
-use wapipe_shared::retry::RetryPolicy;
 use wapipe_testkit::both_backends;
 use wapipe_testkit::workers::*;
-use wapipe_workers::runtime::{Outcome, run_one, typed};
+use wapipe_workers::runtime::typed;
 use wapipe_workers::status::StatusWorker;
 
 /// An outbound message row with `wamid`, in the chat of `CUSTOMER`.
@@ -82,28 +79,10 @@ async fn outbound(env: &Env, wamid: &str, status: MessageStatus) -> Uuid {
     id
 }
 
-fn policy() -> RetryPolicy {
-    RetryPolicy {
-        min_delay: Duration::from_millis(10),
-        max_delay: Duration::from_millis(20),
-        max_attempts: 3,
-    }
-}
-
 /// Runs every waiting `status.receipt` job through the real worker.
 async fn run_status_jobs(env: &Env) -> usize {
     let worker = typed(StatusWorker { deps: env.deps() });
-    let deliveries = env.deliveries("status").await;
-    let n = deliveries.len();
-    for d in deliveries {
-        assert_eq!(
-            run_one(worker.as_ref(), &policy(), d)
-                .await
-                .expect("settle"),
-            Outcome::Ok
-        );
-    }
-    n
+    env.run_jobs("status", worker.as_ref()).await
 }
 
 fn receipt(wamid: &str, status: MessageStatus, ts: i64) -> serde_json::Value {
