@@ -6,30 +6,11 @@
 
 use chrono::Utc;
 use serde_json::{Value, json};
-use wapipe_domain::scenarios::{self, FlowFile};
 use wapipe_shared::jobs::MESSAGE_INBOUND;
-use wapipe_sim::{GraphConfig, GraphHandle, spawn_graph};
 use wapipe_testkit::both_backends;
 use wapipe_testkit::workers::*;
-use wapipe_workers::outbound::{OutboundSettings, OutboundWorker};
-use wapipe_workers::runtime;
 
-async fn sim() -> GraphHandle {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    spawn_graph(
-        listener,
-        GraphConfig {
-            token: Some("EAAG".into()),
-            phone_number_id: Some(PHONE.into()),
-            ..GraphConfig::default()
-        },
-    )
-    .await
-    .expect("sim")
-}
+mod common;
 
 fn flow() -> Value {
     json!({
@@ -43,20 +24,11 @@ fn flow() -> Value {
 
 async fn a_keyword_then_a_button_reach_the_graph_once(backend: Backend) {
     let env = env(backend).await;
-    let graph = sim().await;
-    let flow = FlowFile::from_value(&flow()).expect("flow");
-    scenarios::import(&env.db, env.config_id, &flow)
-        .await
-        .expect("import");
-    let deps = env.deps();
-    let scenario = (wapipe_workers::scenario::REGISTRATION.build)(&deps).expect("scenario role");
-    let outbound = runtime::typed(
-        OutboundWorker::new(
-            deps.clone(),
-            OutboundSettings::new(&graph.base_url(), "v23.0"),
-        )
-        .expect("outbound role"),
-    );
+    let common::Bot {
+        graph,
+        scenario,
+        outbound,
+    } = common::bot(&env, &flow()).await;
 
     let now = Utc::now().timestamp();
     let event = env
