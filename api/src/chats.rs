@@ -48,13 +48,13 @@ fn key_of(c: &chats::Model) -> Cursor {
     }
 }
 
-/// Labels and transfers of a page of chats, one query each.
-pub async fn extras(state: &AppState, ids: &[Uuid]) -> ApiResult<ChatExtras> {
-    Ok(wapipe_domain::views::chat_extras(&state.db, ids).await?)
+/// Labels, transfers and groups of a page of chats, one query each.
+pub async fn extras(state: &AppState, chats: &[&chats::Model]) -> ApiResult<ChatExtras> {
+    Ok(wapipe_domain::views::chat_extras(&state.db, chats).await?)
 }
 
 pub async fn view(state: &AppState, chat: chats::Model) -> ApiResult<Chat> {
-    let extras = extras(state, &[chat.id]).await?;
+    let extras = extras(state, &[&chat]).await?;
     Ok(Chat::from_row(chat, &extras))
 }
 
@@ -202,8 +202,8 @@ pub async fn list(
         .limit(limit + 1)
         .all(&state.db)
         .await?;
-    let ids: Vec<Uuid> = rows.iter().take(limit as usize).map(|c| c.id).collect();
-    let extras = extras(&state, &ids).await?;
+    let page: Vec<&chats::Model> = rows.iter().take(limit as usize).collect();
+    let extras = extras(&state, &page).await?;
     Ok(axum::Json(page::paginate(rows, limit, key_of, |c| {
         Chat::from_row(c, &extras)
     })))

@@ -54,6 +54,9 @@ pub struct Customer {
     /// The customer stopped marketing messages (MARKETING templates are
     /// refused with 131050 until they resume).
     pub marketing_opted_out: bool,
+    /// Meta's group id when this is a WhatsApp group (the party of the
+    /// group's chat) rather than a person.
+    pub wa_group_id: Option<String>,
     pub whatsapp_profile_picture: Option<String>,
     pub is_verified: bool,
     pub total_chats: i32,
@@ -123,6 +126,7 @@ pub async fn customer(
         whatsapp_name: c.whatsapp_name,
         username: c.username,
         marketing_opted_out: c.marketing_opted_out,
+        wa_group_id: c.wa_group_id,
         whatsapp_profile_picture: c.whatsapp_profile_picture,
         is_verified: c.is_verified,
         total_chats: c.total_chats,

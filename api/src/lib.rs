@@ -17,6 +17,7 @@ pub mod eventlog;
 pub mod events;
 pub mod extract;
 pub mod followups;
+pub mod groups;
 pub mod idempotency;
 pub mod inbox_page;
 pub mod labels;

@@ -462,13 +462,13 @@ pub(crate) async fn gate(
     template: Option<(String, String, usize)>,
 ) -> ApiResult<Gate> {
     // A customer without a number (a username user) is written to by
-    // their business-scoped user id.
+    // their business-scoped user id; a group by its group id.
     let phone = match chat.phone_number.clone() {
         Some(p) => p,
         None => customers::Entity::find_by_id(chat.customer_id)
             .one(&state.db)
             .await?
-            .and_then(|c| c.wa_id.or(c.user_id))
+            .and_then(|c| outbox::address_of(&c))
             .ok_or_else(|| {
                 ApiError::conflict(
                     "no_number",

@@ -14,8 +14,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::{
-    AppState, agents, blocked, chats, directory, eventlog, events, followups, labels, media,
-    messages, notes, scenarios, stats, templates, webhook_endpoints, ws,
+    AppState, agents, blocked, chats, directory, eventlog, events, followups, groups, labels,
+    media, messages, notes, scenarios, stats, templates, webhook_endpoints, ws,
 };
 
 struct BearerKey;
@@ -73,6 +73,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(chats::unassign))
         .routes(routes!(chats::transfer))
         .routes(routes!(chats::mark_read))
+        .routes(routes!(groups::participants))
         .routes(routes!(messages::list, messages::send))
         .routes(routes!(messages::get))
         .routes(routes!(messages::mark_read))

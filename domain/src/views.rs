@@ -14,8 +14,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 use wapipe_shared::db::pad_pow2;
 use wapipe_shared::entities::{
-    chat_assignments, chat_labels, chats, follow_ups, labels, message_media, messages,
-    whatsapp_configs,
+    chat_assignments, chat_labels, chats, follow_ups, group_participants, groups, labels,
+    message_media, messages, whatsapp_configs,
 };
 
 /// seed 002 Chat.
@@ -63,6 +63,25 @@ pub struct Chat {
     pub deleted_at: Option<DateTime<Utc>>,
     /// When a scenario handed the chat to a human (beyond seed 002).
     pub handoff_at: Option<DateTime<Utc>>,
+    /// The WhatsApp group this chat is (Meta's Groups API); `null` for a
+    /// one-to-one chat. Its members: `GET /chats/{id}/participants`.
+    pub group: Option<GroupInfo>,
+}
+
+/// What Meta says of a group chat's group.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupInfo {
+    /// Meta's group id (send to it as `group:<id>` from the CLI).
+    pub group_id: String,
+    pub subject: Option<String>,
+    pub description: Option<String>,
+    pub invite_link: Option<String>,
+    pub join_approval_mode: Option<String>,
+    /// `active | suspended | deleted`.
+    pub status: String,
+    /// Members now (status `member`).
+    pub participant_count: u64,
 }
 
 /// A chat's latest message, as the list shows it.
@@ -106,6 +125,8 @@ pub struct Transfer {
 pub struct ChatExtras {
     pub labels: HashMap<Uuid, Vec<Uuid>>,
     pub transfers: HashMap<Uuid, Vec<chat_assignments::Model>>,
+    /// Group chats' groups, by the chat's customer (the group's party).
+    pub groups: HashMap<Uuid, GroupInfo>,
 }
 
 impl Chat {
@@ -126,6 +147,7 @@ impl Chat {
                         .collect()
                 })
                 .unwrap_or_default(),
+            group: extras.groups.get(&c.customer_id).cloned(),
             customer_info: c.customer_info.and_then(|v| serde_json::from_value(v).ok()),
             last_message: c.last_message.map(|text| LastMessage {
                 id: c.last_message_id,
@@ -207,6 +229,9 @@ pub struct Message {
     pub origin: String,
     /// seed 000 `is_read`: an agent has seen this inbound message.
     pub is_read: bool,
+    /// In a group chat, the customer id of the member who wrote it (`from`
+    /// and `senderName` are theirs too); `null` elsewhere.
+    pub participant_id: Option<Uuid>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -436,15 +461,31 @@ impl Message {
             is_deleted: m.is_deleted,
             origin: m.origin.to_string(),
             is_read: m.is_read,
+            participant_id: m.participant_id,
         }
     }
 }
 
-/// Labels and transfers of some chats, one query each.
-pub async fn chat_extras<C: ConnectionTrait>(db: &C, ids: &[Uuid]) -> Result<ChatExtras, DbErr> {
+/// Labels, transfers and groups of some chats, one query each (groups
+/// only when one of them is a group's chat).
+pub async fn chat_extras<C: ConnectionTrait>(
+    db: &C,
+    chats: &[&chats::Model],
+) -> Result<ChatExtras, DbErr> {
     let mut out = ChatExtras::default();
-    if ids.is_empty() {
+    if chats.is_empty() {
         return Ok(out);
+    }
+    let ids: Vec<Uuid> = chats.iter().map(|c| c.id).collect();
+    let ids = ids.as_slice();
+    // Group chats carry the group's id (`provider_chat_id`).
+    let parties: Vec<Uuid> = chats
+        .iter()
+        .filter(|c| c.provider_chat_id.is_some())
+        .map(|c| c.customer_id)
+        .collect();
+    if !parties.is_empty() {
+        out.groups = group_infos(db, parties).await?;
     }
     let rows = chat_labels::Entity::find()
         .inner_join(labels::Entity)
@@ -469,6 +510,51 @@ pub async fn chat_extras<C: ConnectionTrait>(db: &C, ids: &[Uuid]) -> Result<Cha
     Ok(out)
 }
 
+/// The groups of some parties (customer ids), with their member counts.
+async fn group_infos<C: ConnectionTrait>(
+    db: &C,
+    parties: Vec<Uuid>,
+) -> Result<HashMap<Uuid, GroupInfo>, DbErr> {
+    use sea_orm::QuerySelect;
+    let rows = groups::Entity::find()
+        .filter(groups::Column::CustomerId.is_in(pad_pow2(parties)))
+        .all(db)
+        .await?;
+    if rows.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let counts: HashMap<Uuid, i64> = group_participants::Entity::find()
+        .select_only()
+        .column(group_participants::Column::GroupId)
+        .column_as(group_participants::Column::Id.count(), "n")
+        .filter(
+            group_participants::Column::GroupId
+                .is_in(pad_pow2(rows.iter().map(|g| g.id).collect())),
+        )
+        .filter(group_participants::Column::Status.eq(group_participants::MEMBER))
+        .group_by(group_participants::Column::GroupId)
+        .into_tuple::<(Uuid, i64)>()
+        .all(db)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(rows
+        .into_iter()
+        .map(|g| {
+            let info = GroupInfo {
+                participant_count: counts.get(&g.id).copied().unwrap_or(0).max(0) as u64,
+                group_id: g.wa_group_id,
+                subject: g.subject,
+                description: g.description,
+                invite_link: g.invite_link,
+                join_approval_mode: g.join_approval_mode,
+                status: g.status,
+            };
+            (g.customer_id, info)
+        })
+        .collect())
+}
+
 /// The views of some chats, by id, in the order given (absent ones left
 /// out): the rows, then their extras.
 pub async fn load_chats<C: ConnectionTrait>(db: &C, ids: &[Uuid]) -> Result<Vec<Chat>, DbErr> {
@@ -482,7 +568,7 @@ pub async fn load_chats<C: ConnectionTrait>(db: &C, ids: &[Uuid]) -> Result<Vec<
         .into_iter()
         .map(|c| (c.id, c))
         .collect();
-    let extras = chat_extras(db, ids).await?;
+    let extras = chat_extras(db, &rows.values().collect::<Vec<_>>()).await?;
     Ok(ids
         .iter()
         .filter_map(|id| rows.remove(id))

@@ -20,6 +20,7 @@ mod m20261208_000012_webhook_endpoints;
 mod m20261209_000014_meta_webhooks;
 mod m20261210_000015_media;
 mod m20261210_000016_identities;
+mod m20261211_000017_groups;
 
 /// A hash of these migrations' sources as compiled (see build.rs): what
 /// the test kit names its migrated templates by.
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261209_000014_meta_webhooks::Migration),
             Box::new(m20261210_000015_media::Migration),
             Box::new(m20261210_000016_identities::Migration),
+            Box::new(m20261211_000017_groups::Migration),
         ]
     }
 }

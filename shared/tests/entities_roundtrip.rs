@@ -105,6 +105,8 @@ async fn schema_matches_entities(db: &DatabaseConnection) {
         dead_letters,
         events,
         follow_ups,
+        group_participants,
+        groups,
         idempotency_keys,
         labels,
         leases,
@@ -390,6 +392,7 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         marketing_preference_at: Some(ts(13)),
         username: Some("@zoé".to_owned()),
         parent_user_id: Some("US.ENT.11815799212886844830".to_owned()),
+        wa_group_id: Some("120363025246125486@g.us".to_owned()),
     };
     let customer =
         roundtrip::<customers::Entity, _>(db, "customers", customer.clone(), customer.id).await;
@@ -523,6 +526,7 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
         pricing_type: Some("regular".to_owned()),
         pricing_category: Some("marketing".to_owned()),
         billable: Some(true),
+        participant_id: Some(customer.id),
     };
     let message =
         roundtrip::<messages::Entity, _>(db, "messages", message.clone(), message.id).await;
@@ -959,6 +963,40 @@ async fn all_roundtrips(db: &DatabaseConnection) -> Rows {
     };
     roundtrip::<calls::Entity, _>(db, "calls", call.clone(), call.id).await;
 
+    let group = groups::Model {
+        id: id(),
+        created_at: ts(95),
+        updated_at: ts(96),
+        config_id: config.id,
+        customer_id: customer.id,
+        wa_group_id: "120363025246125486@g.us".to_owned(),
+        subject: Some(HELLO.to_owned()),
+        description: Some(format!("multi\nline {HELLO}")),
+        invite_link: Some("https://chat.whatsapp.com/ABC".to_owned()),
+        join_approval_mode: Some("approval_required".to_owned()),
+        status: groups::SUSPENDED.to_owned(),
+        status_at: Some(ts(97)),
+        subject_at: Some(ts(98)),
+        description_at: Some(ts(99)),
+        errors: Some(json!([{"setting": "group_description", "errors": [{"code": 100}]}])),
+        errors_at: Some(ts(100)),
+    };
+    let group = roundtrip::<groups::Entity, _>(db, "groups", group.clone(), group.id).await;
+    let member = group_participants::Model {
+        id: id(),
+        created_at: ts(97),
+        updated_at: ts(98),
+        config_id: config.id,
+        group_id: group.id,
+        customer_id: customer.id,
+        wa_id: Some("16505551234".to_owned()),
+        status: group_participants::REQUESTED.to_owned(),
+        reason: Some("invite_link".to_owned()),
+        changed_at: ts(99),
+    };
+    roundtrip::<group_participants::Entity, _>(db, "group_participants", member.clone(), member.id)
+        .await;
+
     let previous = customer_previous_ids::Model {
         id: id(),
         created_at: ts(97),
@@ -1158,6 +1196,7 @@ async fn unique_constraints(db: &DatabaseConnection, rows: &Rows) {
         id: id(),
         wa_id: Some("16505550001".to_owned()),
         user_id: None,
+        wa_group_id: None,
         ..rows.customer.clone()
     };
     let dup = customers::Model {
@@ -1171,6 +1210,30 @@ async fn unique_constraints(db: &DatabaseConnection, rows: &Rows) {
         "ux_customers_wa_id",
         "customers.config_id, customers.wa_id",
         vec![customers::Column::ConfigId, customers::Column::WaId],
+        first,
+        dup,
+    )
+    .await;
+
+    // customers (config_id, wa_group_id): a group is one party per config.
+    let first = customers::Model {
+        id: id(),
+        wa_id: None,
+        user_id: None,
+        wa_group_id: Some("120363000000000001@g.us".to_owned()),
+        ..rows.customer.clone()
+    };
+    let dup = customers::Model {
+        id: id(),
+        name: Some("another group".to_owned()),
+        ..first.clone()
+    };
+    assert_unique::<customers::Entity>(
+        db,
+        "customers (config_id, wa_group_id)",
+        "ux_customers_wa_group",
+        "customers.config_id, customers.wa_group_id",
+        vec![customers::Column::ConfigId, customers::Column::WaGroupId],
         first,
         dup,
     )

@@ -423,7 +423,9 @@
     const old = state.messages.get(m.id);
     if (old && !newer(m, old.data)) return;
     const out = m.direction !== "inbound";
-    const who = out ? (m.senderType === "bot" ? "bot" : m.senderName || "agent") : null;
+    // In a group, each inbound message names the member who wrote it.
+    const member = m.participantId ? m.senderName || m.from : null;
+    const who = out ? (m.senderType === "bot" ? "bot" : m.senderName || "agent") : member;
     const meta = [when(m.timestamp || m.createdAt), who, statusText(m)].filter(Boolean).join(" · ");
     const node = el("li", {
       class: `msg ${out ? "out" : "in"}${m.status === "failed" ? " failed" : ""}`,

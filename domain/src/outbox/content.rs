@@ -706,7 +706,8 @@ impl OutboundContent {
     /// Meta's request body for a send to `to`, replying to the customer's
     /// message `reply_to` when given (reactions carry their own target and
     /// take no context). A phone number goes in Meta's `to`; a
-    /// business-scoped user id (a user known by no number) in `recipient`.
+    /// business-scoped user id (a user known by no number) in `recipient`;
+    /// a group's id in `to`, with `recipient_type: group`.
     pub fn graph_body(&self, to: &Recipient, reply_to: Option<&str>) -> Value {
         let kind = self.graph_type();
         let mut body = json!({
@@ -717,6 +718,10 @@ impl OutboundContent {
         match to {
             Recipient::Phone(p) => body["to"] = json!(p),
             Recipient::UserId(u) => body["recipient"] = json!(u),
+            Recipient::Group(g) => {
+                body["recipient_type"] = json!("group");
+                body["to"] = json!(g);
+            }
         }
         body[kind] = self.type_object();
         if let Some(id) = reply_to
@@ -824,6 +829,13 @@ mod tests {
             c.graph_body(&Recipient::UserId("US.1349".into()), None),
             json!({"messaging_product": "whatsapp", "recipient_type": "individual",
                 "recipient": "US.1349", "type": "text",
+                "text": {"preview_url": true, "body": "hi"}})
+        );
+        // A group: its id in `to`, `recipient_type: group`.
+        assert_eq!(
+            c.graph_body(&Recipient::Group("120363025@g.us".into()), None),
+            json!({"messaging_product": "whatsapp", "recipient_type": "group",
+                "to": "120363025@g.us", "type": "text",
                 "text": {"preview_url": true, "body": "hi"}})
         );
     }

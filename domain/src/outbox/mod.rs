@@ -20,8 +20,9 @@ use uuid::Uuid;
 
 pub use content::{ContentError, OutboundContent};
 pub use queue::{
-    NewOutbound, QueuedMessage, Recipient, dispatched_at, enqueue, enqueue_all, normalize_wa_id,
-    queue_each, queue_message, queue_messages, send, send_all, stamp_dispatched,
+    GROUP_PREFIX, NewOutbound, QueuedMessage, Recipient, address_of, dispatched_at, enqueue,
+    enqueue_all, normalize_wa_id, queue_each, queue_message, queue_messages, send, send_all,
+    stamp_dispatched,
 };
 pub use window::{customer_window_open, open_windows, window_open};
 

@@ -59,13 +59,36 @@ pub fn normalize_wa_id(input: &str) -> Result<String, OutboxError> {
 pub enum Recipient {
     Phone(String),
     UserId(String),
+    /// A WhatsApp group, by Meta's group id (Meta's `to`, with
+    /// `recipient_type: group`). Written `group:<id>` wherever a recipient
+    /// is a string (the CLI's `--to`, [`NewOutbound::to`]).
+    Group(String),
 }
+
+/// How a group is written as a recipient string: `group:<Meta's id>`.
+pub const GROUP_PREFIX: &str = "group:";
+
+/// The `customers` column of each kind of recipient, unique per config.
+const KEY_COLUMNS: [customers::Column; 3] = [
+    customers::Column::WaId,
+    customers::Column::UserId,
+    customers::Column::WaGroupId,
+];
 
 impl Recipient {
     /// A phone number (as [`normalize_wa_id`]), else a BSUID: two ASCII
     /// letters (the country), a dot, then up to 128 letters, digits or
     /// dots (`US.13491208655302741918`).
     pub fn parse(input: &str) -> Result<Self, OutboxError> {
+        if let Some(id) = input.trim().strip_prefix(GROUP_PREFIX) {
+            // Meta's group ids are opaque: anything printable and short.
+            let ok = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic());
+            return if ok {
+                Ok(Recipient::Group(id.to_owned()))
+            } else {
+                Err(OutboxError::BadPhone(input.to_owned()))
+            };
+        }
         if let Ok(wa_id) = normalize_wa_id(input) {
             return Ok(Recipient::Phone(wa_id));
         }
@@ -86,13 +109,43 @@ impl Recipient {
 
     pub fn as_str(&self) -> &str {
         match self {
-            Recipient::Phone(s) | Recipient::UserId(s) => s,
+            Recipient::Phone(s) | Recipient::UserId(s) | Recipient::Group(s) => s,
         }
+    }
+
+    /// Which of [`KEY_COLUMNS`] holds this kind of recipient.
+    fn kind(&self) -> usize {
+        match self {
+            Recipient::Phone(_) => 0,
+            Recipient::UserId(_) => 1,
+            Recipient::Group(_) => 2,
+        }
+    }
+
+    /// The recipients a customer row answers to.
+    pub fn of_customer(c: &customers::Model) -> impl Iterator<Item = Recipient> {
+        [
+            c.wa_id.clone().map(Recipient::Phone),
+            c.user_id.clone().map(Recipient::UserId),
+            c.wa_group_id.clone().map(Recipient::Group),
+        ]
+        .into_iter()
+        .flatten()
     }
 
     pub fn is_user_id(&self) -> bool {
         matches!(self, Recipient::UserId(_))
     }
+}
+
+/// How a send addresses a customer row ([`NewOutbound::to`]): its number,
+/// else its business-scoped user id, else, for a group, `group:<id>`.
+pub fn address_of(c: &customers::Model) -> Option<String> {
+    c.wa_id
+        .clone()
+        .or_else(|| c.phone_number.clone())
+        .or_else(|| c.user_id.clone())
+        .or_else(|| c.wa_group_id.as_ref().map(|g| format!("{GROUP_PREFIX}{g}")))
 }
 
 /// A send to queue.
@@ -301,29 +354,13 @@ impl TemplateSends {
             .filter(templates::Column::Name.is_in(pad_pow2(names.into_iter().collect())))
             .all(db)
             .await?;
-        let keys: BTreeSet<String> = sends
-            .iter()
-            .map(|(_, _, to)| to.as_str().to_owned())
-            .collect();
-        let keys: Vec<String> = keys.into_iter().collect();
-        let mut customers = HashMap::new();
-        for c in customers::Entity::find()
-            .filter(customers::Column::ConfigId.is_in(pad_pow2(configs.into_iter().collect())))
-            .filter(
-                sea_orm::Condition::any()
-                    .add(customers::Column::WaId.is_in(pad_pow2(keys.clone())))
-                    .add(customers::Column::UserId.is_in(pad_pow2(keys))),
-            )
-            .all(db)
-            .await?
-        {
-            if let Some(w) = &c.wa_id {
-                customers.insert((c.config_id, Recipient::Phone(w.clone())), c.clone());
-            }
-            if let Some(u) = &c.user_id {
-                customers.insert((c.config_id, Recipient::UserId(u.clone())), c.clone());
-            }
-        }
+        let customers = customers_of(
+            db,
+            configs.into_iter().collect(),
+            sends.iter().map(|(_, _, to)| to),
+            |_| true,
+        )
+        .await?;
         Ok(Self {
             templates,
             customers,
@@ -339,6 +376,43 @@ impl TemplateSends {
         let customer = self.customers.get(&(new.config_id, to.clone()));
         crate::templates::send_refusal(template, customer, to.is_user_id())
     }
+}
+
+/// The customer rows of `recipients` in `configs`, by (config,
+/// recipient), keeping the pairs `wanted` accepts (config ids × keys may
+/// match a few rows beyond the pairs asked for).
+async fn customers_of<'r, C: ConnectionTrait>(
+    db: &C,
+    configs: Vec<Uuid>,
+    recipients: impl Iterator<Item = &'r Recipient>,
+    wanted: impl Fn(&(Uuid, Recipient)) -> bool,
+) -> Result<HashMap<(Uuid, Recipient), customers::Model>, sea_orm::DbErr> {
+    // Phone numbers, BSUIDs, groups: each kind is looked up in its column.
+    let mut keys: [BTreeSet<String>; 3] = Default::default();
+    for to in recipients {
+        keys[to.kind()].insert(to.as_str().to_owned());
+    }
+    let mut any = sea_orm::Condition::any();
+    for (col, values) in KEY_COLUMNS.into_iter().zip(keys) {
+        if !values.is_empty() {
+            any = any.add(col.is_in(pad_pow2(values.into_iter().collect())));
+        }
+    }
+    let mut out = HashMap::new();
+    for c in customers::Entity::find()
+        .filter(customers::Column::ConfigId.is_in(pad_pow2(configs)))
+        .filter(any)
+        .all(db)
+        .await?
+    {
+        for to in Recipient::of_customer(&c) {
+            let k = (c.config_id, to);
+            if wanted(&k) {
+                out.insert(k, c.clone());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Writes checked messages in one transaction (see [`queue_each`]).
@@ -369,37 +443,31 @@ async fn write(
     let txn = wapipe_shared::db::begin_write(db).await?;
     // Uniqueness lives in the database: insert-or-nothing, then read back
     // whichever rows won (ours or a concurrent transaction's).
-    // Numbers and BSUIDs each insert-or-nothing on their own unique key.
-    for by_user_id in [false, true] {
+    // Numbers, BSUIDs and groups each insert-or-nothing on their own
+    // unique key.
+    for (kind, column) in KEY_COLUMNS.into_iter().enumerate() {
         let new_customers: Vec<customers::ActiveModel> = recipients
             .iter()
-            .filter(|(_, to)| to.is_user_id() == by_user_id)
+            .filter(|(_, to)| to.kind() == kind)
             .map(|(config_id, to)| {
-                let (wa_id, user_id) = match to {
-                    Recipient::Phone(p) => (Some(p.clone()), None),
-                    Recipient::UserId(u) => (None, Some(u.clone())),
-                };
+                let key = |want: usize| (want == kind).then(|| to.as_str().to_owned());
                 customers::ActiveModel {
                     id: Set(Uuid::now_v7()),
                     created_at: Set(now),
                     updated_at: Set(now),
                     config_id: Set(*config_id),
-                    phone_number: Set(wa_id.clone()),
-                    wa_id: Set(wa_id),
-                    user_id: Set(user_id),
+                    phone_number: Set(key(0)),
+                    wa_id: Set(key(0)),
+                    user_id: Set(key(1)),
+                    wa_group_id: Set(key(2)),
                     ..Default::default()
                 }
             })
             .collect();
-        let key = if by_user_id {
-            customers::Column::UserId
-        } else {
-            customers::Column::WaId
-        };
         for chunk in pow2_chunks(new_customers, CHUNK) {
             customers::Entity::insert_many(chunk)
                 .on_conflict(
-                    OnConflict::columns([customers::Column::ConfigId, key])
+                    OnConflict::columns([customers::Column::ConfigId, column])
                         .do_nothing()
                         .to_owned(),
                 )
@@ -407,34 +475,13 @@ async fn write(
                 .await?;
         }
     }
-    // Config ids × keys may match a few rows beyond the batch's pairs;
-    // the map keeps the pairs asked for.
-    let keys: Vec<String> = recipients
-        .iter()
-        .map(|(_, to)| to.as_str().to_owned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mut customer_of: HashMap<(Uuid, Recipient), customers::Model> = HashMap::new();
-    for c in customers::Entity::find()
-        .filter(customers::Column::ConfigId.is_in(pad_pow2(configs.clone())))
-        .filter(
-            sea_orm::Condition::any()
-                .add(customers::Column::WaId.is_in(pad_pow2(keys.clone())))
-                .add(customers::Column::UserId.is_in(pad_pow2(keys))),
-        )
-        .all(&txn)
-        .await?
-    {
-        let as_phone = c.wa_id.clone().map(Recipient::Phone);
-        let as_user = c.user_id.clone().map(Recipient::UserId);
-        for to in [as_phone, as_user].into_iter().flatten() {
-            let k = (c.config_id, to);
-            if recipients.contains(&k) {
-                customer_of.insert(k, c.clone());
-            }
-        }
-    }
+    let customer_of = customers_of(
+        &txn,
+        configs.clone(),
+        recipients.iter().map(|(_, to)| to),
+        |k| recipients.contains(k),
+    )
+    .await?;
     let customer = |config_id: Uuid, to: &Recipient| {
         customer_of
             .get(&(config_id, to.clone()))
@@ -457,6 +504,8 @@ async fn write(
             customer_id: Set(c.id),
             phone_number: Set(c.wa_id.clone()),
             customer_name: Set(c.name.clone().or(c.whatsapp_name.clone())),
+            // A group's chat is known to Meta by the group's id.
+            provider_chat_id: Set(c.wa_group_id.clone()),
             // Named, not left to the column defaults: SQLite keeps the
             // defaults the table was created with (`open`, `normal`).
             status: Set("unassigned".to_owned()),
@@ -897,6 +946,13 @@ mod tests {
             Recipient::parse(" US.13491208655302741918 ").expect("ok"),
             Recipient::UserId("US.13491208655302741918".into())
         );
+        assert_eq!(
+            Recipient::parse("group:GROUP_ID_123").expect("ok"),
+            Recipient::Group("GROUP_ID_123".into())
+        );
+        for bad in ["group:", "group:a b"] {
+            assert!(Recipient::parse(bad).is_err(), "{bad:?}");
+        }
         for bad in ["US.", "U.123", "12.345", "US-123", "US.12 3", "", "hello"] {
             assert!(Recipient::parse(bad).is_err(), "{bad:?}");
         }

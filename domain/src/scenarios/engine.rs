@@ -6,7 +6,7 @@
 //!    resolved, a chat handed off and not resolved since, or a message older
 //!    than the maximum age when it is processed. A customer whose
 //!    `scenario_not_allowed` holds the scenario it would run gets nothing
-//!    either.
+//!    either, nor does a WhatsApp group.
 //! 2. **What the message is**: a reply id of ours (a button or list reply,
 //!    or a template quick reply whose payload is one) goes to that item;
 //!    an exit keyword (the whole text) ends the waiting run, and "menu"
@@ -115,6 +115,9 @@ pub enum Refusal {
     TooOld,
     NotAllowed,
     RepeatLimit,
+    /// A group chat: keyword flows are one-to-one, and a bot answering
+    /// every member's keyword would flood the group.
+    Group,
 }
 
 impl Refusal {
@@ -126,6 +129,7 @@ impl Refusal {
             Refusal::TooOld => "too_old",
             Refusal::NotAllowed => "not_allowed",
             Refusal::RepeatLimit => "repeat_limit",
+            Refusal::Group => "group",
         }
     }
 }
@@ -415,6 +419,9 @@ pub async fn handle(
     if is_blocked(db, &customer).await? {
         return refuse(Refusal::Blocked, None);
     }
+    if customer.wa_group_id.is_some() {
+        return refuse(Refusal::Group, None);
+    }
     if let Some(r) = in_human_hands(&chat) {
         return refuse(r, None);
     }
@@ -698,12 +705,7 @@ async fn execute(
     plan: Plan,
 ) -> Result<Outcome, EngineError> {
     // A customer without a number is written to by their BSUID.
-    let to = customer
-        .wa_id
-        .clone()
-        .or_else(|| customer.phone_number.clone())
-        .or_else(|| customer.user_id.clone())
-        .unwrap_or_default();
+    let to = crate::outbox::address_of(customer).unwrap_or_default();
     // One transaction for all the replies, their jobs published in order.
     let news: Vec<NewOutbound> = plan
         .replies

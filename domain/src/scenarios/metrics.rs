@@ -7,7 +7,7 @@ pub const RUNS_STARTED: &str = "wapipe_scenario_runs_started_total";
 /// Choices that continued a run (button or list replies), by `scenario`.
 pub const RUNS_CONTINUED: &str = "wapipe_scenario_runs_continued_total";
 /// Messages the bot did not answer, by `reason` (blocked, assigned,
-/// handoff, too_old, not_allowed, repeat_limit) and `scenario` (empty when
+/// handoff, too_old, not_allowed, repeat_limit, group) and `scenario` (empty when
 /// the refusal came before any scenario was chosen).
 pub const RUNS_REFUSED: &str = "wapipe_scenario_runs_refused_total";
 /// Runs that ended, by `scenario` and `status` (finished, exited,

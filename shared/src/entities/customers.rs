@@ -53,6 +53,10 @@ pub struct Model {
     /// Meta's parent BSUID (`parent_user_id`): the same user across the
     /// business portfolios linked to ours.
     pub parent_user_id: Option<String>,
+    /// Meta's group id when this row is a WhatsApp group, the party of the
+    /// group's chat (its members have rows of their own): no `wa_id`, no
+    /// `user_id`. Unique per config.
+    pub wa_group_id: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -286,6 +286,9 @@ pub struct Model {
     pub pricing_type: Option<String>,
     pub pricing_category: Option<String>,
     pub billable: Option<bool>,
+    /// In a group chat, the customer row of the member who wrote it
+    /// (`customer_id` is the group's); `None` elsewhere.
+    pub participant_id: Option<Uuid>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

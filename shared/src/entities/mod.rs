@@ -16,6 +16,8 @@ pub mod customers;
 pub mod dead_letters;
 pub mod events;
 pub mod follow_ups;
+pub mod group_participants;
+pub mod groups;
 pub mod idempotency_keys;
 pub mod labels;
 pub mod leases;
@@ -54,6 +56,8 @@ pub mod prelude {
     pub use super::dead_letters::Entity as DeadLetters;
     pub use super::events::Entity as Events;
     pub use super::follow_ups::Entity as FollowUps;
+    pub use super::group_participants::Entity as GroupParticipants;
+    pub use super::groups::Entity as Groups;
     pub use super::idempotency_keys::Entity as IdempotencyKeys;
     pub use super::labels::Entity as Labels;
     pub use super::leases::Entity as Leases;

@@ -14,22 +14,22 @@ use wapipe_shared::db::{pow2_chunks, with_values};
 use wapipe_shared::entities::{chats, customers};
 
 use super::batch::{CHUNK, any_of};
-use super::customers::{Who, who};
+use super::groups::{Party, party};
 use super::messages::InboundStored;
 use super::route::PendingMessage;
 
-/// The chat of each customer of the batch, created on first contact, keyed
-/// by customer id. A chat created now counts in the customer's `total_chats`.
+/// The chat of each party of the batch (a customer, or a group), created
+/// on first contact, keyed by the party's customer id. A chat created now counts in the customer's `total_chats`.
 pub(super) async fn upsert_chats<C: ConnectionTrait>(
     db: &C,
     rows: &[PendingMessage],
-    customers: &HashMap<Who, customers::Model>,
+    parties: &HashMap<Party, customers::Model>,
     now: DateTime<Utc>,
 ) -> Result<(HashMap<Uuid, chats::Model>, HashSet<Uuid>), DbErr> {
     let mut wanted: Vec<&customers::Model> = Vec::new();
     let mut seen = HashSet::new();
     for r in rows {
-        if let Some(c) = customers.get(&who(r))
+        if let Some(c) = parties.get(&party(r))
             && seen.insert(c.id)
         {
             wanted.push(c);
@@ -144,6 +144,8 @@ fn new_chat(id: Uuid, customer: &customers::Model, now: DateTime<Utc>) -> chats:
         source: Set("whatsapp".to_owned()),
         provider: Set("meta-whatsapp".to_owned()),
         phone_number_id: Set(None),
+        // A group's chat is known to Meta by the group's id.
+        provider_chat_id: Set(customer.wa_group_id.clone()),
         // The rest of seed 002's fields start empty (the API fills them).
         ..Default::default()
     }

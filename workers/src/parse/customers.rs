@@ -29,6 +29,18 @@ pub(super) struct Sender {
     pub parent_user_id: Option<String>,
 }
 
+impl From<&wapipe_shared::whatsapp::Contact> for Sender {
+    fn from(c: &wapipe_shared::whatsapp::Contact) -> Self {
+        Sender {
+            wa_id: c.wa_id.clone(),
+            user_id: c.user_id.clone(),
+            name: c.name.clone(),
+            username: c.username.clone(),
+            parent_user_id: c.parent_user_id.clone(),
+        }
+    }
+}
+
 impl Sender {
     /// `wa_id`, else `user_id`: the customer half of a lane key.
     pub fn key(&self) -> Option<&str> {
@@ -296,7 +308,9 @@ pub(super) async fn upsert_customers<C: ConnectionTrait>(
     let mut order: Vec<Who> = Vec::new();
     let mut merged: HashMap<Who, Sender> = HashMap::new();
     let mut seen: HashMap<Who, DateTime<Utc>> = HashMap::new();
-    for r in rows {
+    // A group's members are not customers in a chat of their own: their
+    // rows are made without contact times (`super::groups`).
+    for r in rows.iter().filter(|r| r.m.group_id.is_none()) {
         let k = who(r);
         let at = seen.entry(k.clone()).or_insert(r.at);
         *at = std::cmp::max(*at, r.at);

@@ -7,7 +7,8 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait,
+    QueryFilter,
 };
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -66,8 +67,14 @@ pub(super) async fn apply_effect<C: ConnectionTrait>(
         .filter(M::ProviderMessageId.eq(effect.target()));
     q = match (effect, author) {
         (Effect::React { .. }, _) => q.filter(M::ChatId.eq(chat_id)),
+        // In a group the author is the member who wrote it
+        // (`participant_id`); the message's customer is the group.
         (Effect::Edit { .. } | Effect::Revoke { .. }, Author::Customer(customer)) => q
-            .filter(M::CustomerId.eq(customer.id))
+            .filter(
+                Condition::any()
+                    .add(M::CustomerId.eq(customer.id))
+                    .add(M::ParticipantId.eq(customer.id)),
+            )
             .filter(M::Direction.eq(Direction::Inbound)),
         (Effect::Edit { .. } | Effect::Revoke { .. }, Author::Business(_)) => q
             .filter(M::ChatId.eq(chat_id))
@@ -218,8 +225,10 @@ pub(super) async fn apply_late_effects<C: ConnectionTrait>(
         return Ok(applied);
     }
     pending.sort_by_key(|m| (m.timestamp.unwrap_or(m.created_at), m.id));
+    // A group's messages are the member's who wrote them.
+    let author_of = |m: &messages::Model| m.participant_id.unwrap_or(m.customer_id);
     let authors: HashMap<Uuid, customers::Model> = customers::Entity::find()
-        .filter(customers::Column::Id.is_in(any_of(pending.iter().map(|m| m.customer_id))))
+        .filter(customers::Column::Id.is_in(any_of(pending.iter().map(author_of))))
         .all(db)
         .await?
         .into_iter()
@@ -233,7 +242,7 @@ pub(super) async fn apply_late_effects<C: ConnectionTrait>(
         // An echo's effect (outbound) is the business's.
         let author = match p.direction {
             Direction::Outbound => Some(Author::Business(p.from.as_deref().unwrap_or_default())),
-            Direction::Inbound => authors.get(&p.customer_id).map(Author::Customer),
+            Direction::Inbound => authors.get(&author_of(p)).map(Author::Customer),
         };
         if let (Some(effect), Some(author)) = (effect, author) {
             let outcome = apply_effect(

@@ -77,6 +77,9 @@ pub struct Inbound {
     pub from: Option<String>,
     /// `from_user_id`: the sender's business-scoped user id, if given.
     pub from_user_id: Option<String>,
+    /// `group_id`: the WhatsApp group it was written in (Meta's Groups
+    /// API); `from` is then the member who wrote it.
+    pub group_id: Option<String>,
     /// Meta's `type` as sent (inferred from the keys when missing).
     pub kind: String,
     pub text: Option<String>,
@@ -203,6 +206,7 @@ pub fn extract_message(m: &Value) -> Inbound {
         provider_message_id,
         from: id_at(m.get("from")),
         from_user_id: id_at(m.get("from_user_id")),
+        group_id: id_at(m.get("group_id")),
         kind,
         text: None,
         media: None,

@@ -29,6 +29,7 @@ use super::customers::{upsert_customers, who};
 use super::effects::{
     Author, EffectOutcome, EffectSource, apply_effect, apply_late_effects, wait_for_targets,
 };
+use super::groups::{Party, party, upsert_from_messages};
 use super::route::PendingMessage;
 
 /// What storing an inbound message did.
@@ -59,8 +60,16 @@ pub(super) async fn store_inbound<C: ConnectionTrait>(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let customers = upsert_customers(db, rows, now).await?;
-    let (chats, created_chats) = upsert_chats(db, rows, &customers, now).await?;
+    let groups = upsert_from_messages(db, rows, now).await?;
+    let mut parties = groups.parties;
+    parties.extend(
+        upsert_customers(db, rows, now)
+            .await?
+            .into_iter()
+            .map(|(k, c)| (Party::Person(k), c)),
+    );
+    let members = groups.members;
+    let (chats, created_chats) = upsert_chats(db, rows, &parties, now).await?;
 
     // Which wamids are stored already; the first of a wamid in the batch
     // is the new one, later copies are duplicates of it.
@@ -80,9 +89,18 @@ pub(super) async fn store_inbound<C: ConnectionTrait>(
         }
     }
     let customer_of = |r: &PendingMessage| -> Result<&customers::Model, DbErr> {
-        customers.get(&who(r)).ok_or_else(|| {
+        parties.get(&party(r)).ok_or_else(|| {
             DbErr::RecordNotFound(format!("customer {:?} not stored", r.sender.key()))
         })
+    };
+    // Who wrote it: the customer, or in a group the member.
+    let author_of = |r: &PendingMessage| -> Result<&customers::Model, DbErr> {
+        match r.m.group_id {
+            Some(_) => members.get(&who(r)).ok_or_else(|| {
+                DbErr::RecordNotFound(format!("member {:?} not stored", r.sender.key()))
+            }),
+            None => customer_of(r),
+        }
     };
     let chat_of = |customer_id: Uuid| -> Result<&chats::Model, DbErr> {
         chats
@@ -103,14 +121,19 @@ pub(super) async fn store_inbound<C: ConnectionTrait>(
     let mut models = Vec::with_capacity(fresh.len());
     for (n, &i) in fresh.iter().enumerate() {
         let (_, customer_id, chat_id) = fresh_rows[n];
-        models.push(new_message(
+        let mut model = new_message(
             ids[i].0,
             chat_id,
             customer_id,
             Some(conversation_of[n]),
             &rows[i],
             now,
-        ));
+        );
+        if rows[i].m.group_id.is_some() {
+            model.participant_id = Set(Some(author_of(&rows[i])?.id));
+            model.sender_name = Set(rows[i].sender.name.clone());
+        }
+        models.push(model);
     }
     let mut inserted = 0;
     for chunk in pow2_chunks(models, CHUNK) {
@@ -150,7 +173,7 @@ pub(super) async fn store_inbound<C: ConnectionTrait>(
                     db,
                     r.config_id,
                     chat_id,
-                    Author::Customer(customer),
+                    Author::Customer(author_of(r)?),
                     effect,
                     EffectSource {
                         wamid: &r.m.provider_message_id,

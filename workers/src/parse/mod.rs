@@ -33,6 +33,7 @@ mod customers;
 mod effects;
 pub mod extract;
 mod fanout;
+mod groups;
 mod health;
 mod identity;
 mod messages;

@@ -20,7 +20,7 @@ use wapipe_shared::whatsapp::{self as wa, Change, Contact, MetaError, Status};
 use super::customers::Sender;
 use super::extract::{Inbound, clean_json, extract_message};
 use super::summary::Summary;
-use super::{calls, coexistence, health, identity, preferences, templates};
+use super::{calls, coexistence, groups, health, identity, preferences, templates};
 
 /// The messages and receipts of a batch, gathered change by change and
 /// then stored together ([`super::messages`], [`super::receipts`]).
@@ -312,6 +312,16 @@ pub(super) async fn apply_change<'a, C: ConnectionTrait>(
         }
         return Ok(());
     }
+    if change.field.is_some_and(|f| groups::FIELDS.contains(&f)) {
+        for cfg in &targets {
+            let applied = groups::apply(db, cfg.id, change.value, pos.now).await?;
+            summary.groups_updated += applied.changed;
+            for _ in 0..applied.skipped {
+                summary.unknown("group_update");
+            }
+        }
+        return Ok(());
+    }
     if change.field == Some(preferences::FIELD) {
         for cfg in &targets {
             summary.preferences_applied +=
@@ -359,6 +369,8 @@ fn collect_message(
     // The window and the chat order follow Meta's time, but never the
     // future: a skewed clock must not keep a window open.
     let at = std::cmp::min(m.timestamp.unwrap_or(pos.now), pos.now);
+    // A group's messages share the group's lane: its chat, in order.
+    let key = m.group_id.clone().unwrap_or(key);
     collected.messages.push(PendingMessage {
         event: pos.event,
         event_id: pos.ev.id,

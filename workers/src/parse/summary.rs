@@ -40,6 +40,7 @@ pub const UNKNOWN_KINDS: &[&str] = &[
     "field",
     "call_without_id_or_customer",
     "rekey_conflict",
+    "group_update",
 ];
 
 /// Per-outcome counts, for `processed_data`.
@@ -75,6 +76,8 @@ pub(super) struct Summary {
     pub(super) coexistence_applied: u64,
     /// Calls created or changed (`calls` field).
     pub(super) calls_updated: u64,
+    /// Group updates (`group_*` fields) that changed a group or a member.
+    pub(super) groups_updated: u64,
     /// Customers moved to a new phone number or BSUID (`system` messages).
     pub(super) identities_changed: u64,
     /// Config rows account and number health updates wrote.
