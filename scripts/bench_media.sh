@@ -12,8 +12,8 @@
 #   stored       files stored / image messages accepted (1.0: kept up)
 #   RSS          the media worker's peak resident memory (it streams, so
 #                it must not grow with file size; target under 150 MiB)
-# The fake images are JPEG-framed bytes, not decodable pictures: the
-# thumbnail step fails fast and its cost is not in these figures.
+# Thumbnails are made by the API on first request, not by the media
+# worker, so they are not in these figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -146,6 +146,8 @@ pub struct AppState {
     pub media: Option<Arc<wapipe_domain::media::MediaStore>>,
     /// Meta's media upload, when the API may talk to Meta.
     pub upload_graph: Option<wapipe_domain::media::MediaGraph>,
+    /// Thumbnails decoded at once (each holds a decoded photo: tens of MB).
+    pub thumbnail_decodes: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -162,6 +164,7 @@ impl AppState {
         Self {
             media: deps.media,
             upload_graph,
+            thumbnail_decodes: Arc::new(tokio::sync::Semaphore::new(2)),
             db: deps.db,
             broker: deps.broker,
             meta: deps.meta,

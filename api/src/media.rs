@@ -63,7 +63,7 @@ pub async fn file(
     params(("messageId" = Uuid, Path, description = "message id")),
     responses(
         (status = 200, description = "a JPEG thumbnail of an image", content_type = "image/jpeg", body = String),
-        (status = 404, body = ErrorBody, description = "no such message, not visible, or no thumbnail"),
+        (status = 404, body = ErrorBody, description = "no such message, not visible, or no thumbnail (not an image, or not decodable); made on the first request"),
         (status = 409, body = ErrorBody, description = "the file is not stored (yet)"),
         (status = 410, body = ErrorBody, description = "the file was removed after WAPIPE_MEDIA_RETENTION_DAYS"),
         (status = 416, body = ErrorBody, description = "the range cannot be served")))]
@@ -74,9 +74,23 @@ pub async fn thumbnail(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let row = stored_file(&state, &who, id).await?;
-    let sha = row
-        .thumbnail_sha256
+    let store = state
+        .media
+        .as_ref()
         .ok_or_else(|| ApiError::not_found("thumbnail"))?;
+    // Made on the first request for it (at most two decodes at once).
+    let sha = match media::thumbnail_of(&state.db, store, &row, &state.thumbnail_decodes).await {
+        Ok(sha) => sha,
+        Err(media::ThumbnailError::None(why)) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no thumbnail for this file: {why}"),
+            ));
+        }
+        Err(media::ThumbnailError::Db(e)) => return Err(e.into()),
+        Err(media::ThumbnailError::Store(e)) => return Err(ApiError::internal(e)),
+    };
     stream_object(&state, &sha, "image/jpeg", &headers).await
 }
 

@@ -329,10 +329,10 @@ impl Message {
         media.error = f.error.clone();
         if f.status == message_media::status::STORED {
             media.url = Some(crate::media::file_url(self.id));
-            media.thumbnail_url = f
-                .thumbnail_sha256
-                .as_ref()
-                .map(|_| crate::media::thumbnail_url(self.id));
+            // Made on first request for any stored image.
+            media.thumbnail_url = (f.thumbnail_sha256.is_some()
+                || crate::media::has_thumbnail(f.mime_type.as_deref()))
+            .then(|| crate::media::thumbnail_url(self.id));
             if f.mime_type.is_some() {
                 media.mime_type = f.mime_type.clone();
             }

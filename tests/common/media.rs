@@ -148,7 +148,10 @@ async fn inbound_files(app: &TestApp, graph: &GraphHandle, admin: &str) -> Uuid 
     .await;
     assert_eq!(row.sha256.as_deref(), Some(sha_hex(&photo).as_str()));
     assert_eq!(row.file_size, Some(photo.len() as i64));
-    assert!(row.thumbnail_sha256.is_some(), "an image gets a thumbnail");
+    assert!(
+        row.thumbnail_sha256.is_none(),
+        "thumbnails are made when first asked for, not on arrival"
+    );
 
     // The message points at the API, which streams the file.
     let view = message_view(app, admin, msg.id).await;
@@ -196,6 +199,18 @@ async fn inbound_files(app: &TestApp, graph: &GraphHandle, admin: &str) -> Uuid 
     assert_eq!(thumb.headers()["content-type"], "image/jpeg");
     let thumb = image::load_from_memory(&thumb.bytes().await.expect("body")).expect("a JPEG");
     assert_eq!((thumb.width(), thumb.height()), (320, 240));
+    // Made once: recorded on the file's row, and the same object after.
+    let made = message_media::Entity::find_by_id(msg.id)
+        .one(&app.db)
+        .await
+        .expect("query")
+        .expect("row")
+        .thumbnail_sha256
+        .expect("the thumbnail is recorded");
+    let again = get(app, admin, &format!("{path}/thumbnail"), None).await;
+    assert_eq!(again.status(), 200);
+    let again = again.bytes().await.expect("body");
+    assert_eq!(sha_hex(&again), made);
     // A key that may not see the chat (another company's) sees nothing.
     wapipe_testkit::db::add_config(&app.db, "15550002222", "15550002229", "Other Co").await;
     let stranger = wapipe_domain::apikeys::create(
@@ -353,7 +368,7 @@ async fn refusals_and_renewals(app: &TestApp, graph: &GraphHandle, admin: &str) 
     graph.add_media("9005", SimMedia::new(voice.clone(), "audio/ogg"));
     let before = graph.media_counts();
     graph.expire_next_urls(1);
-    let (_, row) = deliver(
+    let (voice_msg, row) = deliver(
         app,
         "wamid.media-9005",
         "audio",
@@ -365,7 +380,14 @@ async fn refusals_and_renewals(app: &TestApp, graph: &GraphHandle, admin: &str) 
     let after = graph.media_counts();
     assert_eq!(after.expired, before.expired + 1);
     assert_eq!(after.lookups, before.lookups + 2);
-    assert!(row.thumbnail_sha256.is_none(), "no thumbnail for audio");
+    let thumb = get(
+        app,
+        admin,
+        &format!("/api/whatsapp/media/{}/thumbnail", voice_msg.id),
+        None,
+    )
+    .await;
+    assert_eq!(thumb.status(), 404, "no thumbnail for audio");
 }
 
 fn form(kind: Option<&str>, file: Option<(Vec<u8>, &str)>) -> reqwest::multipart::Form {

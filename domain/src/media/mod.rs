@@ -7,6 +7,7 @@
 
 pub mod graph;
 pub mod store;
+pub mod thumbnail;
 
 use std::collections::HashMap;
 
@@ -238,6 +239,65 @@ pub async fn files_of<C: ConnectionTrait>(
         .into_iter()
         .map(|r| (r.message_id, r))
         .collect())
+}
+
+/// Whether a file of this type gets a thumbnail.
+pub fn has_thumbnail(mime_type: Option<&str>) -> bool {
+    mime_type.is_some_and(|m| m.starts_with("image/"))
+}
+
+/// Why a thumbnail could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ThumbnailError {
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Not an image, gone from the store, too large, or undecodable.
+    #[error("no thumbnail: {0}")]
+    None(String),
+}
+
+/// The thumbnail of a stored file (`row`), made now if it has none yet:
+/// decoded off the async threads, stored under its hash, recorded on the
+/// row (the first writer's stays). `decodes` bounds how many decodes run
+/// at once (a decoded photo is tens of MB).
+pub async fn thumbnail_of<C: ConnectionTrait>(
+    db: &C,
+    store: &MediaStore,
+    row: &message_media::Model,
+    decodes: &tokio::sync::Semaphore,
+) -> Result<String, ThumbnailError> {
+    if let Some(sha) = &row.thumbnail_sha256 {
+        return Ok(sha.clone());
+    }
+    let source = match (&row.sha256, has_thumbnail(row.mime_type.as_deref())) {
+        (Some(sha), true) => sha,
+        _ => return Err(ThumbnailError::None("not an image".into())),
+    };
+    let _permit = decodes
+        .acquire()
+        .await
+        .map_err(|_| ThumbnailError::None("shutting down".into()))?;
+    let bytes = store
+        .read_small(source, thumbnail::MAX_SOURCE)
+        .await?
+        .ok_or_else(|| ThumbnailError::None("the image is missing or too large".into()))?;
+    let jpeg = tokio::task::spawn_blocking(move || thumbnail::make(&bytes))
+        .await
+        .map_err(|e| ThumbnailError::None(e.to_string()))?
+        .map_err(|e| ThumbnailError::None(e.to_string()))?;
+    let stored = store.put_bytes(jpeg.into()).await?;
+    message_media::Entity::update_many()
+        .col_expr(
+            message_media::Column::ThumbnailSha256,
+            Expr::value(stored.sha256.clone()),
+        )
+        .filter(message_media::Column::MessageId.eq(row.message_id))
+        .filter(message_media::Column::ThumbnailSha256.is_null())
+        .exec(db)
+        .await?;
+    Ok(stored.sha256)
 }
 
 /// What a retention pass did.

@@ -7,11 +7,10 @@
 //! An expired URL (401, 403 or 404 on the download) is asked for again.
 //! A file over `WAPIPE_MEDIA_MAX_BYTES`, or one Meta no longer has, is
 //! refused for good and the message says why; anything else is retried by
-//! the runtime and dead-lettered after the last attempt. Images get a
-//! thumbnail. Beside the worker runs the retention pass
+//! the runtime and dead-lettered after the last attempt. Thumbnails are
+//! not made here but on first request (the API), so a burst of photos
+//! costs downloads only. Beside the worker runs the retention pass
 //! (`WAPIPE_MEDIA_RETENTION_DAYS`).
-
-mod thumbnail;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,8 +63,6 @@ pub struct MediaSettings {
     pub retention: Option<chrono::Duration>,
     /// Time between two retention passes.
     pub prune_every: Duration,
-    /// Make thumbnails of images.
-    pub thumbnails: bool,
 }
 
 impl MediaSettings {
@@ -79,7 +76,6 @@ impl MediaSettings {
                 .media_retention_days
                 .map(|d| chrono::Duration::days(i64::from(d))),
             prune_every: Duration::from_secs(3600),
-            thumbnails: true,
         }
     }
 }
@@ -186,8 +182,6 @@ pub struct MediaWorker {
     store: Arc<MediaStore>,
     graph: MediaGraph,
     settings: MediaSettings,
-    /// One thumbnail decode at a time: a decoded photo is tens of MB.
-    thumbnails: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why a fetch stopped.
@@ -225,7 +219,6 @@ impl MediaWorker {
             store,
             graph,
             settings,
-            thumbnails: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 
@@ -300,40 +293,6 @@ impl MediaWorker {
         }
         Err(Stop::Failed("the media URL kept expiring".into()))
     }
-
-    /// A thumbnail of a stored image, stored too; `None` when there is
-    /// none to make (not an image, too big, undecodable).
-    async fn thumbnail_of(&self, sha256: &str, mime: Option<&str>) -> Option<String> {
-        if !self.settings.thumbnails || !mime.is_some_and(|m| m.starts_with("image/")) {
-            return None;
-        }
-        let _permit = self.thumbnails.acquire().await.ok()?;
-        let bytes = match self.store.read_small(sha256, thumbnail::MAX_SOURCE).await {
-            Ok(Some(b)) => b,
-            Ok(None) => return None,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read an image for its thumbnail");
-                return None;
-            }
-        };
-        let jpeg = tokio::task::spawn_blocking(move || thumbnail::make(&bytes))
-            .await
-            .ok()?;
-        let jpeg = match jpeg {
-            Ok(j) => j,
-            Err(e) => {
-                tracing::debug!(error = %e, "no thumbnail");
-                return None;
-            }
-        };
-        match self.store.put_bytes(jpeg.into()).await {
-            Ok(s) => Some(s.sha256),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot store a thumbnail");
-                None
-            }
-        }
-    }
 }
 
 fn count(outcome: &'static str) {
@@ -372,7 +331,6 @@ impl JobWorker for MediaWorker {
         let outcome = match self.fetch(&config, &job.media_id).await {
             Ok((stored, mime, deduplicated)) => {
                 let mime = mime.or(row.mime_type);
-                let thumbnail = self.thumbnail_of(&stored.sha256, mime.as_deref()).await;
                 count(if deduplicated {
                     "deduplicated"
                 } else {
@@ -383,7 +341,8 @@ impl JobWorker for MediaWorker {
                     sha256: stored.sha256,
                     size: stored.size,
                     mime_type: mime,
-                    thumbnail_sha256: thumbnail,
+                    // Made when first asked for (`media::thumbnail_of`).
+                    thumbnail_sha256: None,
                 }
             }
             Err(Stop::Refused(reason)) => {

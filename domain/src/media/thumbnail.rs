@@ -2,6 +2,11 @@
 //! [`EDGE`] pixels on the longer side, as JPEG. Videos get none: no
 //! pure-Rust decoder reads MP4 frames, and shelling out to ffmpeg is not
 //! something every install has.
+//!
+//! Made when first asked for (`GET /media/{id}/thumbnail`), not when the
+//! file arrives: decoding is the costliest step of a fetch (it halved the
+//! media worker's rate in `make bench-media`), and most photos are never
+//! shown as thumbnails.
 
 use std::io::Cursor;
 
